@@ -1,0 +1,42 @@
+"""Auxiliary-loss-free load balancing (DeepSeek-V3; Wang et al. 2024). Lesson 04.
+
+Each expert has a bias b_i added to its score for the top-k *choice* only; the combine weights
+still come from the unbiased scores, so the bias steers load without distorting the output and
+without a gradient that fights the language-modelling loss. After each step, outside autograd:
+
+    b_i <- b_i + gamma * sign(mean_load - load_i)
+
+An overloaded expert's bias falls, an underloaded one's rises. The bias lives in the router as
+the buffer ``score_correction_bias`` (Hugging Face calls it ``e_score_correction_bias``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from moe_lab.routing import TopKRouter
+from moe_lab.validation import check_positive_float
+
+
+class BiasBalancer:
+    """Updates ``router.score_correction_bias`` from the observed load after each step."""
+
+    def __init__(self, router: TopKRouter, *, gamma: float = 1e-3) -> None:
+        if not isinstance(router, TopKRouter):
+            raise TypeError(f"router must be a TopKRouter, got {type(router).__name__}")
+        self.router = router
+        self.gamma = check_positive_float("gamma", gamma)
+
+    @torch.no_grad()
+    def update(self, tokens_per_expert: torch.Tensor) -> torch.Tensor:
+        """One update from the step's load (E,); returns the new bias (E,)."""
+        num_experts = self.router.num_experts
+        if not isinstance(tokens_per_expert, torch.Tensor) or tokens_per_expert.shape != (
+                num_experts,):
+            raise ValueError(
+                f"tokens_per_expert must be a tensor of shape (E={num_experts},), got "
+                f"{getattr(tokens_per_expert, 'shape', type(tokens_per_expert).__name__)}")
+        load = tokens_per_expert.float().to(self.router.score_correction_bias.device)  # (E,)
+        # b_i += gamma * sign(mean_load - load_i)
+        self.router.score_correction_bias += self.gamma * torch.sign(load.mean() - load)
+        return self.router.score_correction_bias

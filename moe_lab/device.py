@@ -1,0 +1,53 @@
+"""Where the course runs: pick a device, seed everything, print an environment summary. Lesson 00."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+
+import numpy as np
+import torch
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    """cuda if present, else mps (Apple), else cpu. ``prefer`` forces one (``"cpu"`` ...)."""
+    if prefer is not None:
+        return torch.device(prefer)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python, NumPy and torch (CPU and every GPU)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def environment_summary() -> dict[str, str]:
+    """Versions and hardware, as a dict of strings."""
+    device = pick_device()
+    summary = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "device": str(device),
+        "cpu_threads": str(torch.get_num_threads()),
+        "cpu_count": str(os.cpu_count()),
+        "grouped_mm": str(hasattr(torch.nn.functional, "grouped_mm")),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        summary["gpu"] = props.name
+        summary["gpu_memory_gb"] = f"{props.total_memory / 2**30:.1f}"
+        summary["bf16_supported"] = str(torch.cuda.is_bf16_supported())
+    return summary
+
+
+def print_environment() -> None:
+    for key, value in environment_summary().items():
+        print(f"{key:>14}: {value}")

@@ -1,0 +1,130 @@
+"""The experts: E independent feed-forward networks with stacked weights. Lesson 00 and 03.
+
+For SwiGLU (Shazeer 2020; Mixtral, Qwen-MoE, DeepSeek) expert e computes
+
+    h = (silu(x W_gate[e]) * (x W_up[e])) W_down[e]        x (n, D) -> (n, D)
+
+with W_gate, W_up of shape (E, D, F) and W_down of shape (E, F, D). GELU and ReLU experts use
+only W_up and W_down: h = act(x W_up[e]) W_down[e].
+
+The weights are stacked along a leading expert axis so that one kernel can run many experts:
+:meth:`Experts.forward_grouped` (contiguous segments, grouped GEMM), :meth:`Experts.forward_padded`
+(a (E, C, D) batch, bmm) and :meth:`Experts.forward_all` (every expert on every token).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moe_lab.validation import check_choice, check_positive_int
+
+ACTIVATIONS = ("swiglu", "gelu", "relu")
+
+
+def _activate(activation: str, gate: torch.Tensor | None, up: torch.Tensor) -> torch.Tensor:
+    if activation == "swiglu":
+        # silu(x W_gate) * (x W_up)
+        return F.silu(gate) * up
+    if activation == "gelu":
+        return F.gelu(up)
+    return F.relu(up)
+
+
+@lru_cache(maxsize=None)
+def grouped_mm_supported(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether ``F.grouped_mm`` runs forward and backward here (torch >= 2.8 on this device/dtype).
+
+    Tried once on a tiny input and remembered: the kernel exists on CPU (float32, bfloat16) in
+    recent torch, and on CUDA only for some GPUs and dtypes; everywhere else we fall back to one
+    matmul per segment.
+    """
+    if not hasattr(F, "grouped_mm"):
+        return False
+    try:
+        a = torch.randn(5, 16, device=device_type, dtype=dtype, requires_grad=True)
+        b = torch.randn(2, 16, 32, device=device_type, dtype=dtype, requires_grad=True)
+        offs = torch.tensor([2, 5], device=device_type, dtype=torch.int32)
+        out = F.grouped_mm(a, b, offs=offs)
+        out.backward(torch.randn_like(out))
+        reference = torch.cat([a[:2] @ b[0], a[2:] @ b[1]])
+        return bool(torch.allclose(out.float(), reference.float(), atol=1e-1, rtol=1e-2))
+    except (RuntimeError, NotImplementedError, TypeError):
+        return False
+
+
+def grouped_matmul(x_sorted: torch.Tensor, weight: torch.Tensor, counts: list[int],
+                   offsets: torch.Tensor) -> torch.Tensor:
+    """Segment-wise matmul: rows of segment e are multiplied by weight[e].
+
+    x_sorted: (M, A) rows sorted by expert; weight: (E, A, B); counts: E Python ints;
+    offsets: (E,) int32 cumulative ends of the segments. Returns (M, B).
+    """
+    # the kernel wants rows aligned to 16 bytes (D and F multiples of 8 in bf16, of 4 in fp32)
+    aligned = all(n * x_sorted.element_size() % 16 == 0 for n in weight.shape[1:])
+    if x_sorted.shape[0] > 0 and aligned and grouped_mm_supported(x_sorted.device.type,
+                                                                     x_sorted.dtype):
+        return F.grouped_mm(x_sorted, weight, offs=offsets)  # (M, B)
+    segments = torch.split(x_sorted, counts)
+    return torch.cat([seg @ weight[e] for e, seg in enumerate(segments)])  # (M, B)
+
+
+class Experts(nn.Module):
+    """E feed-forward experts with stacked weights.
+
+    SwiGLU: ``w_gate`` (E, D, F), ``w_up`` (E, D, F), ``w_down`` (E, F, D). GELU/ReLU: no ``w_gate``.
+    """
+
+    def __init__(self, num_experts: int, d_model: int, d_ff: int, *,
+                 activation: str = "swiglu") -> None:
+        super().__init__()
+        check_positive_int("num_experts", num_experts)
+        check_positive_int("d_model", d_model)
+        check_positive_int("d_ff", d_ff)
+        check_choice("activation", activation, ACTIVATIONS)
+        self.num_experts, self.d_model, self.d_ff = num_experts, d_model, d_ff
+        self.activation = activation
+
+        def init(fan_in: int, *shape: int) -> nn.Parameter:  # nn.Linear's default bound
+            bound = 1.0 / math.sqrt(fan_in)
+            return nn.Parameter(torch.empty(*shape).uniform_(-bound, bound))
+
+        if activation == "swiglu":
+            self.w_gate = init(d_model, num_experts, d_model, d_ff)
+        else:
+            self.register_parameter("w_gate", None)
+        self.w_up = init(d_model, num_experts, d_model, d_ff)
+        self.w_down = init(d_ff, num_experts, d_ff, d_model)
+
+    def extra_repr(self) -> str:
+        return (f"num_experts={self.num_experts}, d_model={self.d_model}, d_ff={self.d_ff}, "
+                f"activation={self.activation!r}")
+
+    def forward_expert(self, x: torch.Tensor, e: int) -> torch.Tensor:
+        """Expert e on its tokens: x (n, D) -> (n, D)."""
+        gate = x @ self.w_gate[e] if self.w_gate is not None else None  # (n, F)
+        up = x @ self.w_up[e]  # (n, F)
+        return _activate(self.activation, gate, up) @ self.w_down[e]  # (n, D)
+
+    def forward_grouped(self, x_sorted: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """All experts at once on rows sorted by expert: x_sorted (M, D), counts E ints -> (M, D)."""
+        offsets = torch.tensor(counts, device=x_sorted.device).cumsum(0).to(torch.int32)  # (E,)
+        gate = (grouped_matmul(x_sorted, self.w_gate, counts, offsets)
+                if self.w_gate is not None else None)  # (M, F)
+        up = grouped_matmul(x_sorted, self.w_up, counts, offsets)  # (M, F)
+        h = _activate(self.activation, gate, up)  # (M, F)
+        return grouped_matmul(h, self.w_down, counts, offsets)  # (M, D)
+
+    def forward_padded(self, x_padded: torch.Tensor) -> torch.Tensor:
+        """A capacity-padded batch, one row block per expert: (E, C, D) -> (E, C, D) with bmm."""
+        gate = torch.bmm(x_padded, self.w_gate) if self.w_gate is not None else None  # (E, C, F)
+        up = torch.bmm(x_padded, self.w_up)  # (E, C, F)
+        return torch.bmm(_activate(self.activation, gate, up), self.w_down)  # (E, C, D)
+
+    def forward_all(self, x: torch.Tensor) -> torch.Tensor:
+        """Every expert on every token (the dense reference): x (N, D) -> (E, N, D)."""
+        return self.forward_padded(x.unsqueeze(0).expand(self.num_experts, -1, -1))  # (E, N, D)

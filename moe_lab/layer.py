@@ -1,0 +1,104 @@
+"""The sparse MoE layer: tokens -> router -> routing plan -> experts -> combine. Lesson 03.
+
+    y_n = sum_k topk_weights[n, k] * Expert_{topk_idx[n, k]}(x_n)      (kept assignments only)
+
+The layer returns the routing alongside the output so that the caller (the model, a lesson, a
+widget) can compute the auxiliary losses (:mod:`moe_lab.losses`) and see what was dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from moe_lab.dispatch import DISPATCH_FUNCTIONS, compute_capacity, make_routing_plan
+from moe_lab.experts import Experts
+from moe_lab.routing import RouterOutput, TopKRouter
+from moe_lab.validation import (
+    check_choice,
+    check_float_tensor,
+    check_last_dim,
+    check_positive_float,
+    check_positive_int,
+    check_top_k,
+)
+
+
+@dataclass(frozen=True)
+class MoEOutput:
+    """y: same shape as x; router: the RouterOutput over N = B*T tokens;
+    tokens_per_expert: (E,) assignments computed, after drops; dropped: (N, K) bool."""
+
+    y: torch.Tensor
+    router: RouterOutput
+    tokens_per_expert: torch.Tensor
+    dropped: torch.Tensor
+
+    @property
+    def num_dropped(self) -> int:
+        return int(self.dropped.sum())
+
+
+class SparseMoE(nn.Module):
+    """A top-k Mixture-of-Experts feed-forward layer.
+
+    Args:
+        d_model, d_ff, num_experts, top_k: D, F, E, K.
+        dispatch: ``"dense"`` (reference), ``"loop"``, ``"sorted"`` (default) or ``"padded"``.
+        capacity_factor: None for dropless; otherwise C = ceil(capacity_factor * N * K / E).
+        activation: ``"swiglu"``, ``"gelu"`` or ``"relu"``.
+        normalize, noise, router_dtype, scoring: passed to :class:`TopKRouter`.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_ff: int,
+        num_experts: int,
+        top_k: int,
+        *,
+        dispatch: str = "sorted",
+        capacity_factor: float | None = None,
+        activation: str = "swiglu",
+        normalize: bool = True,
+        noise: str | None = None,
+        router_dtype: torch.dtype = torch.float32,
+        scoring: str = "softmax",
+    ) -> None:
+        super().__init__()
+        check_positive_int("d_model", d_model)
+        check_positive_int("d_ff", d_ff)
+        check_positive_int("num_experts", num_experts)
+        check_top_k(top_k, num_experts)
+        check_choice("dispatch", dispatch, DISPATCH_FUNCTIONS)
+        self.capacity_factor = check_positive_float(
+            "capacity_factor", capacity_factor, allow_none=True)
+        self.d_model, self.d_ff, self.num_experts, self.top_k = d_model, d_ff, num_experts, top_k
+        self.dispatch = dispatch
+        self.router = TopKRouter(d_model, num_experts, top_k, normalize=normalize, noise=noise,
+                                 router_dtype=router_dtype, scoring=scoring)
+        self.experts = Experts(num_experts, d_model, d_ff, activation=activation)
+
+    def extra_repr(self) -> str:
+        return f"dispatch={self.dispatch!r}, capacity_factor={self.capacity_factor}"
+
+    def capacity(self, num_tokens: int) -> int | None:
+        """C for a batch of N tokens, or None when dropless."""
+        if self.capacity_factor is None:
+            return None
+        return compute_capacity(self.capacity_factor, num_tokens, self.top_k, self.num_experts)
+
+    def forward(self, x: torch.Tensor) -> MoEOutput:
+        check_float_tensor("x", x)
+        check_last_dim("x", x, self.d_model, "d_model")
+        if x.dim() not in (2, 3):
+            raise ValueError(f"x must have shape (B, T, D) or (N, D), got {tuple(x.shape)}")
+        x_flat = x.reshape(-1, self.d_model)  # (N, D)
+        routing = self.router(x_flat)
+        plan = make_routing_plan(routing.topk_idx, routing.topk_weights, self.num_experts,
+                                 self.capacity(x_flat.shape[0]))
+        y = DISPATCH_FUNCTIONS[self.dispatch](x_flat, plan, self.experts)  # (N, D)
+        return MoEOutput(y=y.view(x.shape), router=routing,
+                         tokens_per_expert=plan.tokens_per_expert, dropped=~plan.keep)

@@ -1,0 +1,104 @@
+"""Auxiliary losses that keep the router balanced and stable. Lesson 04.
+
+Each is a pure function of tensors. ``mask`` (N,) marks real tokens (True) against padding
+(False); padding is left out of every mean. With several MoE layers, average the per-layer losses
+(:func:`average_over_layers`), so the coefficient does not grow with depth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from moe_lab.validation import check_float_tensor, check_index_tensor, check_mask
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the first axis (tokens), counting only rows where mask is True."""
+    if mask is None:
+        return values.mean(dim=0)
+    weights = mask.to(values.dtype).view(-1, *([1] * (values.dim() - 1)))
+    return (values * weights).sum(dim=0) / weights.sum().clamp_min(1.0)
+
+
+def _check_probs(router_probs: object) -> torch.Tensor:
+    check_float_tensor("router_probs", router_probs)
+    if router_probs.dim() != 2:
+        raise ValueError(f"router_probs must have shape (N, E), got {tuple(router_probs.shape)}")
+    return router_probs
+
+
+def load_balancing_loss(router_probs: torch.Tensor, topk_idx: torch.Tensor,
+                        mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Switch Transformer auxiliary loss (Fedus et al. 2021, eq. 4), for any K.
+
+        loss = E * sum_i f_i * P_i
+        f_i  = share of the N*K assignments routed to expert i   (counts: not differentiable)
+        P_i  = mean router probability of expert i                (differentiable)
+
+    Exactly 1.0 when routing is uniform, whatever K; E when every token goes to one expert with
+    probability 1. Hugging Face's Mixtral ``load_balancing_loss_func`` sums f over the K slots
+    separately, which is K times this value.
+    """
+    router_probs = _check_probs(router_probs)
+    num_tokens, num_experts = router_probs.shape
+    check_index_tensor("topk_idx", topk_idx, num_tokens, num_experts)
+    mask = check_mask(mask, num_tokens)
+    # expert_mask[n, i] = number of the token's K choices that are expert i
+    expert_mask = torch.zeros_like(router_probs).scatter_add(
+        1, topk_idx, torch.ones_like(topk_idx, dtype=router_probs.dtype))  # (N, E)
+    f = _masked_mean(expert_mask, mask) / topk_idx.shape[1]  # (E,)
+    p = _masked_mean(router_probs, mask)  # (E,)
+    # loss = E * sum_i f_i P_i
+    return num_experts * torch.sum(f * p)
+
+
+def router_z_loss(router_logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """ST-MoE router z-loss (Zoph et al. 2022, eq. 5): mean over tokens of logsumexp(logits)^2.
+
+    Penalises large logits, which keeps the router's softmax out of the range where float
+    round-off changes the choice."""
+    check_float_tensor("router_logits", router_logits)
+    if router_logits.dim() != 2:
+        raise ValueError(f"router_logits must have shape (N, E), got {tuple(router_logits.shape)}")
+    mask = check_mask(mask, router_logits.shape[0])
+    # z_n = log sum_i exp(logit_{n,i})
+    z = torch.logsumexp(router_logits.float(), dim=-1)  # (N,)
+    return _masked_mean(z.square(), mask)
+
+
+def cv_squared(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """Squared coefficient of variation, Var(x) / (Mean(x)^2 + eps), of a 1-D tensor.
+
+    Uses the population variance (divide by n, as tf.nn.moments in Shazeer et al. 2017's code);
+    some PyTorch ports use the unbiased variance (divide by n - 1) instead. 0 for one element.
+    """
+    check_float_tensor("x", x)
+    if x.dim() != 1:
+        raise ValueError(f"x must be 1-D (one value per expert), got shape {tuple(x.shape)}")
+    if x.numel() <= 1:
+        return x.new_zeros(())
+    x = x.float()
+    return x.var(unbiased=False) / (x.mean().square() + eps)
+
+
+def importance_loss(router_probs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Shazeer et al. 2017, eq. (6)-(7): CV^2 of the per-expert importance sum_n G(x_n).
+
+    Shazeer sums the sparse top-k gate values G(x); passing the full router probabilities (the
+    default in this course) gives the same signal with a gradient to every expert. Multiply by
+    w_importance (0.1 in the paper) when adding it to the task loss."""
+    router_probs = _check_probs(router_probs)
+    mask = check_mask(mask, router_probs.shape[0])
+    if mask is not None:
+        router_probs = router_probs * mask.to(router_probs.dtype).unsqueeze(-1)
+    importance = router_probs.sum(dim=0)  # (E,)
+    return cv_squared(importance)
+
+
+def average_over_layers(per_layer_losses: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The mean of one auxiliary loss over the MoE layers of a model (not their sum)."""
+    if len(per_layer_losses) == 0:
+        raise ValueError("per_layer_losses must hold at least one loss, got none")
+    return torch.stack(list(per_layer_losses)).mean()

@@ -1,0 +1,88 @@
+"""Argument checks shared by the public API: each raises a clear error naming the argument.
+
+Every public constructor and function of the core calls these before doing any work, so a
+learner who passes a wrong value reads what was wrong and what is allowed, not a shape error
+from deep inside a matmul.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+
+def check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def check_top_k(top_k: object, num_experts: int) -> int:
+    check_positive_int("top_k", top_k)
+    if top_k > num_experts:
+        raise ValueError(
+            f"top_k must be between 1 and num_experts={num_experts}, got top_k={top_k}"
+        )
+    return top_k  # type: ignore[return-value]
+
+
+def check_choice(name: str, value: object, allowed: Iterable[object]) -> object:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def check_positive_float(name: str, value: object, *, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return float(value)
+
+
+def check_float_tensor(name: str, x: object) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating-point tensor (float32, bfloat16, ...), got {x.dtype}"
+        )
+    return x
+
+
+def check_last_dim(name: str, x: torch.Tensor, size: int, what: str) -> None:
+    if x.dim() < 1 or x.shape[-1] != size:
+        raise ValueError(
+            f"{name} must have last dimension {what}={size}, got shape {tuple(x.shape)}"
+        )
+
+
+def check_index_tensor(name: str, idx: object, num_rows: int, num_experts: int | None) -> None:
+    if not isinstance(idx, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(idx).__name__}")
+    if idx.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{name} must be an integer tensor (int64), got {idx.dtype}")
+    if idx.dim() != 2 or idx.shape[0] != num_rows:
+        raise ValueError(f"{name} must have shape (N={num_rows}, K), got {tuple(idx.shape)}")
+    if num_experts is not None and idx.numel() and (idx.min() < 0 or idx.max() >= num_experts):
+        raise ValueError(f"{name} values must lie in [0, {num_experts}), got out-of-range ids")
+
+
+def check_mask(mask: object, num_tokens: int) -> torch.Tensor | None:
+    """A padding mask (N,): True (or 1) for real tokens, False (or 0) for padding."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
+    if mask.dim() != 1 or mask.shape[0] != num_tokens:
+        raise ValueError(
+            f"mask must have shape (N={num_tokens},) with one entry per token, "
+            f"got {tuple(mask.shape)}"
+        )
+    return mask.to(torch.bool)
