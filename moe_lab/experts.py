@@ -15,7 +15,7 @@ The weights are stacked along a leading expert axis so that one kernel can run m
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ def _activate(activation: str, gate: torch.Tensor | None, up: torch.Tensor) -> t
     return F.relu(up)
 
 
-@lru_cache(maxsize=None)
+@cache
 def grouped_mm_supported(device_type: str, dtype: torch.dtype) -> bool:
     """Whether ``F.grouped_mm`` runs forward and backward here (torch >= 2.8 on this device/dtype).
 
