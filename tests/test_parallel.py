@@ -1,0 +1,138 @@
+"""The expert-parallel layer equals the single-process SparseMoE: outputs and gradients (input,
+router, experts), over 2 and 3 processes, with uneven token shards, uneven splits and experts (or
+whole ranks) that receive nothing; a failing rank ends the group with a clear error."""
+
+import time
+
+import pytest
+import torch
+
+from moe_lab import SparseMoE
+from moe_lab.parallel import (
+    ExpertParallelError,
+    expert_owner,
+    free_port,
+    local_expert_order,
+    run_expert_parallel,
+    send_splits,
+    splits_from_counts,
+)
+
+# (N, D, F, E, K, world_size, activation, experts that never get a token)
+CASES = [
+    pytest.param(9, 8, 12, 4, 2, 2, "swiglu", (3,), id="W2-E4-expert3-idle"),
+    pytest.param(11, 8, 12, 6, 2, 3, "swiglu", (4, 5), id="W3-E6-rank2-receives-nothing"),
+    pytest.param(7, 8, 8, 6, 1, 3, "gelu", (), id="W3-E6-top1-uneven-shards"),
+]
+
+
+def _layer_and_input(n, d, f, e, k, activation, idle, seed=0):
+    torch.manual_seed(seed)
+    moe = SparseMoE(d, f, e, k, activation=activation)
+    x = torch.randn(n, d)  # (N, D)
+    if idle:
+        # positive tokens, positive router rows for busy experts, negative rows for idle ones:
+        # an idle expert's logit is below every busy expert's, so top-k never picks it
+        x = x.abs()
+        with torch.no_grad():
+            moe.router.weight.abs_()
+            moe.router.weight[list(idle)] *= -1
+    grad_y = torch.randn(n, d)  # (N, D)
+    return moe, x, grad_y
+
+
+def _single_process(moe, x, grad_y):
+    x = x.clone().requires_grad_(True)
+    out = moe(x)
+    out.y.backward(grad_y)
+    return out, x.grad
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n, d, f, e, k, world, activation, idle", CASES)
+def test_expert_parallel_equals_single_process(n, d, f, e, k, world, activation, idle):
+    moe, x, grad_y = _layer_and_input(n, d, f, e, k, activation, idle)
+    result = run_expert_parallel(moe, x, grad_y, world_size=world, timeout_s=90)
+    reference, grad_x = _single_process(moe, x, grad_y)
+
+    for expert in idle:
+        assert reference.tokens_per_expert[expert] == 0
+    torch.testing.assert_close(result.tokens_per_expert, reference.tokens_per_expert)
+    torch.testing.assert_close(result.y, reference.y, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(result.grad_x, grad_x, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(result.grad_router, moe.router.weight.grad, atol=1e-5, rtol=1e-4)
+    for name, param in moe.experts.named_parameters():
+        torch.testing.assert_close(result.grad_experts[name], param.grad, atol=1e-5, rtol=1e-4)
+
+    # the bookkeeping: token shards as tensor_split, rows sent = assignments per owner rank
+    assert result.token_splits == [len(s) for s in torch.tensor_split(x, world)]
+    assert int(result.tokens_sent.sum()) == n * k
+    expected_sent = torch.stack([send_splits(s, e, world) for s in
+                                 torch.tensor_split(reference.router.topk_idx, world)])
+    torch.testing.assert_close(result.tokens_sent, expected_sent)
+    if idle == (4, 5):  # rank 2 owns experts 4 and 5: it receives nothing
+        assert result.tokens_sent[:, 2].sum() == 0
+    assert result.tokens_sent.unique().numel() > 1  # the splits really are uneven
+
+
+@pytest.mark.slow
+def test_failing_rank_raises_clear_error_within_timeout():
+    moe, x, grad_y = _layer_and_input(8, 8, 8, 4, 2, "swiglu", ())
+    start = time.monotonic()
+    with pytest.raises(ExpertParallelError, match=r"rank 1 of 2 raised RuntimeError.*on purpose"):
+        run_expert_parallel(moe, x, grad_y, world_size=2, timeout_s=60, fail_rank=1)
+    assert time.monotonic() - start < 60
+
+
+# --- pure bookkeeping: no processes -------------------------------------------------------------
+
+def test_expert_owner_contiguous_blocks():
+    assert expert_owner(6, 3).tolist() == [0, 0, 1, 1, 2, 2]
+    assert expert_owner(4, 1).tolist() == [0, 0, 0, 0]
+
+
+def test_send_splits_counts_assignments_per_owner():
+    topk_idx = torch.tensor([[0, 3], [3, 2], [1, 0]])  # (N=3, K=2), E=4
+    assert send_splits(topk_idx, 4, 2).tolist() == [3, 3]
+    assert send_splits(topk_idx, 4, 4).tolist() == [2, 1, 1, 2]
+    assert send_splits(torch.tensor([[0], [1]]), 4, 2).tolist() == [2, 0]  # rank 1 gets none
+    counts = torch.tensor([1, 2, 3, 4, 5, 6])
+    assert splits_from_counts(counts, 3).tolist() == [3, 7, 11]
+
+
+def test_local_expert_order_groups_by_local_expert_in_source_order():
+    # rows arrive: source 0 (e0 x2, e1 x1), source 1 (e0 x1, e1 x2)
+    recv_counts = torch.tensor([[2, 1], [1, 2]])
+    assert local_expert_order(recv_counts).tolist() == [0, 1, 3, 2, 4, 5]
+    assert local_expert_order(torch.zeros(2, 3, dtype=torch.int64)).tolist() == []
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"world_size": 3}, ValueError, "world_size must divide num_experts"),
+    ({"world_size": 0}, ValueError, "world_size must be >= 1"),
+    ({"backend": "mpi"}, ValueError, "backend must be one of"),
+    ({"fail_rank": 2}, ValueError, "fail_rank must be None or in"),
+    ({"timeout_s": 0}, ValueError, "timeout_s must be > 0"),
+])
+def test_bad_arguments_are_named(kwargs, error, match):
+    moe, x, _ = _layer_and_input(8, 8, 8, 4, 2, "swiglu", ())
+    with pytest.raises(error, match=match):
+        run_expert_parallel(moe, x, **kwargs)
+
+
+def test_capacity_and_wrong_types_are_refused():
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="capacity_factor must be None"):
+        run_expert_parallel(SparseMoE(8, 8, 4, 2, capacity_factor=1.0), torch.randn(4, 8))
+    with pytest.raises(TypeError, match="moe must be a SparseMoE"):
+        run_expert_parallel(torch.nn.Linear(8, 8), torch.randn(4, 8))
+    with pytest.raises(TypeError, match="topk_idx must be"):
+        send_splits([[0, 1]], 4, 2)
+
+
+def test_free_port_is_on_loopback_and_usable():
+    import socket
+
+    port = free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
