@@ -1,0 +1,62 @@
+"""A toy router on bytes for the lesson widgets: a fixed, seeded embedding of the 256 byte
+tokens (:class:`moe_lab.tokenizer.ByteTokenizer`) feeding a :class:`moe_lab.TopKRouter` whose
+gate weights are also fixed and seeded, so the same text always routes the same way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from moe_lab.routing import RouterOutput, TopKRouter
+from moe_lab.tokenizer import ByteTokenizer
+
+
+@dataclass(frozen=True)
+class RoutedText:
+    """token_labels: T printable labels; routing: the router's decision for the T tokens;
+    num_tokens: the byte tokens in the whole text (T is cut to ``max_tokens``)."""
+
+    token_labels: list[str]
+    routing: RouterOutput
+    num_tokens: int
+
+
+class ToyByteRouter:
+    """Route byte tokens of a text. ``embedding_scale`` sets how peaked the probabilities are."""
+
+    def __init__(self, d_model: int = 32, num_experts: int = 8, *, seed: int = 0,
+                 embedding_scale: float = 3.0) -> None:
+        self.tokenizer = ByteTokenizer()
+        self.d_model, self.num_experts, self.seed = d_model, num_experts, seed
+        gen = torch.Generator().manual_seed(seed)
+        self.embedding = torch.randn(self.tokenizer.vocab_size, d_model,
+                                     generator=gen) * embedding_scale  # (256, D)
+        # W ~ U(-1/sqrt(D), 1/sqrt(D)), nn.Linear's initialisation, from our own generator
+        self.gate_weight = (torch.rand(num_experts, d_model, generator=gen) * 2 - 1) \
+            / d_model ** 0.5  # (E, D)
+
+    def router(self, top_k: int, *, noise: str | None = None,
+               router_dtype: torch.dtype = torch.float32) -> TopKRouter:
+        """A TopKRouter with this toy's gate weights (training mode when noise is on)."""
+        router = TopKRouter(self.d_model, self.num_experts, top_k, noise=noise,
+                            router_dtype=router_dtype)
+        with torch.no_grad():
+            router.weight.copy_(self.gate_weight)
+        return router.train(noise is not None)
+
+    def route(self, text: str, top_k: int, *, noise: str | None = None,
+              router_dtype: torch.dtype = torch.float32, max_tokens: int = 64) -> RoutedText:
+        """Tokenise ``text`` (any string, even empty), keep the first ``max_tokens`` bytes and
+        route them. Noise is seeded, so a redraw with the same settings gives the same picture."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        ids = self.tokenizer.encode(text)
+        labels = self.tokenizer.pieces(text)
+        shown = ids[:max_tokens]
+        x = self.embedding[torch.tensor(shown, dtype=torch.long)]  # (T, D)
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(self.seed)
+            routing = self.router(top_k, noise=noise, router_dtype=router_dtype)(x)
+        return RoutedText(token_labels=labels[:len(shown)], routing=routing,
+                          num_tokens=len(ids))

@@ -1,0 +1,96 @@
+"""The parameter calculator of lesson 00: sliders for E, K, D, F and L -> total vs active
+parameters, FLOPs per token and memory, with a button that loads Mixtral 8x7B."""
+
+from __future__ import annotations
+
+import html
+import math
+
+import ipywidgets as widgets
+import plotly.graph_objects as go
+
+from moe_lab.params import MIXTRAL_8X7B, TransformerConfig, count_parameters
+from moe_lab.viz.params import params_figure, params_summary
+from moe_lab.widgets._figure import redraw
+
+HEAD_DIM = 128
+
+
+def config_from_sliders(num_experts: int, top_k: int, d_model: int, d_ff: int, num_layers: int,
+                        *, vocab_size: int = MIXTRAL_8X7B.vocab_size) -> TransformerConfig:
+    """A Mixtral-shaped config for the slider values: heads of width 128 (or D when D < 128),
+    a quarter as many KV heads (grouped-query attention), top_k clamped to [1, E]."""
+    head_dim = min(HEAD_DIM, d_model)
+    num_heads = max(1, d_model // head_dim)
+    # H_kv divides H: the largest divisor of H not above H / 4
+    num_kv_heads = math.gcd(num_heads, max(1, num_heads // 4))
+    return TransformerConfig(vocab_size=vocab_size, d_model=d_model, num_layers=num_layers,
+                             d_ff=d_ff, num_heads=num_heads, num_kv_heads=num_kv_heads,
+                             head_dim=head_dim, num_experts=num_experts,
+                             top_k=min(max(1, top_k), num_experts))
+
+
+def summary_html(rows: list[tuple[str, str]]) -> str:
+    cells = "".join(f"<tr><td>{html.escape(k)}</td><td><b>{html.escape(v)}</b></td></tr>"
+                    for k, v in rows)
+    return f"<table>{cells}</table>"
+
+
+class ParamsCalculator(widgets.VBox):
+    """Total vs active parameters of an MoE transformer, live. ``config`` and ``rows`` hold the
+    last values drawn."""
+
+    def __init__(self, context_length: int = 4096) -> None:
+        self.context_length = context_length
+        style = {"description_width": "110px"}
+        layout = widgets.Layout(width="480px")
+
+        def slider(description: str, lo: int, hi: int, step: int, value: int) -> widgets.IntSlider:
+            return widgets.IntSlider(value=value, min=lo, max=hi, step=step,
+                                     description=description, style=style, layout=layout,
+                                     continuous_update=False)
+
+        m = MIXTRAL_8X7B
+        self.num_experts = slider("experts E", 1, 256, 1, m.num_experts)
+        self.top_k = slider("per token K", 1, m.num_experts, 1, m.top_k)
+        self.d_model = slider("d_model D", 128, 16384, 128, m.d_model)
+        self.d_ff = slider("d_ff F", 128, 65536, 128, m.d_ff)
+        self.num_layers = slider("layers L", 1, 128, 1, m.num_layers)
+        self.mixtral = widgets.Button(description="Mixtral 8x7B")
+        self.summary = widgets.HTML()
+        self.figure = go.FigureWidget()
+        self._quiet = False
+        for control in (self.num_experts, self.top_k, self.d_model, self.d_ff, self.num_layers):
+            control.observe(self._on_change, names="value")
+        self.mixtral.on_click(lambda _: self.load(MIXTRAL_8X7B))
+        super().__init__([self.num_experts, self.top_k, self.d_model, self.d_ff,
+                          self.num_layers, self.mixtral, self.summary, self.figure])
+        self.update()
+
+    def load(self, config: TransformerConfig) -> None:
+        """Set every slider from ``config`` and redraw once."""
+        self._quiet = True
+        try:
+            self.num_experts.value = config.num_experts
+            self.top_k.max = config.num_experts
+            self.top_k.value = config.top_k
+            self.d_model.value = config.d_model
+            self.d_ff.value = config.d_ff
+            self.num_layers.value = config.num_layers
+        finally:
+            self._quiet = False
+        self.update()
+
+    def _on_change(self, change: dict) -> None:
+        if change["owner"] is self.num_experts:
+            self.top_k.max = self.num_experts.value  # ipywidgets clamps the value
+        if not self._quiet:
+            self.update()
+
+    def update(self) -> None:
+        self.config = config_from_sliders(self.num_experts.value, self.top_k.value,
+                                          self.d_model.value, self.d_ff.value,
+                                          self.num_layers.value)
+        self.rows = params_summary(self.config, self.context_length)
+        self.summary.value = summary_html(self.rows)
+        redraw(self.figure, params_figure(count_parameters(self.config)))

@@ -1,0 +1,44 @@
+"""The per-token probability heatmap of lesson 01: type text, see each byte token's router
+probabilities over the experts and its top-k choice; switch the router to bf16 or turn noise on."""
+
+from __future__ import annotations
+
+import ipywidgets as widgets
+import plotly.graph_objects as go
+import torch
+
+from moe_lab.viz.router import MAX_TOKENS, router_heatmap_figure, router_heatmap_table
+from moe_lab.widgets._figure import redraw
+from moe_lab.widgets._toy import ToyByteRouter
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+NOISES = {"off (eval)": None, "noisy top-k (train)": "noisy_topk", "jitter (train)": "jitter"}
+
+
+class RouterHeatmap(widgets.VBox):
+    """Text box, K slider, router dtype and noise -> one reused heatmap. ``table`` holds the
+    last table drawn."""
+
+    def __init__(self, text: str = "Experts route tokens: 전문가 🙂", *, d_model: int = 32,
+                 num_experts: int = 8, top_k: int = 2, seed: int = 0) -> None:
+        self.toy = ToyByteRouter(d_model, num_experts, seed=seed)
+        self.text = widgets.Text(value=text, description="text", continuous_update=True,
+                                 layout=widgets.Layout(width="480px"))
+        self.top_k = widgets.IntSlider(value=top_k, min=1, max=num_experts, description="top k")
+        self.dtype = widgets.Dropdown(options=list(DTYPES), value="float32",
+                                      description="router dtype")
+        self.noise = widgets.Dropdown(options=list(NOISES), value="off (eval)",
+                                      description="noise")
+        self.figure = go.FigureWidget()
+        for control in (self.text, self.top_k, self.dtype, self.noise):
+            control.observe(lambda _: self.update(), names="value")
+        super().__init__([self.text, widgets.HBox([self.top_k, self.dtype, self.noise]),
+                          self.figure])
+        self.update()
+
+    def update(self) -> None:
+        routed = self.toy.route(self.text.value, self.top_k.value, noise=NOISES[self.noise.value],
+                                router_dtype=DTYPES[self.dtype.value], max_tokens=MAX_TOKENS)
+        self.table = router_heatmap_table(routed.routing, routed.token_labels,
+                                          source_tokens=routed.num_tokens)
+        redraw(self.figure, router_heatmap_figure(self.table))
