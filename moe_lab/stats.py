@@ -1,0 +1,80 @@
+"""Routing statistics of one training step: load per expert, router entropy, losses. Lesson 04.
+
+Plain numbers, computed from the router's output, so that a training loop (:mod:`moe_lab.toy`)
+can hand them to a callback and a figure (:mod:`moe_lab.viz.dashboard`) can draw them without
+either knowing the other.
+
+    load_i          = tokens_per_expert_i / sum_j tokens_per_expert_j        (share of assignments)
+    max_over_mean   = max_i tokens_per_expert_i / mean_i tokens_per_expert_i (1 = balanced, E = collapsed)
+    router_entropy  = mean_n  - sum_i p_{n,i} log p_{n,i}                    (nats; log E = uniform)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from moe_lab.validation import check_float_tensor
+
+
+def router_entropy(router_probs: torch.Tensor) -> float:
+    """Mean over tokens of the entropy of the router distribution, in nats (log E at most)."""
+    check_float_tensor("router_probs", router_probs)
+    if router_probs.dim() != 2:
+        raise ValueError(f"router_probs must have shape (N, E), got {tuple(router_probs.shape)}")
+    if router_probs.shape[0] == 0:
+        return 0.0
+    probs = router_probs.detach().float()  # (N, E)
+    # H_n = - sum_i p_{n,i} log p_{n,i}
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=-1)  # (N,)
+    return float(entropy.mean())
+
+
+def max_over_mean_load(tokens_per_expert: torch.Tensor) -> float:
+    """max_i load_i / mean_i load_i: 1.0 when balanced, E when every assignment is on one expert."""
+    counts = tokens_per_expert.detach().float()  # (E,)
+    mean = counts.mean()
+    return float(counts.max() / mean) if mean > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """What a dashboard shows for one step.
+
+    step:              the step number (0-based)
+    load:              per-expert share of the N*K assignments, E floats summing to 1
+    max_over_mean:     max load / mean load (1 = balanced, E = collapsed)
+    router_entropy:    mean per-token entropy of the router probabilities (nats)
+    max_abs_logit:     largest |router logit| in the batch (what the z-loss keeps small)
+    losses:            name -> value, e.g. {"task": 2.1, "switch": 1.03}
+    """
+
+    step: int
+    load: tuple[float, ...]
+    max_over_mean: float
+    router_entropy: float
+    max_abs_logit: float
+    losses: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def num_experts(self) -> int:
+        return len(self.load)
+
+
+def step_stats(step: int, router_logits: torch.Tensor, router_probs: torch.Tensor,
+               tokens_per_expert: torch.Tensor, losses: dict[str, float] | None = None,
+               ) -> StepStats:
+    """Summarise one step's routing: logits and probs (N, E), tokens_per_expert (E,)."""
+    counts = tokens_per_expert.detach().float()  # (E,)
+    total = float(counts.sum())
+    load = (counts / total) if total > 0 else counts  # (E,)
+    max_abs_logit = float(router_logits.detach().abs().max()) if router_logits.numel() else 0.0
+    return StepStats(
+        step=int(step),
+        load=tuple(round(float(v), 6) for v in load),
+        max_over_mean=max_over_mean_load(counts),
+        router_entropy=router_entropy(router_probs),
+        max_abs_logit=max_abs_logit,
+        losses={name: float(value) for name, value in (losses or {}).items()},
+    )
