@@ -1,0 +1,31 @@
+"""binder/ stays in step with requirements.txt: every package a learner needs is there, and
+torch is a CPU build (Binder has no GPU)."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _names(path):
+    names = set()
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            names.add(re.split(r"[<>=!~\[ ]", line)[0].lower())
+    return names
+
+
+def test_binder_installs_every_course_requirement():
+    assert _names(ROOT / "requirements.txt") <= _names(ROOT / "binder" / "requirements.txt")
+
+
+def test_binder_torch_is_a_cpu_build():
+    text = (ROOT / "binder" / "requirements.txt").read_text()
+    assert re.search(r"^torch==[\d.]+\+cpu$", text, re.M)
+    assert "download.pytorch.org/whl/cpu" in text
+
+
+def test_binder_python_is_pinned_and_postbuild_installs_the_package():
+    assert re.fullmatch(r"python-3\.1[0-3]\s*", (ROOT / "binder" / "runtime.txt").read_text())
+    assert "pip install" in (ROOT / "binder" / "postBuild").read_text()

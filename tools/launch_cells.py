@@ -1,0 +1,72 @@
+"""Put the launch cells at the top of every lesson: an "Open in Colab" badge and a setup cell
+that installs the package only when running in Google Colab. The repository is named here, once;
+run this after changing it (and after adding a lesson), then regenerate the outputs:
+
+    python tools/launch_cells.py && python tools/run_notebooks.py
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+
+REPOSITORY = "moe-lab/moe-lab"  # owner/name on GitHub: the one place the URL is set
+BRANCH = "main"
+ROOT = Path(__file__).resolve().parents[1]
+TAG = "launch"
+
+SETUP_CODE = f'''# NBVAL_IGNORE_OUTPUT
+# Setup for Google Colab only: elsewhere (JupyterLab, Binder) this cell does nothing.
+# Colab has torch and numpy; it lacks plotly >= 6 with anywidget (for the live figures), the
+# corpus of lesson 05 and the course package. Its ipywidgets 7 is kept: ipywidgets 8 breaks there.
+import sys
+
+if "google.colab" in sys.modules:
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "plotly>=6", "anywidget",
+                    "pyyaml", "chatterbot-corpus>=1.3.3",
+                    "moe-lab @ git+https://github.com/{REPOSITORY}@{BRANCH}"], check=True)
+    from google.colab import output
+
+    output.enable_custom_widget_manager()
+'''
+
+
+def colab_url(notebook: str) -> str:
+    return f"https://colab.research.google.com/github/{REPOSITORY}/blob/{BRANCH}/notebooks/{notebook}"
+
+
+def binder_url(notebook: str = "00_start_here.ipynb") -> str:
+    return (f"https://mybinder.org/v2/gh/{REPOSITORY}/{BRANCH}"
+            f"?urlpath=lab/tree/notebooks/{notebook}")
+
+
+def badge_markdown(notebook: str) -> str:
+    return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+            f"({colab_url(notebook)}) "
+            f"[![Binder](https://mybinder.org/badge_logo.svg)]({binder_url(notebook)})")
+
+
+def add_launch_cells(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    nb.cells = [c for c in nb.cells if TAG not in c.metadata.get("tags", [])]
+    badge = nbformat.v4.new_markdown_cell(badge_markdown(path.name))
+    setup = nbformat.v4.new_code_cell(SETUP_CODE)
+    for cell in (badge, setup):
+        cell.metadata["tags"] = [TAG]
+    nb.cells[:0] = [badge, setup]
+    nbformat.write(nb, path)
+
+
+def main() -> int:
+    for path in sorted((ROOT / "notebooks").glob("[0-9]*.ipynb")):
+        add_launch_cells(path)
+        print(f"launch cells: {path.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
