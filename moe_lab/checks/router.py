@@ -59,7 +59,7 @@ def check_router_probs(router_probs: Callable[[torch.Tensor, torch.Tensor], torc
             raise CheckFailed(f"the router should return float32 probabilities, got {got.dtype}: "
                               f"compute the gate in float32 (x.float() @ weight.float().T).")
         row_sums = got.double().sum(dim=-1)  # (N,)
-        if not torch.allclose(row_sums, torch.ones_like(row_sums), atol=1e-4):
+        if not torch.allclose(row_sums, torch.ones_like(row_sums), atol=2e-2):
             col_sums = got.double().sum(dim=0)  # (E,)
             if torch.allclose(col_sums, torch.ones_like(col_sums), atol=1e-4):
                 raise CheckFailed("each column sums to 1, not each row: take the softmax over "

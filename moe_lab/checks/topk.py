@@ -158,9 +158,9 @@ def check_keep_mask(fn: Callable[[torch.Tensor, int, int], torch.Tensor]) -> Non
     """``keep_mask(topk_idx (N, K), num_experts, capacity) -> (N, K) bool``: an assignment is
     kept when fewer than C earlier assignments (in token order, then slot) went to its expert."""
     gen = torch.Generator().manual_seed(2)
-    # token 0 -> (0, 1), token 1 -> (1, 0): with C = 1, token order keeps token 0's second
-    # choice of expert 1 and drops token 1's first choice; GShard's slot-major order would not
-    cases = [(torch.tensor([[0, 1], [1, 0]]), 2, 1)]
+    # tokens -> (0, 1), (1, 0), (0, 1): with C = 1, token order keeps both of token 0's
+    # choices and drops token 1's first choice; GShard's slot-major order would keep it
+    cases = [(torch.tensor([[0, 1], [1, 0], [0, 1]]), 2, 1)]
     for n_tokens, num_experts, top_k, capacity in [(12, 4, 2, 4), (16, 8, 1, 2),
                                                    (24, 6, 3, 9)]:
         cases.append((_skewed_topk_idx(n_tokens, num_experts, top_k, gen), num_experts,
@@ -177,11 +177,15 @@ def check_keep_mask(fn: Callable[[torch.Tensor, int, int], torch.Tensor]) -> Non
             continue
         kept_per_expert = torch.bincount(topk_idx[got], minlength=num_experts)  # (E,)
         demand = torch.bincount(topk_idx.reshape(-1), minlength=num_experts)  # (E,)
+        if torch.equal(got, plan.position <= capacity):
+            raise CheckFailed(f"an expert kept {capacity + 1} assignments with capacity "
+                              f"{capacity}: off by one, did you use <= instead of <? "
+                              f"Positions count from 0, so keep position < capacity.")
+        if torch.equal(got, plan.position < capacity - 1):
+            raise CheckFailed(f"each full expert kept {capacity - 1} assignments, not "
+                              f"{capacity}: off by one. Positions count from 0: keep "
+                              f"position < capacity.")
         if (kept_per_expert > capacity).any():
-            if torch.equal(kept_per_expert, demand.clamp(max=capacity + 1)):
-                raise CheckFailed(f"an expert kept {capacity + 1} assignments with capacity "
-                                  f"{capacity}: off by one, did you use <= instead of <? "
-                                  f"Positions count from 0, so keep position < capacity.")
             raise CheckFailed(f"an expert kept {int(kept_per_expert.max())} assignments with "
                               f"capacity {capacity}: keep at most C per expert.")
         if torch.equal(kept_per_expert, demand.clamp(max=capacity)):
