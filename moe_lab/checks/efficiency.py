@@ -1,0 +1,80 @@
+"""Checkers for lesson 06 (efficiency): the sort at the heart of the sorted dispatch.
+
+Reference: :func:`moe_lab.make_routing_plan` (``sort_order``, ``tokens_per_expert``).
+
+- :func:`check_sort_by_expert`: ``sort_by_expert(topk_idx, num_experts) -> (order, counts)``:
+  ``order`` (N*K,) lists the flat assignment ids (token * K + slot) so that each expert's
+  assignments are contiguous, experts in increasing order; ``counts`` (E,) is the segment length
+  of each expert. Any order within one expert is correct (the unsort uses the same order), so
+  the checker accepts every grouping, not only the stable one.
+
+Catalogued mistakes: token ids instead of assignment ids (``order // K``), sorting each token's
+K experts (``dim=-1``) instead of the flat list, ``bincount`` without ``minlength``, an order that
+repeats or loses assignments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from moe_lab.checks.core import CheckFailed, checker
+from moe_lab.dispatch import make_routing_plan
+
+
+def _pair(out: object, names: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if not (isinstance(out, tuple | list) and len(out) == 2
+            and all(isinstance(t, torch.Tensor) for t in out)):
+        raise CheckFailed(f"return a pair of tensors ({names}), got {type(out).__name__}.")
+    return out[0], out[1]
+
+
+def expect_grouped_by(order: object, keys: torch.Tensor, what: str, *, row_name: str) -> None:
+    """Raise :class:`CheckFailed` unless ``order`` is a permutation of range(len(keys)) that
+    makes ``keys[order]`` non-decreasing (each key's rows contiguous, keys in increasing order)."""
+    if not isinstance(order, torch.Tensor):
+        raise CheckFailed(f"{what} should be a torch.Tensor, got {type(order).__name__}.")
+    if order.dtype not in (torch.int64, torch.int32):
+        raise CheckFailed(f"{what} should hold integer row ids (int64), got {order.dtype}.")
+    num_rows = keys.shape[0]
+    if order.dim() != 1 or order.shape[0] != num_rows:
+        raise CheckFailed(f"{what} should have shape ({num_rows},): one entry per {row_name}, "
+                          f"got {tuple(order.shape)}.")
+    if not torch.equal(order.sort().values.long(), torch.arange(num_rows)):
+        raise CheckFailed(f"{what} should be a permutation of 0..{num_rows - 1}: every "
+                          f"{row_name} exactly once (some are repeated or missing).")
+    grouped = keys[order.long()]  # (rows,)
+    if not bool((grouped[1:] >= grouped[:-1]).all()):
+        raise CheckFailed(f"{what} does not make each expert's {row_name}s contiguous: after "
+                          f"reordering, the experts read {grouped.tolist()[:12]}... Sort by "
+                          "expert (torch.argsort(keys, stable=True)).")
+
+
+@checker("check_sort_by_expert")
+def check_sort_by_expert(fn: Callable[[torch.Tensor, int], object]) -> None:
+    gen = torch.Generator().manual_seed(0)
+    for num_tokens, num_experts, top_k in [(6, 4, 2), (9, 8, 2), (5, 6, 1), (12, 16, 4)]:
+        router_logits = torch.randn(num_tokens, num_experts, generator=gen)  # (N, E)
+        topk_idx = torch.topk(router_logits, top_k, dim=-1).indices  # (N, K)
+        plan = make_routing_plan(topk_idx, torch.ones(num_tokens, top_k), num_experts)
+        order, counts = _pair(fn(topk_idx, num_experts), "order, tokens_per_expert")
+        if counts.dim() == 1 and counts.shape[0] < num_experts:
+            raise CheckFailed(f"tokens_per_expert has {counts.shape[0]} entries for E="
+                              f"{num_experts} experts: the last experts got no token. Use "
+                              "torch.bincount(..., minlength=num_experts).")
+        if counts.shape != plan.tokens_per_expert.shape or \
+                not torch.equal(counts.long(), plan.tokens_per_expert):
+            raise CheckFailed(f"tokens_per_expert should be {plan.tokens_per_expert.tolist()} "
+                              f"(N={num_tokens}, E={num_experts}, K={top_k}), got "
+                              f"{counts.tolist()}: count every (token, slot) assignment.")
+        if order.shape == (num_tokens * top_k,) and top_k > 1 and \
+                int(order.max()) < num_tokens and num_tokens * top_k > num_tokens:
+            raise CheckFailed("order holds token ids, but it should index the N*K flat "
+                              "assignments (token * K + slot): a token with K experts appears "
+                              "K times. Sort topk_idx.reshape(-1), not the tokens.")
+        if order.shape == topk_idx.shape:
+            raise CheckFailed(f"order has shape {tuple(order.shape)} = (N, K): you sorted each "
+                              "token's experts. Flatten first: topk_idx.reshape(-1), then "
+                              "argsort the N*K expert ids.")
+        expect_grouped_by(order, topk_idx.reshape(-1), "order", row_name="assignment")

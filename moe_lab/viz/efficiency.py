@@ -1,0 +1,201 @@
+"""Lesson 06 figures: timings as shapes grow, padding waste, where the time and memory go.
+
+Pure functions turn bench results (:mod:`moe_lab.bench`, live or from a recorded JSON), a routing
+or a torch.profiler run into small tables (tested); the ``*_figure`` functions only draw them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import plotly.graph_objects as go
+import torch
+
+from moe_lab.validation import check_choice
+
+RECORDED_GPU_RESULTS = Path(__file__).resolve().parents[1] / "results" / "bench_gpu.json"
+STRATEGY_COLORS = {"dense_limit": "#7f7f7f", "dense": "#9467bd", "loop": "#d62728",
+                   "padded": "#ff7f0e", "sorted": "#2ca02c"}
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One timing: shape (T tokens, D, F, E, K), strategy, median milliseconds of forward +
+    backward, and the ratio to the dense limit (one FFN over N*K tokens) at the same shape."""
+
+    tokens: int
+    d_model: int
+    d_ff: int
+    num_experts: int
+    top_k: int
+    strategy: str
+    median_ms: float
+    ratio_to_dense_limit: float
+
+
+def bench_rows(results: Iterable[object]) -> list[BenchRow]:
+    """Flatten :class:`moe_lab.bench.BenchResult` objects or the dicts of a bench JSON."""
+    rows = []
+    for result in results:
+        if isinstance(result, dict):
+            row = {f.name: result[f.name] for f in fields(BenchRow)}
+        elif hasattr(result, "shape") and hasattr(result, "strategy"):
+            shape = result.shape
+            row = {"tokens": shape.tokens, "d_model": shape.d_model, "d_ff": shape.d_ff,
+                   "num_experts": shape.num_experts, "top_k": shape.top_k,
+                   "strategy": result.strategy, "median_ms": result.median_ms,
+                   "ratio_to_dense_limit": result.ratio_to_dense_limit}
+        else:
+            raise TypeError(f"results must hold BenchResult objects or dicts, "
+                            f"got {type(result).__name__}")
+        rows.append(BenchRow(**row))
+    return rows
+
+
+@dataclass(frozen=True)
+class RecordedBench:
+    """A bench JSON written by ``python -m moe_lab.bench --json PATH``."""
+
+    environment: dict[str, str]
+    command: str
+    rows: list[BenchRow]
+
+
+def load_recorded_bench(path: str | Path = RECORDED_GPU_RESULTS) -> RecordedBench | None:
+    """The recorded results at ``path``, or None when no such file exists."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    payload = json.loads(path.read_text())
+    return RecordedBench(environment=dict(payload.get("environment", {})),
+                         command=str(payload.get("command", "")),
+                         rows=bench_rows(payload["results"]))
+
+
+def ratio_table(rows: Sequence[BenchRow]) -> list[dict[str, object]]:
+    """One dict per shape: its strategies' ratios to the dense limit and sorted / loop."""
+    table: dict[tuple[int, ...], dict[str, object]] = {}
+    for row in rows:
+        key = (row.tokens, row.d_model, row.d_ff, row.num_experts, row.top_k)
+        entry = table.setdefault(key, {"shape": "T={} D={} F={} E={} K={}".format(*key)})
+        entry[row.strategy] = round(row.ratio_to_dense_limit, 2)
+        entry[f"{row.strategy}_ms"] = row.median_ms
+    for entry in table.values():
+        if "sorted_ms" in entry and "loop_ms" in entry:
+            entry["sorted/loop"] = round(entry["sorted_ms"] / entry["loop_ms"], 2)
+    return [{k: v for k, v in e.items() if not k.endswith("_ms")} for e in table.values()]
+
+
+def scaling_figure(rows: Sequence[BenchRow], *, x: str = "tokens", y: str = "median_ms",
+                   title: str = "") -> go.Figure:
+    """One line per strategy: ``y`` (median_ms or ratio_to_dense_limit) against ``x``
+    (tokens or num_experts), log axes."""
+    check_choice("x", x, ("tokens", "num_experts", "top_k"))
+    check_choice("y", y, ("median_ms", "ratio_to_dense_limit"))
+    figure = go.Figure()
+    for strategy in dict.fromkeys(row.strategy for row in rows):
+        points = sorted((getattr(r, x), getattr(r, y)) for r in rows if r.strategy == strategy)
+        figure.add_scatter(x=[p[0] for p in points], y=[p[1] for p in points],
+                           mode="lines+markers", name=strategy,
+                           line=dict(color=STRATEGY_COLORS.get(strategy)))
+    labels = {"tokens": "tokens N", "num_experts": "experts E", "top_k": "experts per token K",
+              "median_ms": "forward + backward (ms, median)",
+              "ratio_to_dense_limit": "time / dense limit"}
+    figure.update_layout(title=title, xaxis=dict(title=labels[x], type="log"),
+                         yaxis=dict(title=labels[y], type="log"), height=380,
+                         margin=dict(l=60, r=20, t=50, b=50))
+    return figure
+
+
+@dataclass(frozen=True)
+class PaddingTable:
+    """A capacity-padded (E, C, D) buffer: slots = E*C rows, used = kept assignments."""
+
+    tokens_per_expert: list[int]
+    capacity: int
+    slots: int
+    used: int
+    dropped: int
+
+    @property
+    def waste(self) -> float:
+        """Share of the E*C rows that hold padding (computed, then thrown away)."""
+        return 1 - self.used / self.slots if self.slots else 0.0
+
+
+def padding_table(demand: torch.Tensor, capacity: int) -> PaddingTable:
+    """Padding of a (E, C, D) buffer for ``demand`` (E,) assignments per expert."""
+    if capacity < 0:
+        raise ValueError(f"capacity must be >= 0, got {capacity}")
+    kept = demand.clamp(max=capacity)  # (E,)
+    return PaddingTable(tokens_per_expert=demand.tolist(), capacity=int(capacity),
+                        slots=demand.shape[0] * int(capacity), used=int(kept.sum()),
+                        dropped=int((demand - kept).sum()))
+
+
+def padding_figure(table: PaddingTable, title: str = "capacity-padded buffer") -> go.Figure:
+    """Bars: rows used, padding and dropped per expert, with the capacity line."""
+    experts = list(range(len(table.tokens_per_expert)))
+    used = [min(d, table.capacity) for d in table.tokens_per_expert]
+    figure = go.Figure()
+    figure.add_bar(x=experts, y=used, name="tokens (computed)", marker_color="#2ca02c")
+    figure.add_bar(x=experts, y=[table.capacity - u for u in used], name="padding (wasted)",
+                   marker_color="#c7c7c7")
+    figure.add_bar(x=experts, y=[max(d - table.capacity, 0) for d in table.tokens_per_expert],
+                   name="dropped", marker_color="#d62728")
+    figure.update_layout(barmode="stack", height=340, margin=dict(l=60, r=20, t=50, b=50),
+                         title=f"{title}: C = {table.capacity}, {100 * table.waste:.0f} % of "
+                               f"{table.slots} rows are padding, {table.dropped} dropped",
+                         xaxis=dict(title="expert", tickmode="array", tickvals=experts),
+                         yaxis=dict(title="rows"))
+    return figure
+
+
+@dataclass(frozen=True)
+class ProfileSummary:
+    """From one torch.profiler run: calls of chosen ops, the top ops by self CPU time, and the
+    bytes allocated (the sum of every allocation during the run, not the peak)."""
+
+    op_calls: dict[str, int]
+    top_ops: list[tuple[str, int, float]]  # (name, calls, self CPU ms)
+    allocated_bytes: int
+
+
+def profile_summary(key_averages: Iterable[object], ops: Sequence[str],
+                    top: int = 8) -> ProfileSummary:
+    """Summarise ``prof.key_averages()``: ``ops`` call counts, ``top`` ops by self CPU time."""
+    events = list(key_averages)
+    calls = {op: 0 for op in ops}
+    for event in events:
+        if event.key in calls:
+            calls[event.key] += event.count
+    ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    allocated = sum(max(int(getattr(e, "self_cpu_memory_usage", 0)), 0) for e in events)
+    return ProfileSummary(op_calls=calls,
+                          top_ops=[(e.key, e.count, e.self_cpu_time_total / 1e3) for e in ranked],
+                          allocated_bytes=allocated)
+
+
+def profile_figure(summaries: dict[str, ProfileSummary], title: str = "") -> go.Figure:
+    """Grouped bars: calls per op for each strategy (launches on a GPU)."""
+    figure = go.Figure()
+    for name, summary in summaries.items():
+        figure.add_bar(x=list(summary.op_calls), y=list(summary.op_calls.values()), name=name,
+                       marker_color=STRATEGY_COLORS.get(name))
+    figure.update_layout(barmode="group", title=title, height=340,
+                         yaxis=dict(title="calls in one forward + backward"),
+                         margin=dict(l=60, r=20, t=50, b=50))
+    return figure
+
+
+def memory_figure(allocated_mb: dict[str, float], title: str = "") -> go.Figure:
+    """Bars: megabytes allocated per strategy in one forward + backward."""
+    names = list(allocated_mb)
+    figure = go.Figure(go.Bar(x=names, y=[allocated_mb[n] for n in names],
+                              marker_color=[STRATEGY_COLORS.get(n, "#1f77b4") for n in names]))
+    figure.update_layout(title=title, height=320, yaxis=dict(title="MB allocated"),
+                         margin=dict(l=60, r=20, t=50, b=50))
+    return figure
