@@ -4,9 +4,13 @@ Lesson 04.
 The task: each input token x in [0, V) belongs to one of G groups (x mod G), and the target is a
 group-specific random permutation of the token: y = perm_{x mod G}(x). The model is an embedding,
 one :class:`moe_lab.SparseMoE` (no residual, so everything must pass through the experts) and a
-linear head. Trained without any balancing loss, the router soon sends most tokens to the few
-experts that happened to learn first (routing collapse); the balancing methods of
-:mod:`moe_lab.losses` and :mod:`moe_lab.balancing` keep the load spread.
+linear head. As in Switch, each token goes to one expert (K = 1) weighted by its raw router
+probability, so the router learns from how useful its chosen expert was. The router starts near
+uniform, and every token's input shares one common direction (``shared_offset``), as the hidden
+states of real language models do: what the router learns for one token, it learns for all.
+Trained without any balancing loss, it soon sends most tokens to the expert that happened to learn
+first (routing collapse: rich get richer); the balancing methods of :mod:`moe_lab.losses` and
+:mod:`moe_lab.balancing` keep the load spread.
 
     total_loss = task_loss + aux_coef * balance_loss + z_coef * z_loss
 
@@ -122,8 +126,25 @@ class ToyRun:
 
 
 def train_toy(config: ToyConfig, *, callbacks: Sequence[Callable[[StepStats], None]] = (),
-              progress: bool = True, description: str | None = None) -> ToyRun:
-    """Train the toy model; call every callback with the step's :class:`StepStats`."""
+              progress: bool = True, description: str | None = None,
+              num_threads: int | None = 1) -> ToyRun:
+    """Train the toy model; call every callback with the step's :class:`StepStats`.
+
+    ``num_threads``: torch CPU threads during the run (restored afterwards). The matrices are
+    tiny, so one thread is fastest, and several threads on a busy machine spin-wait for each
+    other (we measured a 30x slow-down on 2 shared cores). None keeps torch's setting.
+    """
+    previous_threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(check_positive_int("num_threads", num_threads))
+    try:
+        return _train(config, callbacks, progress, description)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(config: ToyConfig, callbacks: Sequence[Callable[[StepStats], None]], progress: bool,
+           description: str | None) -> ToyRun:
     torch.manual_seed(config.seed)
     model = ToyMoEModel(config)
     targets = make_toy_targets(config)  # (V,)
@@ -162,6 +183,7 @@ def train_toy(config: ToyConfig, *, callbacks: Sequence[Callable[[StepStats], No
         run.history.append(stats)
         for callback in callbacks:
             callback(stats)
-        bar.set_postfix(max_over_mean=f"{stats.max_over_mean:.2f}", task=f"{task_loss.item():.3f}")
+        bar.set_postfix(max_over_mean=f"{stats.max_over_mean:.2f}", task=f"{task_loss.item():.3f}",
+                        refresh=False)
     bar.close()
     return run

@@ -1,0 +1,274 @@
+"""The routing explorer's data and figure: which experts each token of a text goes to. Lesson 03
+(a toy byte router) and lesson 05 (a trained language model) share it.
+
+The interface, in three pieces:
+
+1. :class:`RoutingTable`, plain data: one label per token, and per MoE layer ``topk_idx`` (T, K),
+   ``topk_weights`` (T, K) and ``tokens_per_expert`` (E,), stacked over the L layers. Build one
+   with :func:`routing_table` from per-layer tensors (any model), or with :func:`route_text` for
+   an embedding + router over bytes (lesson 03).
+2. A *routing callable*, what :class:`moe_lab.widgets.explorer.RoutingExplorer` accepts::
+
+       route_fn(text: str, top_k: int, noise: float) -> RoutingTable
+
+   It must accept any string (empty, any script, emoji), ignore or honour ``top_k`` (1..E) and
+   ``noise`` (>= 0, the std of Gaussian noise added to the router logits) as it can, and cut
+   long texts itself (``RoutingTable.total_tokens`` then says how long the text was, and the
+   figure shows a note). A trained model with a fixed K can recompute the top-k of its router
+   probabilities with :func:`moe_lab.topk_routing`, or ignore ``top_k`` (hide the slider with
+   ``RoutingExplorer(..., show_top_k=False)``). :func:`byte_router_fn` makes one for lesson 03.
+3. :func:`explorer_traces` turns a table into exactly what is drawn (tested); :func:`explorer_figure`
+   builds the figure once and :func:`apply_explorer_traces` updates it in place (fast redraws).
+
+The figure: a grid of tokens (``COLUMNS`` per row), each square coloured by the token's top
+expert, its opacity the top expert's weight, the hover listing all K experts and weights; below,
+one bar per expert with its load (tokens_per_expert) in the chosen layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+from torch import nn
+
+from moe_lab.routing import TopKRouter, topk_routing
+from moe_lab.tokenizer import ByteTokenizer
+from moe_lab.validation import check_positive_int, check_top_k
+
+MAX_TOKENS = 96  # tokens drawn; longer texts are cut, and the figure says so
+COLUMNS = 24  # tokens per row of the grid
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39",
+           "#7b4173", "#3182bd")
+
+
+def expert_colour(expert: int) -> str:
+    """The colour of an expert, the same in the token grid and the load bars."""
+    return PALETTE[expert % len(PALETTE)]
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    """The routing of one text, per MoE layer.
+
+    labels:            T printable token labels (``ByteTokenizer.pieces``)
+    topk_idx:          (L, T, K) int64 chosen experts, best first
+    topk_weights:      (L, T, K) float32 their combine weights
+    tokens_per_expert: (L, E) int64 assignments per expert in each layer
+    num_experts:       E
+    total_tokens:      tokens in the whole text (> T when the text was cut)
+    layer_names:       L names, e.g. ("layer 0",)
+    """
+
+    labels: list[str]
+    topk_idx: torch.Tensor
+    topk_weights: torch.Tensor
+    tokens_per_expert: torch.Tensor
+    num_experts: int
+    total_tokens: int
+    layer_names: tuple[str, ...]
+
+    @property
+    def num_layers(self) -> int:
+        return self.topk_idx.shape[0]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.topk_idx.shape[1]
+
+    @property
+    def top_k(self) -> int:
+        return self.topk_idx.shape[2]
+
+    @property
+    def truncated(self) -> bool:
+        return self.total_tokens > self.num_tokens
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain lists and numbers (JSON-ready), e.g. to compare with what a browser shows."""
+        return {
+            "labels": list(self.labels),
+            "topk_idx": self.topk_idx.tolist(),
+            "topk_weights": [[[round(w, 6) for w in row] for row in layer]
+                             for layer in self.topk_weights.tolist()],
+            "tokens_per_expert": self.tokens_per_expert.tolist(),
+            "num_experts": self.num_experts,
+            "total_tokens": self.total_tokens,
+            "layer_names": list(self.layer_names),
+        }
+
+
+RoutingFn = Callable[[str, int, float], RoutingTable]
+
+
+def routing_table(labels: Sequence[str], topk_idx: Sequence[torch.Tensor],
+                  topk_weights: Sequence[torch.Tensor], num_experts: int, *,
+                  total_tokens: int | None = None,
+                  layer_names: Sequence[str] | None = None) -> RoutingTable:
+    """Stack per-layer ``topk_idx`` (T, K) and ``topk_weights`` (T, K) into a RoutingTable and
+    count each layer's tokens_per_expert."""
+    check_positive_int("num_experts", num_experts)
+    if len(topk_idx) == 0 or len(topk_idx) != len(topk_weights):
+        raise ValueError("topk_idx and topk_weights must hold one tensor per layer (at least "
+                         f"one), got {len(topk_idx)} and {len(topk_weights)}")
+    idx = torch.stack([t.detach().cpu().long() for t in topk_idx])  # (L, T, K)
+    weights = torch.stack([w.detach().cpu().float() for w in topk_weights])  # (L, T, K)
+    if idx.dim() != 3 or idx.shape != weights.shape:
+        raise ValueError(f"each layer's topk_idx and topk_weights must be (T, K) of the same "
+                         f"shape, got {tuple(idx.shape[1:])} and {tuple(weights.shape[1:])}")
+    if len(labels) != idx.shape[1]:
+        raise ValueError(f"labels must hold one label per token ({idx.shape[1]}), "
+                         f"got {len(labels)}")
+    if idx.numel() and (idx.min() < 0 or idx.max() >= num_experts):
+        raise ValueError(f"topk_idx values must lie in [0, {num_experts})")
+    names = tuple(layer_names) if layer_names is not None else tuple(
+        f"layer {i}" for i in range(idx.shape[0]))
+    if len(names) != idx.shape[0]:
+        raise ValueError(f"layer_names must hold {idx.shape[0]} names, got {len(names)}")
+    # tokens_per_expert[l, e] = #{(t, k) : topk_idx[l, t, k] = e}
+    tokens_per_expert = torch.stack([torch.bincount(layer.reshape(-1), minlength=num_experts)
+                                     for layer in idx])  # (L, E)
+    return RoutingTable(labels=list(labels), topk_idx=idx, topk_weights=weights,
+                        tokens_per_expert=tokens_per_expert, num_experts=num_experts,
+                        total_tokens=max(idx.shape[1], total_tokens or 0), layer_names=names)
+
+
+def clean_text(text: object) -> str:
+    """The text as UTF-8 can encode it: lone surrogates (which no byte sequence represents)
+    become '?'. Raises TypeError for a non-string."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return text.encode("utf-8", errors="replace").decode("utf-8")
+
+
+@torch.no_grad()
+def route_text(text: str, embedding: nn.Embedding, router: TopKRouter, *, top_k: int,
+               noise: float = 0.0, seed: int = 0, max_tokens: int = MAX_TOKENS,
+               tokenizer: ByteTokenizer | None = None) -> RoutingTable:
+    """Route the byte tokens of ``text`` through ``embedding`` and ``router`` (lesson 03).
+
+    ``top_k`` overrides the router's K (1..E); ``noise`` is the std of Gaussian noise added to the
+    router logits (seeded: the same text and settings give the same picture); only the first
+    ``max_tokens`` tokens are routed.
+    """
+    tokenizer = tokenizer or ByteTokenizer()
+    text = clean_text(text)
+    check_top_k(top_k, router.num_experts)
+    check_positive_int("max_tokens", max_tokens)
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
+        raise ValueError(f"noise must be a number >= 0, got {noise!r}")
+    ids = tokenizer.encode(text)
+    labels = tokenizer.pieces(text)[:max_tokens]
+    token_ids = torch.tensor(ids[:max_tokens], dtype=torch.long)  # (T,)
+    x = embedding(token_ids)  # (T, D)
+    was_training = router.training
+    router_logits = router.eval()(x).logits  # (T, E)
+    router.train(was_training)
+    if noise > 0:
+        generator = torch.Generator().manual_seed(seed)
+        # logits <- logits + noise * eps,  eps ~ N(0, 1)
+        router_logits = router_logits + noise * torch.randn(
+            router_logits.shape, generator=generator)  # (T, E)
+    router_probs = torch.softmax(router_logits, dim=-1)  # (T, E)
+    topk_idx, topk_weights = topk_routing(router_probs, top_k, normalize=router.normalize)
+    return routing_table(labels, [topk_idx], [topk_weights], router.num_experts,
+                         total_tokens=len(ids))
+
+
+def byte_router_fn(embedding: nn.Embedding, router: TopKRouter, *, seed: int = 0,
+                   max_tokens: int = MAX_TOKENS) -> RoutingFn:
+    """A routing callable ``(text, top_k, noise) -> RoutingTable`` for the explorer widget."""
+
+    def route_fn(text: str, top_k: int, noise: float) -> RoutingTable:
+        return route_text(text, embedding, router, top_k=top_k, noise=noise, seed=seed,
+                          max_tokens=max_tokens)
+
+    return route_fn
+
+
+@dataclass(frozen=True)
+class ExplorerTraces:
+    """Exactly what the explorer figure draws for one layer of a table.
+
+    x, y: grid position of each token; text: its label; colour: its top expert's colour;
+    opacity: 0.25 + 0.75 * its top expert's weight; hover: all K experts and weights;
+    bar_y: tokens_per_expert (E,); title: with a note when the text was cut.
+    """
+
+    x: list[int]
+    y: list[int]
+    text: list[str]
+    colour: list[str]
+    opacity: list[float]
+    hover: list[str]
+    top_expert: list[int]
+    bar_y: list[int]
+    bar_colour: list[str]
+    title: str
+
+
+def explorer_traces(table: RoutingTable, layer: int = 0) -> ExplorerTraces:
+    """The plain lists the figure shows for ``layer`` of ``table``."""
+    if not 0 <= layer < table.num_layers:
+        raise ValueError(f"layer must lie in [0, {table.num_layers}), got {layer}")
+    idx = table.topk_idx[layer].tolist()  # (T, K)
+    weights = table.topk_weights[layer].tolist()  # (T, K)
+    top_expert = [row[0] for row in idx]
+    hover = [
+        f"{label!r}: " + ", ".join(f"e{e} {w:.2f}" for e, w in zip(row_e, row_w, strict=True))
+        for label, row_e, row_w in zip(table.labels, idx, weights, strict=True)]
+    title = f"{table.layer_names[layer]}: {table.num_tokens} tokens, top-{table.top_k} of " \
+            f"{table.num_experts} experts"
+    if table.truncated:
+        title += f" (showing the first {table.num_tokens} of {table.total_tokens} tokens)"
+    if table.num_tokens == 0:
+        title += " (type some text)"
+    return ExplorerTraces(
+        x=[t % COLUMNS for t in range(table.num_tokens)],
+        y=[-(t // COLUMNS) for t in range(table.num_tokens)],
+        text=list(table.labels),
+        colour=[expert_colour(e) for e in top_expert],
+        opacity=[round(0.25 + 0.75 * row[0], 4) for row in weights],
+        hover=hover,
+        top_expert=top_expert,
+        bar_y=table.tokens_per_expert[layer].tolist(),
+        bar_colour=[expert_colour(e) for e in range(table.num_experts)],
+        title=title,
+    )
+
+
+def explorer_figure(table: RoutingTable, layer: int = 0) -> go.Figure:
+    """Token grid (top) and expert load bars (bottom) for ``layer`` of ``table``."""
+    figure = make_subplots(rows=2, cols=1, row_heights=[0.62, 0.38], vertical_spacing=0.12,
+                           subplot_titles=("tokens, coloured by top expert (opacity = weight)",
+                                           "expert load (assignments)"))
+    figure.add_trace(go.Scatter(mode="markers+text", marker={"symbol": "square", "size": 26},
+                                textfont={"size": 13}, hoverinfo="text", showlegend=False),
+                     row=1, col=1)
+    figure.add_trace(go.Bar(showlegend=False), row=2, col=1)
+    figure.update_xaxes(visible=False, range=[-0.7, COLUMNS - 0.3], row=1, col=1)
+    figure.update_yaxes(visible=False, row=1, col=1)
+    figure.update_xaxes(title_text="expert", row=2, col=1, dtick=1)
+    figure.update_layout(height=460, margin={"t": 70, "b": 40, "l": 40, "r": 20},
+                         plot_bgcolor="white")
+    apply_explorer_traces(figure, explorer_traces(table, layer))
+    return figure
+
+
+def apply_explorer_traces(figure: go.Figure, traces: ExplorerTraces) -> None:
+    """Write ``traces`` into a figure made by :func:`explorer_figure` (in place; works on a
+    FigureWidget too, where it sends one small update)."""
+    rows = max(1, -min(traces.y, default=0) + 1)
+    with figure.batch_update():
+        grid, bars = figure.data[0], figure.data[1]
+        grid.x, grid.y, grid.text, grid.hovertext = traces.x, traces.y, traces.text, traces.hover
+        grid.marker.color, grid.marker.opacity = traces.colour, traces.opacity
+        bars.x = list(range(len(traces.bar_y)))
+        bars.y, bars.marker.color = traces.bar_y, traces.bar_colour
+        figure.layout.yaxis.range = [-rows + 0.4, 0.6]
+        figure.layout.title.text = traces.title
+

@@ -1,0 +1,107 @@
+"""The routing explorer: type text, see which experts each token goes to. Lessons 03 and 05.
+
+:class:`RoutingExplorer` wires a Text box, a K slider, a noise slider and (for several layers) a
+layer menu to any *routing callable* ``route_fn(text, top_k, noise) -> RoutingTable`` (the
+interface is documented in :mod:`moe_lab.viz.explorer`), and redraws one reused FigureWidget on
+every keystroke, updating its traces in place.
+
+Lesson 03::
+
+    explorer = RoutingExplorer(byte_router_fn(embedding, moe.router), num_experts=E)
+
+Lesson 05 (a trained model with several MoE layers and a fixed K)::
+
+    explorer = RoutingExplorer(my_route_fn, num_experts=E, top_k=K, show_top_k=False,
+                               show_noise=False)
+
+For tests and browser checks: ``current_table()`` is the RoutingTable last drawn,
+``figure_data()`` what the figure holds now, ``last_redraw_ms`` the time of the last redraw; the
+controls carry the CSS classes ``moe-explorer-text``, ``moe-explorer-k``, ``moe-explorer-noise``
+and ``moe-explorer-layer``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import ipywidgets as widgets
+import plotly.graph_objects as go
+
+from moe_lab.validation import check_positive_int, check_top_k
+from moe_lab.viz.explorer import (
+    RoutingFn,
+    RoutingTable,
+    apply_explorer_traces,
+    clean_text,
+    explorer_figure,
+    explorer_traces,
+)
+
+
+class RoutingExplorer(widgets.VBox):
+    """Text, K and noise controls over one reused routing figure."""
+
+    def __init__(self, route_fn: RoutingFn, *, num_experts: int,
+                 text: str = "Experts route tokens: 전문가 🙂", top_k: int = 2,
+                 noise_max: float = 2.0, show_top_k: bool = True,
+                 show_noise: bool = True) -> None:
+        if not callable(route_fn):
+            raise TypeError(f"route_fn must be callable, got {type(route_fn).__name__}")
+        check_positive_int("num_experts", num_experts)
+        check_top_k(top_k, num_experts)
+        self.route_fn = route_fn
+        self.last_redraw_ms = 0.0
+        self.text = widgets.Text(value=clean_text(text), description="text",
+                                 placeholder="type a sentence", continuous_update=True,
+                                 layout=widgets.Layout(width="560px"))
+        self.top_k = widgets.IntSlider(value=top_k, min=1, max=num_experts, description="top k",
+                                       continuous_update=True)
+        self.noise = widgets.FloatSlider(value=0.0, min=0.0, max=float(noise_max), step=0.05,
+                                         description="noise std", continuous_update=True)
+        self.top_k.layout.display = None if show_top_k else "none"
+        self.noise.layout.display = None if show_noise else "none"
+        self.text.add_class("moe-explorer-text")
+        self.top_k.add_class("moe-explorer-k")
+        self.noise.add_class("moe-explorer-noise")
+        self._table = self._route()
+        self.layer = widgets.Dropdown(
+            options=[(name, i) for i, name in enumerate(self._table.layer_names)], value=0,
+            description="layer")
+        self.layer.add_class("moe-explorer-layer")
+        self.layer.layout.display = None if self._table.num_layers > 1 else "none"
+        self.figure = go.FigureWidget(explorer_figure(self._table, 0))
+        for control in (self.text, self.top_k, self.noise, self.layer):
+            control.observe(lambda _: self.update(), names="value")
+        super().__init__([self.text, widgets.HBox([self.top_k, self.noise, self.layer]),
+                          self.figure])
+
+    def _route(self) -> RoutingTable:
+        table = self.route_fn(clean_text(self.text.value), int(self.top_k.value),
+                              float(self.noise.value))
+        if not isinstance(table, RoutingTable):
+            raise TypeError(f"route_fn must return a RoutingTable, got {type(table).__name__}")
+        return table
+
+    def update(self) -> None:
+        """Route the current text with the current settings and redraw (in place)."""
+        start = time.perf_counter()
+        self._table = self._route()
+        layer = min(int(self.layer.value or 0), self._table.num_layers - 1)
+        apply_explorer_traces(self.figure, explorer_traces(self._table, layer))
+        self.last_redraw_ms = (time.perf_counter() - start) * 1e3
+
+    def current_table(self) -> RoutingTable:
+        """The RoutingTable the figure shows now."""
+        return self._table
+
+    def figure_data(self) -> dict[str, object]:
+        """What the figure holds now: token labels, colours, opacities, bar heights, title."""
+        grid, bars = self.figure.data[0], self.figure.data[1]
+        return {
+            "text": list(grid.text or ()),
+            "colour": list(grid.marker.color or ()),
+            "opacity": list(grid.marker.opacity or ()),
+            "hover": list(grid.hovertext or ()),
+            "bar_y": list(bars.y or ()),
+            "title": self.figure.layout.title.text,
+        }
