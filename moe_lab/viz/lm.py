@@ -1,0 +1,117 @@
+"""Figures of lesson 05: loss curves, the capacity-factor sweep, language x expert heatmaps.
+
+Each ``*_table`` function turns metric logs (the JSON files of moe_lab/results/lesson05) or count
+tables into plain lists (tested); each ``*_figure`` function only draws them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+CURVE_AXES = ("step", "wall_time")
+
+
+@dataclass(frozen=True)
+class Curve:
+    name: str
+    x: list[float]
+    val_loss: list[float]
+
+
+def loss_curve_table(logs: Mapping[str, Mapping], x: str = "step") -> list[Curve]:
+    """Validation loss of each log against ``x``: "step" or "wall_time" (training seconds)."""
+    if x not in CURVE_AXES:
+        raise ValueError(f"x must be one of {CURVE_AXES}, got {x!r}")
+    return [Curve(name, [float(e[x]) for e in log["evals"]],
+                  [float(e["val_loss"]) for e in log["evals"]]) for name, log in logs.items()]
+
+
+def loss_curves_figure(logs: Mapping[str, Mapping], title: str = "validation loss") -> go.Figure:
+    """Two panels: validation loss against steps, and against training wall time."""
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("against steps", "against wall time"))
+    palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
+    for col, x in enumerate(CURVE_AXES, start=1):
+        for i, curve in enumerate(loss_curve_table(logs, x)):
+            figure.add_trace(go.Scatter(x=curve.x, y=curve.val_loss, name=curve.name,
+                                        mode="lines", showlegend=col == 1,
+                                        line={"color": palette[i % len(palette)]}),
+                             row=1, col=col)
+    figure.update_xaxes(title_text="step", row=1, col=1)
+    figure.update_xaxes(title_text="training seconds (this machine)", row=1, col=2)
+    figure.update_yaxes(title_text="val loss (nats / byte)", row=1, col=1)
+    figure.update_layout(title=title, height=380, margin={"t": 70, "b": 40})
+    return figure
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    label: str  # "0.5", ..., "dropless"
+    capacity_factor: float | None
+    drop_rate: float  # validation drop rate at the end of training
+    val_loss: float
+
+
+def capacity_sweep_table(logs: Sequence[Mapping]) -> list[SweepRow]:
+    """One row per run (final evaluation), sorted by capacity factor, dropless last."""
+    rows = []
+    for log in logs:
+        factor = log["model_config"]["capacity_factor"]
+        last = log["evals"][-1]
+        rows.append(SweepRow("dropless" if factor is None else f"{factor:g}", factor,
+                             float(last["val_drop_rate"]), float(last["val_loss"])))
+    return sorted(rows, key=lambda r: float("inf") if r.capacity_factor is None
+                  else r.capacity_factor)
+
+
+def capacity_sweep_figure(rows: Sequence[SweepRow]) -> go.Figure:
+    """Drop rate and validation loss against the capacity factor (two panels)."""
+    labels = [r.label for r in rows]
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("drop rate", "validation loss"))
+    figure.add_trace(go.Bar(x=labels, y=[r.drop_rate for r in rows], name="drop rate",
+                            marker_color="#d62728"), row=1, col=1)
+    figure.add_trace(go.Scatter(x=labels, y=[r.val_loss for r in rows], name="val loss",
+                                mode="lines+markers"), row=1, col=2)
+    figure.update_xaxes(title_text="capacity factor", type="category")
+    figure.update_yaxes(title_text="share of assignments dropped", row=1, col=1)
+    figure.update_yaxes(title_text="nats / byte", row=1, col=2)
+    figure.update_layout(height=350, showlegend=False, margin={"t": 50, "b": 40})
+    return figure
+
+
+def expert_share_table(counts: torch.Tensor) -> list[list[float]]:
+    """Row-normalised counts: share of each label's assignments that go to each expert.
+    Empty rows stay zero."""
+    if not isinstance(counts, torch.Tensor) or counts.dim() != 2:
+        raise ValueError("counts must be a 2-D tensor (labels, experts)")
+    totals = counts.double().sum(dim=1, keepdim=True).clamp_min(1.0)  # (L, 1)
+    return (counts.double() / totals).tolist()
+
+
+def specialisation_heatmap_figure(counts_per_layer: Sequence[torch.Tensor],
+                                  labels: Sequence[str],
+                                  title: str = "share of each language's tokens per expert") \
+        -> go.Figure:
+    """One heatmap per MoE layer: labels down, experts across, colour = share of the label's
+    assignments. A uniform router gives 1/E everywhere."""
+    num_layers = len(counts_per_layer)
+    if num_layers == 0:
+        raise ValueError("counts_per_layer must hold at least one layer")
+    figure = make_subplots(rows=1, cols=num_layers,
+                           subplot_titles=[f"layer {i}" for i in range(num_layers)],
+                           horizontal_spacing=0.08)
+    for i, counts in enumerate(counts_per_layer, start=1):
+        shares = expert_share_table(counts)
+        figure.add_trace(go.Heatmap(z=shares, x=[f"E{e}" for e in range(counts.shape[1])],
+                                    y=list(labels), zmin=0, zmax=max(0.5, max(map(max, shares))),
+                                    colorscale="Viridis", showscale=i == num_layers,
+                                    hovertemplate="%{y} -> %{x}: %{z:.2f}<extra></extra>"),
+                         row=1, col=i)
+        figure.update_yaxes(autorange="reversed", row=1, col=i, showticklabels=i == 1)
+    figure.update_layout(title=title, height=max(300, 18 * len(labels) + 120),
+                         margin={"t": 70, "b": 30})
+    return figure
