@@ -100,16 +100,20 @@ def make_routing_plan(topk_idx: torch.Tensor, topk_weights: torch.Tensor, num_ex
     )
 
 
-def _unsort_and_sum(h_sorted: torch.Tensor, sort_order: torch.Tensor, num_tokens: int,
-                    top_k: int) -> torch.Tensor:
-    """Put each kept row back at its (token, slot) and sum over slots: (M, D) -> (N, D).
+def combine_kept(h_kept: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
+    """The weighted sum back in token order: kept rows (M, D), in ``plan.sort_order`` -> y (N, D).
 
-    Distinct indices and a plain sum, so no atomic adds (deterministic on every device).
+    Each row goes back to its (token, slot) with an ``index_copy`` (distinct indices: no atomic
+    adds, deterministic on every device); dropped slots stay zero; then one batched matmul
+    weights and sums the K slots of every token.
     """
-    d_model = h_sorted.shape[-1]
-    slots = h_sorted.new_zeros(num_tokens * top_k, d_model)  # (N*K, D)
-    slots = slots.index_copy(0, sort_order, h_sorted)  # (N*K, D)
-    return slots.view(num_tokens, top_k, d_model).sum(dim=1)  # (N, D)
+    num_tokens, top_k = plan.topk_idx.shape
+    d_model = h_kept.shape[-1]
+    slots = h_kept.new_zeros(num_tokens * top_k, d_model)  # (N*K, D)
+    slots = slots.index_copy(0, plan.sort_order, h_kept)  # (N*K, D)
+    weights = (plan.topk_weights * plan.keep).to(h_kept.dtype)  # (N, K), 0 where dropped
+    # y_n = sum_k w_{n,k} h_{n,k}:  (N, 1, K) @ (N, K, D)
+    return torch.bmm(weights.unsqueeze(1), slots.view(num_tokens, top_k, d_model)).squeeze(1)
 
 
 def dispatch_dense(x: torch.Tensor, plan: RoutingPlan, experts: Experts) -> torch.Tensor:
@@ -136,15 +140,13 @@ def dispatch_loop(x: torch.Tensor, plan: RoutingPlan, experts: Experts) -> torch
 
 
 def dispatch_sorted(x: torch.Tensor, plan: RoutingPlan, experts: Experts) -> torch.Tensor:
-    """Sort by expert -> contiguous segments -> grouped GEMM -> weight -> unsort and sum."""
-    num_tokens, top_k = plan.topk_idx.shape
+    """Sort by expert -> contiguous segments -> grouped GEMM -> unsort -> weighted sum."""
+    top_k = plan.topk_idx.shape[1]
     token_of = plan.sort_order // top_k  # (M,)
     x_sorted = x[token_of]  # (M, D)
     counts = plan.tokens_per_expert.tolist()  # E ints (one host sync)
     h_sorted = experts.forward_grouped(x_sorted, counts)  # (M, D)
-    weight = plan.topk_weights.reshape(-1)[plan.sort_order].unsqueeze(-1)  # (M, 1)
-    return _unsort_and_sum(h_sorted * weight.to(h_sorted.dtype), plan.sort_order,
-                           num_tokens, top_k)  # (N, D)
+    return combine_kept(h_sorted, plan)  # (N, D)
 
 
 def dispatch_padded(x: torch.Tensor, plan: RoutingPlan, experts: Experts) -> torch.Tensor:
@@ -161,8 +163,7 @@ def dispatch_padded(x: torch.Tensor, plan: RoutingPlan, experts: Experts) -> tor
     buffer = buffer.index_copy(0, buffer_row, x[flat_kept // top_k])  # (E*C, D)
     h = experts.forward_padded(buffer.view(num_experts, capacity, d_model))  # (E, C, D)
     h_kept = h.reshape(num_experts * capacity, d_model)[buffer_row]  # (M, D)
-    weight = plan.topk_weights.reshape(-1)[flat_kept].unsqueeze(-1)  # (M, 1)
-    return _unsort_and_sum(h_kept * weight.to(h_kept.dtype), flat_kept, num_tokens, top_k)
+    return combine_kept(h_kept, plan)  # (N, D)
 
 
 DISPATCH_FUNCTIONS = {
