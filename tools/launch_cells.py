@@ -7,6 +7,7 @@ run this after changing it (and after adding a lesson), then regenerate the outp
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -61,10 +62,24 @@ def add_launch_cells(path: Path) -> None:
     nbformat.write(nb, path)
 
 
+README_BADGES = re.compile(r"<!-- launch-badges -->.*?<!-- /launch-badges -->", re.S)
+
+
+def update_readme(path: Path = ROOT / "README.md") -> None:
+    """Rewrite the badge line of the README (between its launch-badges markers)."""
+    text = path.read_text()
+    if not README_BADGES.search(text):
+        raise ValueError(f"{path} has no <!-- launch-badges --> markers")
+    badges = badge_markdown("00_start_here.ipynb")
+    block = f"<!-- launch-badges -->\n{badges}\n<!-- /launch-badges -->"
+    path.write_text(README_BADGES.sub(lambda _: block, text))
+
+
 def main() -> int:
     for path in sorted((ROOT / "notebooks").glob("[0-9]*.ipynb")):
         add_launch_cells(path)
         print(f"launch cells: {path.name}")
+    update_readme()
     return 0
 
 

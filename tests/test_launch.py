@@ -1,0 +1,45 @@
+"""Every lesson opens in Colab and Binder: badge and Colab-only setup cell at the top, the README
+badges in step, all from the one repository name in tools/launch_cells.py."""
+
+import sys
+from pathlib import Path
+from unittest import mock
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import launch_cells  # noqa: E402
+
+LESSONS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=[p.name for p in LESSONS])
+def test_lesson_starts_with_launch_cells(path):
+    nb = nbformat.read(path, as_version=4)
+    badge, setup = nb.cells[0], nb.cells[1]
+    assert badge.cell_type == "markdown" and badge.source == launch_cells.badge_markdown(path.name)
+    assert setup.cell_type == "code" and setup.source == launch_cells.SETUP_CODE
+    assert sum(launch_cells.TAG in c.metadata.get("tags", []) for c in nb.cells) == 2
+
+
+def test_readme_badges_match_the_repository():
+    assert launch_cells.badge_markdown("00_start_here.ipynb") in (ROOT / "README.md").read_text()
+
+
+def test_setup_cell_does_nothing_outside_colab():
+    with mock.patch("subprocess.run") as run:
+        exec(launch_cells.SETUP_CODE, {})  # no google.colab module here
+    run.assert_not_called()
+
+
+def test_setup_cell_installs_the_package_in_colab():
+    colab = mock.MagicMock()
+    with mock.patch.dict(sys.modules, {"google": colab, "google.colab": colab}), \
+            mock.patch("subprocess.run") as run:
+        exec(launch_cells.SETUP_CODE, {})
+    command = run.call_args.args[0]
+    assert f"git+https://github.com/{launch_cells.REPOSITORY}@{launch_cells.BRANCH}" in command[-1]
+    assert "anywidget" in command and not any(c.startswith("ipywidgets") for c in command)
+    colab.output.enable_custom_widget_manager.assert_called_once()
