@@ -1,0 +1,193 @@
+"""The live widgets in a real browser: JupyterLab 4 + Debian's chromium, driven by Playwright.
+
+Lesson 03 (routing explorer): run all cells, type a sentence, check the plot shows the kernel's
+routing of that sentence token by token; move the top-k slider with the keyboard, check the plot
+follows. Lesson 04 (training dashboard): run all cells, check the dashboard plot is drawn. For
+both: no console errors, and the kernel websocket traffic of the whole lesson stays under
+``WEBSOCKET_BUDGET_BYTES``. Screenshots go to artifacts/browser/ (and, with
+``MOE_LAB_DOCS_IMG=<dir>``, the cropped widgets to that directory: ``python tools/screenshots.py``).
+``MOE_LAB_BROWSER_NOTEBOOKS=<dir>`` runs it on another copy of the lessons.
+
+Skipped only when /usr/bin/chromium is absent (CI installs it). Never runs ``playwright install``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from browser.lab import CHROMIUM, VIEWPORT, ConsoleLog, LessonPage, WebsocketMeter, launch_chromium
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is not installed "
+                       "(apt-get install chromium); the browser test needs it"),
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "artifacts" / "browser"
+EXPLORER_LESSON = "03_weighted_sum.ipynb"
+DASHBOARD_LESSON = "04_load_balancing.ipynb"
+WEBSOCKET_BUDGET_BYTES = 1_000_000
+SENTENCE = "Mixture of experts routes each token: 전문가!"
+EXPERT_IN_HOVER = re.compile(r"\be(\d+) \d+\.\d\d\b")
+
+# The lesson's one RoutingExplorer, found in the kernel, and its routing of a text (JSON).
+EXPLORER_QUERY = """
+import json as _json
+from moe_lab.widgets.explorer import RoutingExplorer as _RoutingExplorer
+_explorers = list({{id(_v): _v for _v in list(globals().values())
+                   if isinstance(_v, _RoutingExplorer)}}.values())  # _, Out[n] repeat it
+assert len(_explorers) == 1, f"expected one RoutingExplorer in the lesson, found {{len(_explorers)}}"
+_ex = _explorers[0]
+_table = _ex.route_fn({text!r}, {top_k}, float(_ex.noise.value))
+print(_json.dumps({{"text": _ex.text.value, "top_k": _ex.top_k.value, "noise": _ex.noise.value,
+                    "routing": _table.to_dict()}}))
+"""
+
+DASHBOARD_QUERY = """
+import json as _json
+from moe_lab.widgets.dashboard import TrainingDashboard as _TrainingDashboard
+_boards = list({id(_v): _v for _v in list(globals().values())
+                if isinstance(_v, _TrainingDashboard)}.values())
+print(_json.dumps({"count": len(_boards),
+                   "steps": [len(_b.history) for _b in _boards]}))
+"""
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[tuple[object, object]]:
+    """A private JupyterLab over a fresh copy of notebooks/ (fresh kernels) and a chromium."""
+    from browser.jupyter_server import jupyter_lab
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    notebooks = Path(os.environ.get("MOE_LAB_BROWSER_NOTEBOOKS", ROOT / "notebooks"))
+    with jupyter_lab(notebooks) as server, sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            yield server, browser
+        finally:
+            browser.close()
+
+
+def open_lesson(lab, name: str):
+    server, browser = lab
+    if not (server.root_dir / name).exists():
+        pytest.fail(f"the lesson {name} is missing")
+    page = browser.new_page(viewport=VIEWPORT)
+    console, meter = ConsoleLog().attach(page), WebsocketMeter().attach(page)
+    start = time.perf_counter()
+    lesson = LessonPage(page, server.lab_url(name))
+    state = lesson.run_all()
+    print(f"{name}: opened and ran {state['code']} code cells in "
+          f"{time.perf_counter() - start:.1f} s")
+    return page, lesson, console, meter
+
+
+def save_widget_image(box, name: str) -> None:
+    """The widget, cropped, as a PNG in artifacts/browser/ (and in $MOE_LAB_DOCS_IMG if set)."""
+    box.scroll_into_view_if_needed()
+    targets = [ARTIFACTS / name]
+    if os.environ.get("MOE_LAB_DOCS_IMG"):
+        targets.append(Path(os.environ["MOE_LAB_DOCS_IMG"]) / name)
+    for path in targets:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        box.screenshot(path=str(path), animations="disabled")
+        print(f"saved {path} ({path.stat().st_size / 1e3:.0f} kB)")
+
+
+def shown_routing(lesson: LessonPage, box) -> dict[str, list]:
+    """What the rendered plot shows per token: label, colour, experts listed in the hover (in
+    order), and the load bars."""
+    grid, bars = lesson.plot_data(box)[:2]
+    return {
+        "labels": list(grid.get("text") or []),
+        "colours": list((grid.get("marker") or {}).get("color") or []),
+        "experts": [[int(e) for e in EXPERT_IN_HOVER.findall(h)] for h in grid.get("hovertext") or []],
+        "bars": list(bars.get("y") or []),
+    }
+
+
+def wait_for_plot(lesson: LessonPage, box, predicate_js: str, arg: object) -> None:
+    """Wait until ``predicate_js(gd, arg)`` holds for the plot in ``box``."""
+    plot = box.locator(".js-plotly-plot").first
+    plot.wait_for(state="attached")
+    lesson.page.wait_for_function(
+        f"([gd, arg]) => {{ try {{ return ({predicate_js})(gd, arg); }} catch (e) {{ return false; }} }}",
+        arg=[plot.element_handle(), arg], timeout=30_000, polling=200)
+
+
+def assert_plot_matches_kernel(shown: dict[str, list], routing: dict[str, object]) -> None:
+    from moe_lab.viz.explorer import expert_colour
+
+    topk_idx = routing["topk_idx"][0]  # (T, K) of the only layer
+    assert shown["labels"] == routing["labels"], "the plot's tokens are not the kernel's tokens"
+    assert shown["experts"] == topk_idx, (
+        "per-token experts in the plot differ from the kernel's routing:\n"
+        f"plot   {shown['experts']}\nkernel {topk_idx}")
+    assert shown["colours"] == [expert_colour(row[0]) for row in topk_idx], \
+        "token colours are not the colours of the kernel's top experts"
+    assert shown["bars"] == routing["tokens_per_expert"][0], "load bars differ from the kernel's"
+
+
+def check_lesson_budget(name: str, console: ConsoleLog, meter: WebsocketMeter) -> None:
+    print(f"{name}: kernel websocket {meter.summary()}")
+    assert not console.errors, f"console errors in {name}:\n" + "\n".join(console.errors)
+    assert meter.total_bytes < WEBSOCKET_BUDGET_BYTES, (
+        f"{name} sent {meter.total_bytes / 1e6:.2f} MB over the kernel websocket "
+        f"(budget {WEBSOCKET_BUDGET_BYTES / 1e6:.1f} MB): {meter.summary()}")
+
+
+def test_routing_explorer_follows_text_and_k(lab) -> None:
+    page, lesson, console, meter = open_lesson(lab, EXPLORER_LESSON)
+    box = lesson.widget_box("moe-explorer-text")
+    assert page.locator(".moe-explorer-text").count() == 1
+    text_input = box.locator(".moe-explorer-text input")
+
+    # Type a sentence: the plot must show the kernel's routing of exactly that sentence.
+    top_k = int(lesson.kernel_json(EXPLORER_QUERY.format(text="", top_k=1))["top_k"])
+    text_input.fill("")
+    text_input.press_sequentially(SENTENCE, delay=15)
+    expected = lesson.kernel_json(EXPLORER_QUERY.format(text=SENTENCE, top_k=top_k))
+    wait_for_plot(lesson, box, "(gd, labels) => JSON.stringify(gd.data[0].text) === "
+                  "JSON.stringify(labels)", expected["routing"]["labels"])
+    lesson.wait_kernel_idle()
+    assert expected["text"] == SENTENCE, "the kernel's Text widget did not receive the sentence"
+    assert_plot_matches_kernel(shown_routing(lesson, box), expected["routing"])
+
+    # Move the top-k slider one step with the keyboard: K experts per token become K + 1.
+    handle = box.locator(".moe-explorer-k .noUi-handle").first
+    handle.focus()
+    handle.press("ArrowRight")
+    wait_for_plot(lesson, box, "(gd, k) => gd.data[0].hovertext.every("
+                  "h => (h.match(/\\be\\d+ \\d+\\.\\d\\d\\b/g) || []).length === k)", top_k + 1)
+    lesson.wait_kernel_idle()
+    expected = lesson.kernel_json(EXPLORER_QUERY.format(text=SENTENCE, top_k=top_k + 1))
+    assert expected["top_k"] == top_k + 1, "the kernel's k slider did not move"
+    shown = shown_routing(lesson, box)
+    assert all(len(experts) == top_k + 1 for experts in shown["experts"])
+    assert_plot_matches_kernel(shown, expected["routing"])
+
+    page.screenshot(path=str(ARTIFACTS / "explorer.png"), full_page=False)
+    save_widget_image(box, "routing_explorer.png")
+    check_lesson_budget(EXPLORER_LESSON, console, meter)
+    page.close()
+
+
+def test_training_dashboard_renders(lab) -> None:
+    page, lesson, console, meter = open_lesson(lab, DASHBOARD_LESSON)
+    box = lesson.widget_box("moe-dashboard-status")
+    boards = lesson.kernel_json(DASHBOARD_QUERY)
+    assert boards["count"] >= 1 and max(boards["steps"]) > 0, f"no dashboard trained: {boards}"
+    wait_for_plot(lesson, box, "(gd) => gd.data.some(t => (t.y || []).length > 0)", None)
+    traces = lesson.plot_data(box)
+    assert any(len(trace.get("y") or []) > 0 for trace in traces), "the dashboard plot is empty"
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=False)
+    save_widget_image(box, "training_dashboard.png")
+    check_lesson_budget(DASHBOARD_LESSON, console, meter)
+    page.close()
