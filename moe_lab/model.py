@@ -22,7 +22,7 @@ experts of width F cost per token (plus the router's D * E, small).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -189,6 +189,16 @@ class TinyLM(nn.Module):
         per_expert = sum(p[0].numel() for p in self.blocks[0].ffn.experts.parameters())
         return total - cfg.n_layers * (cfg.num_experts - cfg.top_k) * per_expert
 
+    def set_capacity_factor(self, capacity_factor: float | None) -> None:
+        """Change every MoE layer's capacity factor (None: dropless), e.g. to evaluate a model
+        trained dropless at a capacity; the config follows."""
+        check_positive_float("capacity_factor", capacity_factor, allow_none=True)
+        if self.config.ffn != "moe":
+            raise ValueError("set_capacity_factor needs a model with ffn='moe'")
+        self.config = replace(self.config, capacity_factor=capacity_factor)
+        for block in self.blocks:
+            block.ffn.capacity_factor = None if capacity_factor is None else float(capacity_factor)
+
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None) -> LMOutput:
         """input_ids (B, T) int64; targets (B, T) int64 with IGNORE_INDEX at padding;
@@ -243,32 +253,34 @@ class TinyLM(nn.Module):
 @dataclass(frozen=True)
 class TextRouting:
     """The routing of one text: pieces (one printable label per byte token), and per MoE layer
-    topk_idx (T, K) and topk_weights (T, K)."""
+    topk_idx (T, K) and topk_weights (T, K); total_tokens > T when the text was cut."""
 
     pieces: list[str]
     topk_idx: list[torch.Tensor]
     topk_weights: list[torch.Tensor]
+    total_tokens: int
 
 
 @torch.no_grad()
 def route_text(model: TinyLM, text: str, tokenizer: ByteTokenizer | None = None) -> TextRouting:
-    """Run ``text`` through the model (eval mode, last max_seq_len bytes at most) and return each
+    """Run ``text`` through the model (eval mode, its first max_seq_len bytes) and return each
     MoE layer's expert choice per byte token. Empty text gives empty tensors."""
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     if model.config.ffn != "moe":
         raise ValueError("route_text needs a model with ffn='moe'")
     tokenizer = tokenizer or ByteTokenizer()
-    ids = tokenizer.encode_tensor(text)[-model.config.max_seq_len:]  # (T,)
-    pieces = tokenizer.pieces(text)[-model.config.max_seq_len:]
+    all_ids = tokenizer.encode_tensor(text)
+    ids = all_ids[:model.config.max_seq_len]  # (T,)
+    pieces = tokenizer.pieces(text)[:model.config.max_seq_len]
     k = model.config.top_k
     if ids.numel() == 0:
         empty = [torch.zeros(0, k, dtype=torch.long)] * model.config.n_layers
-        return TextRouting([], empty, [torch.zeros(0, k)] * model.config.n_layers)
+        return TextRouting([], empty, [torch.zeros(0, k)] * model.config.n_layers, 0)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     out = model(ids.unsqueeze(0).to(device))
     model.train(was_training)
     return TextRouting(pieces, [r.topk_idx.cpu() for r in out.routing],
-                       [r.topk_weights.cpu() for r in out.routing])
+                       [r.topk_weights.cpu() for r in out.routing], len(all_ids))

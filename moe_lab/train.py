@@ -17,7 +17,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from moe_lab.data import Batch, LessonData, eval_batches, load_lesson_data, sample_batch
 from moe_lab.device import pick_device, seed_everything
 from moe_lab.model import ModelConfig, TinyLM
+from moe_lab.stats import StepStats, step_stats
 from moe_lab.validation import check_choice, check_positive_int
 
 PRECISIONS = ("fp32", "bf16")
@@ -73,6 +74,7 @@ class StepMetrics:
     lr: float
     grad_norm: float
     tokens_per_expert: list[list[int]]  # per MoE layer, (E,) counts of this step
+    layer_stats: list[StepStats] = field(default_factory=list)  # per MoE layer (dashboards)
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,19 @@ class Callback:
 
     def on_train_end(self, result: TrainResult) -> None:
         pass
+
+
+class OnStep(Callback):
+    """Call ``fn(metrics)`` after every step, e.g. a lesson-04 TrainingDashboard:
+    ``OnStep(lambda m: dashboard(m.layer_stats[0]))``."""
+
+    def __init__(self, fn: Callable[[StepMetrics], object]) -> None:
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        self.fn = fn
+
+    def on_step(self, metrics: StepMetrics) -> None:
+        self.fn(metrics)
 
 
 @dataclass
@@ -226,12 +241,16 @@ def train(model_config: ModelConfig, train_config: TrainConfig, *,
         out.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
         optimizer.step()
+        losses = {"lm": out.lm_loss.item()}
+        if out.aux_loss is not None:
+            losses.update(aux=out.aux_loss.item(), z=out.z_loss.item())
         metrics = StepMetrics(
-            step=step, wall_time=wall_time(), loss=out.loss.item(), lm_loss=out.lm_loss.item(),
-            aux_loss=None if out.aux_loss is None else out.aux_loss.item(),
-            z_loss=None if out.z_loss is None else out.z_loss.item(),
+            step=step, wall_time=wall_time(), loss=out.loss.item(), lm_loss=losses["lm"],
+            aux_loss=losses.get("aux"), z_loss=losses.get("z"),
             drop_rate=out.drop_rate, lr=lr, grad_norm=float(grad_norm),
-            tokens_per_expert=[r.tokens_per_expert.tolist() for r in out.routing])
+            tokens_per_expert=[r.tokens_per_expert.tolist() for r in out.routing],
+            layer_stats=[step_stats(step, r.router.logits, r.router.probs, r.tokens_per_expert,
+                                    losses) for r in out.routing])
         result.steps.append(metrics)
         for callback in callbacks:
             callback.on_step(metrics)

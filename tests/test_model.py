@@ -114,6 +114,19 @@ def test_capacity_drops_are_reported():
     assert make_model("moe")(random_batch()[0]).drop_rate == 0.0
 
 
+def test_set_capacity_factor():
+    model = make_model("moe")
+    ids = random_batch()[0]
+    model.set_capacity_factor(0.5)
+    assert model.config.capacity_factor == 0.5 and model(ids).drop_rate >= 0.4
+    model.set_capacity_factor(None)
+    assert model(ids).drop_rate == 0.0
+    with pytest.raises(ValueError, match="capacity_factor"):
+        model.set_capacity_factor(-1.0)
+    with pytest.raises(ValueError, match="moe"):
+        make_model("dense").set_capacity_factor(1.0)
+
+
 @pytest.mark.parametrize("kwargs, error", [
     (dict(ffn="sparse"), ValueError),
     (dict(d_model=30), ValueError),  # not divisible by n_heads
@@ -151,8 +164,9 @@ def test_route_text():
     assert model.training  # the mode is restored
     empty = route_text(model, "")
     assert empty.pieces == [] and empty.topk_idx[0].shape == (0, 2)
-    long = route_text(model, "x" * 40)
-    assert long.topk_idx[0].shape == (16, 2) and len(long.pieces) == 16
+    long = route_text(model, "ab" * 20)
+    assert long.topk_idx[0].shape == (16, 2) and long.pieces == ["a", "b"] * 8
+    assert long.total_tokens == 40 and empty.total_tokens == 0
     with pytest.raises(ValueError, match="moe"):
         route_text(make_model("dense"), "hi")
     with pytest.raises(TypeError, match="text"):

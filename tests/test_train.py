@@ -12,6 +12,7 @@ from moe_lab.train import (
     LESSON05_RUNS,
     RESULTS_DIR,
     Callback,
+    OnStep,
     TrainConfig,
     learning_rate,
     load_checkpoint,
@@ -60,9 +61,21 @@ def test_callbacks_and_history(data):
     assert [sum(layer) for layer in last.tokens_per_expert] == [4 * 32 * 2] * 2
     assert set(result.evals[-1].val_loss_per_language) <= set(data.languages)
     assert not result.model.training
+    stats = last.layer_stats
+    assert len(stats) == 2 and sum(stats[0].load) == pytest.approx(1.0, abs=1e-4)
+    assert set(stats[0].losses) == {"lm", "aux", "z"}
     log = result.to_log("tiny", "cmd")
     json.dumps(log)  # JSON-ready
     assert log["params_active"] < log["params_total"]
+
+
+def test_on_step_callback(data):
+    seen = []
+    train(TINY_MODEL, replace(TINY_TRAIN, steps=2), data=data,
+          callbacks=[OnStep(lambda m: seen.append(m.step))], progress=False)
+    assert seen == [1, 2]
+    with pytest.raises(TypeError, match="fn"):
+        OnStep(3)
 
 
 def test_same_seed_same_run_and_clipping(data):

@@ -3,10 +3,12 @@
 import pytest
 import torch
 
+from moe_lab.model import ModelConfig, TinyLM
 from moe_lab.viz.lm import (
     capacity_sweep_figure,
     capacity_sweep_table,
     expert_share_table,
+    lm_route_fn,
     loss_curve_table,
     loss_curves_figure,
     specialisation_heatmap_figure,
@@ -49,3 +51,23 @@ def test_expert_share_table_and_heatmap():
     assert len(figure.data) == 2
     with pytest.raises(ValueError, match="counts_per_layer"):
         specialisation_heatmap_figure([], [])
+
+
+def test_lm_route_fn_feeds_the_explorer():
+    from moe_lab.widgets.explorer import RoutingExplorer
+
+    model = TinyLM(ModelConfig(d_model=16, n_layers=2, n_heads=2, max_seq_len=8, d_ff=8,
+                               num_experts=4, top_k=2))
+    route_fn = lm_route_fn(model)
+    table = route_fn("한국어 text", 2, 0.0)
+    assert table.num_layers == 2 and table.num_tokens == 8 and table.total_tokens == 14
+    assert table.tokens_per_expert.sum(dim=1).tolist() == [16, 16]
+    assert route_fn("", 2, 0.0).num_tokens == 0
+    explorer = RoutingExplorer(route_fn, num_experts=4, top_k=2, show_top_k=False,
+                               show_noise=False)
+    for text in ("", "🙂" * 50, "\x00\ufffd", "Привет"):
+        explorer.text.value = text
+    explorer.layer.value = 1
+    assert explorer.current_table().num_layers == 2
+    with pytest.raises(ValueError, match="model"):
+        lm_route_fn(TinyLM(ModelConfig(ffn="dense", d_model=16, n_heads=2)))

@@ -13,6 +13,9 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from moe_lab.model import TinyLM, route_text
+from moe_lab.viz.explorer import RoutingFn, RoutingTable, routing_table
+
 CURVE_AXES = ("step", "wall_time")
 
 
@@ -115,3 +118,18 @@ def specialisation_heatmap_figure(counts_per_layer: Sequence[torch.Tensor],
     figure.update_layout(title=title, height=max(300, 18 * len(labels) + 120),
                          margin={"t": 70, "b": 30})
     return figure
+
+
+def lm_route_fn(model: TinyLM) -> RoutingFn:
+    """A routing callable for :class:`moe_lab.widgets.explorer.RoutingExplorer` over a trained
+    MoE language model. The model's K is fixed, so ``top_k`` and ``noise`` are ignored (hide
+    those sliders); texts longer than max_seq_len bytes are cut."""
+    if not isinstance(model, TinyLM) or model.config.ffn != "moe":
+        raise ValueError("model must be a TinyLM with ffn='moe'")
+
+    def route_fn(text: str, top_k: int, noise: float) -> RoutingTable:
+        routing = route_text(model, text)
+        return routing_table(routing.pieces, routing.topk_idx, routing.topk_weights,
+                             model.config.num_experts, total_tokens=routing.total_tokens)
+
+    return route_fn
