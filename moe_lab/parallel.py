@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import logging
 import os
 import socket
 import sys
@@ -335,31 +336,42 @@ def _worker(rank: int, job: _Job) -> None:
                             world_size=job.world_size,
                             timeout=datetime.timedelta(seconds=job.timeout_s))
     try:
-        inputs = torch.load(Path(job.job_dir) / "inputs.pt", weights_only=False)
-        moe = SparseMoE(**inputs["config"])
-        moe.load_state_dict(inputs["state"])
-        moe = moe.to(device).eval()
-        layer = ExpertParallelMoE.from_sparse_moe(moe, rank=rank, world_size=job.world_size)
-        x = inputs["x_shards"][rank].to(device).requires_grad_(True)  # (n, D)
-        if rank == job.fail_rank:
-            raise RuntimeError(f"rank {rank} failed on purpose (fail_rank={rank}) before the "
-                               "token exchange")
-        out = layer(x)
-        out.y.backward(inputs["grad_shards"][rank].to(device))
-        # the router is replicated (data parallel): sum its gradient over the ranks
-        grad_router = layer.router.weight.grad
-        dist.all_reduce(grad_router)
-        torch.save({
-            "y": out.y.detach().cpu(),
-            "grad_x": x.grad.cpu(),
-            "grad_router": grad_router.cpu(),
-            "grad_experts": {name: (p.grad if p.grad is not None else torch.zeros_like(p)).cpu()
-                             for name, p in layer.experts.local.named_parameters()},
-            "tokens_per_expert": out.tokens_per_expert.cpu(),
-            "send_splits": out.exchange.send_splits,
-        }, Path(job.job_dir) / f"rank{rank}.pt")
+        _run_rank(rank, job, device)
+    except BaseException as error:
+        # when it happened: the first rank to fail is the cause, the others' errors
+        # ("connection closed by peer") are its consequences
+        (Path(job.job_dir) / f"rank{rank}.error").write_text(
+            f"{time.time()!r}\n{type(error).__name__}: {error}")
+        raise
     finally:
         dist.destroy_process_group()
+
+
+def _run_rank(rank: int, job: _Job, device: torch.device) -> None:
+    """Forward + backward of one rank on its shard; saves what it computed for the parent."""
+    inputs = torch.load(Path(job.job_dir) / "inputs.pt", weights_only=False)
+    moe = SparseMoE(**inputs["config"])
+    moe.load_state_dict(inputs["state"])
+    moe = moe.to(device).eval()
+    layer = ExpertParallelMoE.from_sparse_moe(moe, rank=rank, world_size=job.world_size)
+    x = inputs["x_shards"][rank].to(device).requires_grad_(True)  # (n, D)
+    if rank == job.fail_rank:
+        raise RuntimeError(f"rank {rank} failed on purpose (fail_rank={rank}) before the "
+                           "token exchange")
+    out = layer(x)
+    out.y.backward(inputs["grad_shards"][rank].to(device))
+    # the router is replicated (data parallel): sum its gradient over the ranks
+    grad_router = layer.router.weight.grad
+    dist.all_reduce(grad_router)
+    torch.save({
+        "y": out.y.detach().cpu(),
+        "grad_x": x.grad.cpu(),
+        "grad_router": grad_router.cpu(),
+        "grad_experts": {name: (p.grad if p.grad is not None else torch.zeros_like(p)).cpu()
+                         for name, p in layer.experts.local.named_parameters()},
+        "tokens_per_expert": out.tokens_per_expert.cpu(),
+        "send_splits": out.exchange.send_splits,
+    }, Path(job.job_dir) / f"rank{rank}.pt")
 
 
 def _layer_config(moe: SparseMoE) -> dict[str, object]:
@@ -367,6 +379,18 @@ def _layer_config(moe: SparseMoE) -> dict[str, object]:
             "top_k": moe.top_k, "dispatch": "sorted", "activation": moe.experts.activation,
             "normalize": moe.router.normalize, "router_dtype": moe.router.router_dtype,
             "scoring": moe.router.scoring}
+
+
+def _first_failure(job_dir: str) -> tuple[int, str] | None:
+    """(rank, "Type: message") of the rank that failed first, from the ranks' error files."""
+    failures = []
+    for path in Path(job_dir).glob("rank*.error"):
+        stamp, _, message = path.read_text().partition("\n")
+        failures.append((float(stamp), int(path.stem.removeprefix("rank")), message))
+    if not failures:
+        return None
+    _, rank, message = min(failures)
+    return rank, message
 
 
 def _first_line_of_error(traceback_text: str) -> str:
@@ -378,6 +402,10 @@ def _launch(job: _Job, timeout_s: float) -> None:
     """Start the ranks, wait for all of them, stop them all if one fails or time runs out."""
     context = mp.start_processes(_worker, args=(job,), nprocs=job.world_size, join=False,
                                  start_method="spawn")
+    # torch logs a warning per rank it stops; our error says it once
+    spawn_logger = logging.getLogger("torch.multiprocessing.spawn")
+    level = spawn_logger.level
+    spawn_logger.setLevel(logging.ERROR)
     deadline = time.monotonic() + timeout_s
     try:
         while not context.join(timeout=0.2):
@@ -386,10 +414,10 @@ def _launch(job: _Job, timeout_s: float) -> None:
                     f"the {job.world_size} ranks did not finish within timeout_s={timeout_s:g} s; "
                     "all ranks were stopped")
     except ProcessRaisedException as error:
-        raise ExpertParallelError(
-            f"rank {error.error_index} of {job.world_size} raised "
-            f"{_first_line_of_error(str(error))}; the other ranks were stopped "
-            "(full traceback of that rank below)") from error
+        rank, message = _first_failure(job.job_dir) or (error.error_index,
+                                                        _first_line_of_error(str(error)))
+        raise ExpertParallelError(f"rank {rank} of {job.world_size} raised {message}; "
+                                  "the other ranks were stopped") from error
     except ProcessExitedException as error:
         raise ExpertParallelError(
             f"rank {error.error_index} of {job.world_size} died with exit code "
@@ -399,6 +427,7 @@ def _launch(job: _Job, timeout_s: float) -> None:
             if process.is_alive():
                 process.terminate()
             process.join(timeout=5)
+        spawn_logger.setLevel(level)
 
 
 def run_expert_parallel(moe: SparseMoE, x: torch.Tensor, grad_y: torch.Tensor | None = None, *,

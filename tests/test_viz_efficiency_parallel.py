@@ -110,3 +110,11 @@ def test_exchange_cost_table_exact():
     assert list(exchange_cost_figure(costs).data[1].y) == [0, 6, 13]
     with pytest.raises(ValueError, match="token_splits must have one entry per rank"):
         exchange_cost_table(routed, [3], top_k=2)
+
+
+def test_ratio_figure_groups_by_shape():
+    from moe_lab.viz.efficiency import ratio_figure
+
+    figure = ratio_figure(bench_rows(RESULTS))
+    assert [t.name for t in figure.data] == ["loop", "sorted"]
+    assert list(figure.data[0].y) == [3.0] and list(figure.data[1].y) == [1.5]

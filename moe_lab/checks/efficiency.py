@@ -51,21 +51,28 @@ def expect_grouped_by(order: object, keys: torch.Tensor, what: str, *, row_name:
                           "expert (torch.argsort(keys, stable=True)).")
 
 
+def sort_by_expert_reference(topk_idx: torch.Tensor,
+                             num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The package's answer: the routing plan's ``sort_order`` (N*K,) and counts (E,)."""
+    plan = make_routing_plan(topk_idx, torch.ones(topk_idx.shape), num_experts)
+    return plan.sort_order, plan.tokens_per_expert
+
+
 @checker("check_sort_by_expert")
 def check_sort_by_expert(fn: Callable[[torch.Tensor, int], object]) -> None:
     gen = torch.Generator().manual_seed(0)
     for num_tokens, num_experts, top_k in [(6, 4, 2), (9, 8, 2), (5, 6, 1), (12, 16, 4)]:
         router_logits = torch.randn(num_tokens, num_experts, generator=gen)  # (N, E)
         topk_idx = torch.topk(router_logits, top_k, dim=-1).indices  # (N, K)
-        plan = make_routing_plan(topk_idx, torch.ones(num_tokens, top_k), num_experts)
+        _, expected_counts = sort_by_expert_reference(topk_idx, num_experts)
         order, counts = _pair(fn(topk_idx, num_experts), "order, tokens_per_expert")
         if counts.dim() == 1 and counts.shape[0] < num_experts:
             raise CheckFailed(f"tokens_per_expert has {counts.shape[0]} entries for E="
                               f"{num_experts} experts: the last experts got no token. Use "
                               "torch.bincount(..., minlength=num_experts).")
-        if counts.shape != plan.tokens_per_expert.shape or \
-                not torch.equal(counts.long(), plan.tokens_per_expert):
-            raise CheckFailed(f"tokens_per_expert should be {plan.tokens_per_expert.tolist()} "
+        if counts.shape != expected_counts.shape or \
+                not torch.equal(counts.long(), expected_counts):
+            raise CheckFailed(f"tokens_per_expert should be {expected_counts.tolist()} "
                               f"(N={num_tokens}, E={num_experts}, K={top_k}), got "
                               f"{counts.tolist()}: count every (token, slot) assignment.")
         if order.shape == (num_tokens * top_k,) and top_k > 1 and \

@@ -110,6 +110,23 @@ def scaling_figure(rows: Sequence[BenchRow], *, x: str = "tokens", y: str = "med
     return figure
 
 
+def ratio_figure(rows: Sequence[BenchRow], title: str = "") -> go.Figure:
+    """Grouped bars: each strategy's time / dense limit, one group per shape (1 = free routing)."""
+    figure = go.Figure()
+    shapes = list(dict.fromkeys(
+        f"T={r.tokens} D={r.d_model} F={r.d_ff} E={r.num_experts} K={r.top_k}" for r in rows))
+    for strategy in dict.fromkeys(r.strategy for r in rows if r.strategy != "dense_limit"):
+        by_shape = {f"T={r.tokens} D={r.d_model} F={r.d_ff} E={r.num_experts} K={r.top_k}":
+                    r.ratio_to_dense_limit for r in rows if r.strategy == strategy}
+        figure.add_bar(x=shapes, y=[by_shape.get(s) for s in shapes], name=strategy,
+                       marker_color=STRATEGY_COLORS.get(strategy))
+    figure.add_hline(y=1.0, line_dash="dot", annotation_text="dense limit")
+    figure.update_layout(barmode="group", title=title, height=380,
+                         yaxis=dict(title="time / dense limit", type="log"),
+                         margin=dict(l=60, r=20, t=50, b=80))
+    return figure
+
+
 @dataclass(frozen=True)
 class PaddingTable:
     """A capacity-padded (E, C, D) buffer: slots = E*C rows, used = kept assignments."""
