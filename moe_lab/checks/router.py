@@ -13,6 +13,7 @@ additive instead of multiplicative jitter.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -33,6 +34,18 @@ def _reference_router(weight: torch.Tensor, *, noise: str | None = None,
     return router.eval()
 
 
+def _own_rng(body: Callable[..., None]) -> Callable[..., None]:
+    """Run a checker body that uses torch's global RNG (seeding it for the learner's function,
+    initialising a reference router) inside ``fork_rng``: the learner's stream is left as it was."""
+
+    @functools.wraps(body)
+    def run(*args: object, **kwargs: object) -> None:
+        with torch.random.fork_rng(devices=[]):
+            body(*args, **kwargs)
+
+    return run
+
+
 def _call(fn: Callable[..., object], *args: object) -> torch.Tensor:
     out = fn(*args)
     if not isinstance(out, torch.Tensor):
@@ -41,6 +54,7 @@ def _call(fn: Callable[..., object], *args: object) -> torch.Tensor:
 
 
 @checker("check_router_probs")
+@_own_rng
 def check_router_probs(router_probs: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
     """``router_probs(x (N, D), weight (E, D)) -> (N, E)`` float32 probabilities over experts."""
     gen = torch.Generator().manual_seed(0)
@@ -81,6 +95,7 @@ def _noise_scale(x: torch.Tensor, w_noise: torch.Tensor) -> torch.Tensor:
 
 
 @checker("check_noisy_topk_logits")
+@_own_rng
 def check_noisy_topk_logits(noisy_topk_logits: Callable[..., torch.Tensor]) -> None:
     """``noisy_topk_logits(x (N, D), w_gate (E, D), w_noise (E, D), training) -> (N, E)``:
     x W_gate^T + eps * softplus(x W_noise^T) with eps ~ N(0, 1) when training, else x W_gate^T."""
@@ -120,6 +135,7 @@ def check_noisy_topk_logits(noisy_topk_logits: Callable[..., torch.Tensor]) -> N
 
 
 @checker("check_jitter")
+@_own_rng
 def check_jitter(jitter: Callable[[torch.Tensor, float, bool], torch.Tensor]) -> None:
     """``jitter(x (N, D), eps, training) -> (N, D)``: x * u, u ~ Uniform(1 - eps, 1 + eps)
     element-wise when training, x unchanged otherwise (Switch Transformer)."""
