@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, WebSocket
+from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, Route, WebSocket
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -28,6 +28,41 @@ def launch_chromium(playwright: Playwright) -> Browser:
     """The system chromium, headless, with no background network traffic."""
     return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
                                       headless=True)
+
+
+# Images the lessons' markdown links from other hosts: the "Open in Colab" and Binder badges. The
+# test answers them with a blank SVG (no network needed, no console error when offline); any other
+# request leaving 127.0.0.1 (a CDN script, say) is blocked and reported.
+BADGE_URLS = (
+    re.compile(r"^https://colab\.research\.google\.com/assets/colab-badge\.svg$"),
+    re.compile(r"^https://mybinder\.org/badge_logo\.svg$"),
+    re.compile(r"^https://img\.shields\.io/"),
+)
+BLANK_SVG = '<svg xmlns="http://www.w3.org/2000/svg" width="1" height="1"/>'
+
+
+@dataclass
+class ExternalRequests:
+    """Keeps a page on 127.0.0.1: badge images get a blank SVG, anything else is blocked."""
+
+    local_prefix: str
+    badges: list[str] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)
+
+    def attach(self, page: Page) -> ExternalRequests:
+        page.route(lambda url: not url.startswith(self.local_prefix), self._handle)
+        return self
+
+    def _handle(self, route: Route) -> None:
+        url = route.request.url
+        if url.startswith(("data:", "blob:")):
+            route.continue_()
+        elif any(pattern.search(url) for pattern in BADGE_URLS):
+            self.badges.append(url)
+            route.fulfill(status=200, content_type="image/svg+xml", body=BLANK_SVG)
+        else:
+            self.blocked.append(url)
+            route.abort("blockedbyclient")
 
 
 # Console messages that are not failures of the lessons (each with the reason it is harmless).
@@ -74,6 +109,7 @@ class WebsocketMeter:
     """Bytes over the page's kernel websockets, both directions, by kernel message type."""
 
     by_type: Counter[str] = field(default_factory=Counter)
+    received_bytes: int = 0  # kernel -> browser
     frames: int = 0
 
     def attach(self, page: Page) -> WebsocketMeter:
@@ -83,12 +119,13 @@ class WebsocketMeter:
     def _on_websocket(self, socket: WebSocket) -> None:
         if "/api/kernels/" not in socket.url:
             return  # the terminals and event sockets carry nothing of the lessons
-        socket.on("framereceived", self._count)
-        socket.on("framesent", self._count)
+        socket.on("framereceived", lambda payload: self._count(payload, received=True))
+        socket.on("framesent", lambda payload: self._count(payload, received=False))
 
-    def _count(self, payload: str | bytes) -> None:
+    def _count(self, payload: str | bytes, *, received: bool) -> None:
         size = len(payload.encode("utf-8")) if isinstance(payload, str) else len(payload)
         self.by_type[kernel_message_type(payload)] += size
+        self.received_bytes += size if received else 0
         self.frames += 1
 
     @property
@@ -102,11 +139,12 @@ class WebsocketMeter:
 
     def reset(self) -> None:
         self.by_type.clear()
-        self.frames = 0
+        self.received_bytes = self.frames = 0
 
     def summary(self) -> str:
         top = ", ".join(f"{kind} {size / 1e3:.1f} kB" for kind, size in self.by_type.most_common(6))
-        return (f"{self.total_bytes / 1e6:.3f} MB in {self.frames} frames "
+        return (f"{self.total_bytes / 1e6:.3f} MB in {self.frames} frames, "
+                f"{self.received_bytes / 1e6:.3f} MB of it from the kernel "
                 f"(widgets {self.widget_bytes / 1e6:.3f} MB; {top})")
 
 
@@ -176,17 +214,25 @@ async (code) => {
 class LessonPage:
     """One lesson open in JupyterLab: run it, query its kernel, find its widgets."""
 
-    def __init__(self, page: Page, url: str, *, timeout_s: float = 90.0) -> None:
+    def __init__(self, page: Page, url: str, *, timeout_s: float = 60.0) -> None:
         self.page = page
         page.set_default_timeout(timeout_s * 1e3)
         page.goto(url, wait_until="domcontentloaded")
         page.wait_for_function(_CURRENT_NOTEBOOK_JS, timeout=timeout_s * 1e3)
         self.wait_kernel_idle(timeout_s)
 
-    def wait_kernel_idle(self, timeout_s: float = 90.0) -> None:
+    def close(self) -> None:
+        """Shut the lesson's kernel down (each lesson gets its own) and close the page."""
+        try:
+            self.page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext"
+                               ".shutdown()")
+        finally:
+            self.page.close()
+
+    def wait_kernel_idle(self, timeout_s: float = 60.0) -> None:
         self.page.wait_for_function(_KERNEL_IDLE_JS, timeout=timeout_s * 1e3, polling=250)
 
-    def run_all(self, timeout_s: float = 150.0) -> dict[str, object]:
+    def run_all(self, timeout_s: float = 120.0) -> dict[str, object]:
         """Run every cell (JupyterLab's ``runmenu:run-all``) and wait until all code cells have
         run and the kernel is idle; raise with the notebook's error if a cell fails."""
         self.page.evaluate("() => window.jupyterapp.commands.execute('runmenu:run-all')")
