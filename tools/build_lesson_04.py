@@ -204,8 +204,9 @@ for K in (1, 2, 4):
 """),
     md(r"""
 Neither is wrong; the coefficient just means different things. With HF's convention a uniform
-top-2 router scores 2.0, so Mixtral's `router_aux_loss_coef = 0.02` is our 0.04. When you copy
-a coefficient from a paper or a config, check which one it was tuned for.
+top-2 router scores 2.0, so the `router_aux_loss_coef = 0.02` of the released Mixtral-8x7B
+`config.json` (`transformers`' own `MixtralConfig` default is 0.001) is our 0.04. When you copy a
+coefficient from a paper or a config, check which convention it was tuned for.
 
 Now train the toy again with $0.1 \cdot \mathcal{L}_{\text{Switch}}$ added (the toy's default
 coefficient; large models use about 0.01):
@@ -352,7 +353,10 @@ print("summed:   ", round(sum(per_layer).item(), 2), "(grows with depth)")
 An auxiliary loss fights the task loss: its gradient changes what the router learns, which can
 cost quality. DeepSeek-V3 (following Wang et al. 2024) steers the load with a per-expert bias
 added to the scores **for the top-$k$ choice only**; the combine weights still come from the
-unbiased scores, and the bias is updated by a rule, not by gradient descent.
+unbiased scores, and the bias is updated by a rule, not by gradient descent. (DeepSeek-V3 scores
+experts with a sigmoid rather than a softmax, `TopKRouter(scoring="sigmoid")`, and keeps a very
+small sequence-wise balance loss as a safeguard; the toy below uses the softmax router and the
+bias alone.)
 
 ### Build: one bias update
 
@@ -462,8 +466,9 @@ change `ToyConfig(seed=...)`, the coefficients or `top_k` and see how robust eac
    the balance suffer?
 4. *(interview)* Why does the Switch loss multiply $f_i$ by $P_i$ instead of penalising
    $\sum_i f_i^2$ directly?
-5. *(interview)* You copy `router_aux_loss_coef = 0.02` from a Mixtral config into your own
-   Switch-style implementation with top-2. What coefficient gives the same training signal?
+5. *(interview)* You copy `router_aux_loss_coef = 0.02` from Mixtral-8x7B's `config.json` into
+   your own implementation of this lesson's loss, with top-2. What coefficient gives the same
+   training signal?
 6. *(interview)* What is the difference between the auxiliary-loss-free bias of DeepSeek-V3 and
    simply adding a learned bias to the router logits?
 7. *(interview)* A model with 24 MoE layers sums its per-layer balance losses. What goes wrong
