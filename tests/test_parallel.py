@@ -87,6 +87,20 @@ def test_failing_rank_raises_clear_error_within_timeout(fail_rank):
     assert time.monotonic() - start < 60
 
 
+@pytest.mark.slow
+def test_run_past_timeout_stops_every_rank():
+    """Starting two interpreters takes longer than 0.5 s: the launcher's deadline fires, stops
+    the ranks and says so (no hang, no orphan process)."""
+    import multiprocessing
+
+    moe, x, grad_y = _layer_and_input(8, 8, 8, 4, 2, "swiglu", ())
+    start = time.monotonic()
+    with pytest.raises(ExpertParallelError, match=r"did not finish within timeout_s=0.5 s"):
+        run_expert_parallel(moe, x, grad_y, world_size=2, timeout_s=0.5)
+    assert time.monotonic() - start < 30
+    assert not [p for p in multiprocessing.active_children() if p.is_alive()]
+
+
 # --- pure bookkeeping: no processes -------------------------------------------------------------
 
 def test_expert_owner_contiguous_blocks():
