@@ -33,6 +33,18 @@ from moe_lab.validation import check_positive_float, check_positive_int
 
 SEPARATOR = "\n\n"  # between sequences packed into one stream
 
+#: The writing system of each corpus language. At the byte level the script is visible in every
+#: token (UTF-8 lead bytes differ by script), so it confounds "language" specialisation.
+SCRIPTS = {
+    "bengali": "Bengali", "chinese": "Han", "dutch": "Latin", "english": "Latin",
+    "french": "Latin", "german": "Latin", "hebrew": "Hebrew", "hindi": "Devanagari",
+    "hinglish": "Latin", "indonesian": "Latin", "italian": "Latin", "japanese": "Japanese",
+    "korean": "Hangul", "marathi": "Devanagari", "oriya": "Odia", "persian": "Arabic",
+    "portuguese": "Latin", "russian": "Cyrillic", "spanish": "Latin", "swedish": "Latin",
+    "tamil": "Tamil", "telugu": "Telugu", "thai": "Thai", "traditionalchinese": "Han",
+    "turkish": "Latin", "ukrainian": "Cyrillic", "urdu": "Arabic", "yoruba": "Latin",
+}
+
 
 @dataclass(frozen=True)
 class Sample:

@@ -18,18 +18,20 @@ letters), so we also compute the conditional information
     I(L; E | C) = sum_c p(c) I(L; E | C = c)
 
 how much the language tells about the expert among tokens of the same byte class (and
-I(C; E | L) the other way round). ST-MoE (Zoph et al. 2022, section 7) found encoder experts
-specialising by token type (punctuation, proper nouns, ...), not by language.
+I(C; E | L) the other way round). The script (Latin, Hangul, Cyrillic, ...) is a third label:
+I(L; E | script) is what the language adds beyond its writing system. ST-MoE (Zoph et al. 2022,
+section 7) found encoder experts specialising by token type (punctuation, proper nouns, ...), not
+by language.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from moe_lab.data import Batch
+from moe_lab.data import SCRIPTS, Batch
 from moe_lab.model import TinyLM
 from moe_lab.validation import check_index_tensor, check_positive_int
 
@@ -127,6 +129,14 @@ class RoutingTrace:
     def byte_classes(self) -> torch.Tensor:
         return byte_class(self.token_ids)  # (N,)
 
+    def subset(self, keep: torch.Tensor) -> RoutingTrace:
+        """The tokens where ``keep`` (N,) bool is True, e.g. the Latin-script languages."""
+        if not isinstance(keep, torch.Tensor) or keep.shape != self.token_ids.shape:
+            raise ValueError(f"keep must be a bool tensor of shape {tuple(self.token_ids.shape)}")
+        keep = keep.bool()
+        return RoutingTrace(self.token_ids[keep], self.language_ids[keep],
+                            [idx[keep] for idx in self.topk_idx])
+
 
 @torch.no_grad()
 def collect_routing(model: TinyLM, batches: Sequence[Batch]) -> RoutingTrace:
@@ -173,6 +183,8 @@ class LayerSpecialisation:
     baseline_mi_byte_class: float
     mi_language_given_class: float
     mi_class_given_language: float
+    mi_script: float  # I(script; E)
+    mi_language_given_script: float  # I(L; E | script): language beyond its writing system
 
 
 @dataclass(frozen=True)
@@ -190,15 +202,27 @@ class SpecialisationReport:
                  "I(class;E)": round(s.mi_byte_class, 3),
                  "random I(class;E)": round(s.baseline_mi_byte_class, 3),
                  "I(lang;E|class)": round(s.mi_language_given_class, 3),
-                 "I(class;E|lang)": round(s.mi_class_given_language, 3)} for s in self.layers]
+                 "I(class;E|lang)": round(s.mi_class_given_language, 3),
+                 "I(script;E)": round(s.mi_script, 3),
+                 "I(lang;E|script)": round(s.mi_language_given_script, 3)} for s in self.layers]
 
 
 def specialisation_report(trace: RoutingTrace, languages: Sequence[str], num_experts: int,
-                          *, seed: int = 0) -> SpecialisationReport:
-    """Counts and informations of every layer of a trace, against the shuffled-router baseline."""
+                          *, scripts: Mapping[str, str] | None = None,
+                          seed: int = 0) -> SpecialisationReport:
+    """Counts and informations of every layer of a trace, against the shuffled-router baseline.
+    ``scripts`` maps each language to its writing system (default: :data:`moe_lab.data.SCRIPTS`,
+    languages it does not know count as their own script)."""
     num_languages, num_classes = len(languages), len(BYTE_CLASSES)
     language_ids, classes = trace.language_ids, trace.byte_classes
     joint = classes * num_languages + language_ids  # (N,) flat (class, language)
+    scripts = SCRIPTS if scripts is None else scripts
+    script_names = sorted({scripts.get(lang, lang) for lang in languages})
+    script_of_language = torch.tensor([script_names.index(scripts.get(lang, lang))
+                                       for lang in languages], dtype=torch.long)  # (L,)
+    script_ids = script_of_language[language_ids]  # (N,)
+    num_scripts = len(script_names)
+    by_script_language = script_ids * num_languages + language_ids  # (N,) flat (script, lang)
     layers = []
     for layer, topk_idx in enumerate(trace.topk_idx):
         baseline = shuffled_router(topk_idx, seed=seed + layer)
@@ -216,6 +240,11 @@ def specialisation_report(trace: RoutingTrace, languages: Sequence[str], num_exp
                 label_expert_counts(classes, baseline, num_classes, num_experts)),
             mi_language_given_class=conditional_mutual_information(by_both),
             mi_class_given_language=conditional_mutual_information(by_both.transpose(0, 1)),
+            mi_script=mutual_information(
+                label_expert_counts(script_ids, topk_idx, num_scripts, num_experts)),
+            mi_language_given_script=conditional_mutual_information(label_expert_counts(
+                by_script_language, topk_idx, num_scripts * num_languages, num_experts,
+            ).view(num_scripts, num_languages, num_experts)),
         ))
     h_language = entropy_bits(torch.bincount(language_ids, minlength=num_languages).double()
                               / max(len(language_ids), 1))

@@ -43,6 +43,12 @@ def test_tokenizer_round_trip_on_every_language(corpus, language):
     assert len(tokenizer.pieces(text)) == len(ids)
 
 
+def test_every_language_has_a_script():
+    from moe_lab.data import SCRIPTS
+
+    assert set(SCRIPTS) == set(list_languages())
+
+
 def test_unknown_language():
     with pytest.raises(ValueError, match="languages"):
         load_corpus(["klingon"])

@@ -111,14 +111,21 @@ def test_report_on_a_language_router():
     languages = torch.arange(4).repeat_interleave(300)
     tokens = torch.tensor(list(b"ab 1") * 300)  # byte class cycles, independent of language
     trace = RoutingTrace(tokens, languages, [languages.unsqueeze(1), torch.zeros(1200, 1).long()])
-    report = specialisation_report(trace, ["a", "b", "c", "d"], num_experts=4)
+    report = specialisation_report(trace, ["a", "b", "c", "d"], num_experts=4,
+                                   scripts={"a": "S", "b": "S", "c": "T", "d": "T"})
     assert report.h_language == pytest.approx(2.0)
     by_language, constant = report.layers
     assert by_language.mi_language == pytest.approx(2.0)
     assert by_language.mi_byte_class == pytest.approx(0.0, abs=1e-9)
     assert by_language.mi_language_given_class == pytest.approx(2.0)
     assert by_language.baseline_mi_language < 0.05
+    assert by_language.mi_script == pytest.approx(1.0)  # 2 scripts, each 2 experts
+    assert by_language.mi_language_given_script == pytest.approx(1.0)
     assert constant.mi_language == 0.0 and constant.mi_byte_class == 0.0
+    latin = trace.subset(languages < 2)
+    assert latin.token_ids.shape == (600,) and latin.topk_idx[0].shape == (600, 1)
+    with pytest.raises(ValueError, match="keep"):
+        trace.subset(torch.ones(3, dtype=torch.bool))
     assert by_language.language_counts.sum() == 1200
     assert len(report.table()) == 2
 

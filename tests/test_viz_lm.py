@@ -49,6 +49,7 @@ def test_expert_share_table_and_heatmap():
         expert_share_table(torch.ones(3))
     figure = specialisation_heatmap_figure([counts, counts], ["a", "b"])
     assert len(figure.data) == 2
+    assert list(figure.data[0].y) == ["a"]  # the empty label is left out
     with pytest.raises(ValueError, match="counts_per_layer"):
         specialisation_heatmap_figure([], [])
 

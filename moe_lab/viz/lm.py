@@ -100,10 +100,13 @@ def specialisation_heatmap_figure(counts_per_layer: Sequence[torch.Tensor],
                                   title: str = "share of each language's tokens per expert") \
         -> go.Figure:
     """One heatmap per MoE layer: labels down, experts across, colour = share of the label's
-    assignments. A uniform router gives 1/E everywhere."""
+    assignments. A uniform router gives 1/E everywhere. Labels with no tokens are left out."""
     num_layers = len(counts_per_layer)
     if num_layers == 0:
         raise ValueError("counts_per_layer must hold at least one layer")
+    present = [i for i in range(len(labels)) if any(c[i].sum() > 0 for c in counts_per_layer)]
+    labels = [labels[i] for i in present]
+    counts_per_layer = [c[present] for c in counts_per_layer]
     figure = make_subplots(rows=1, cols=num_layers,
                            subplot_titles=[f"layer {i}" for i in range(num_layers)],
                            horizontal_spacing=0.08)
