@@ -99,8 +99,9 @@ def send_splits(topk_idx: torch.Tensor, num_experts: int, world_size: int) -> to
     check_world_size(num_experts, world_size)
     if not isinstance(topk_idx, torch.Tensor):
         raise TypeError(f"topk_idx must be a torch.Tensor, got {type(topk_idx).__name__}")
-    check_index_tensor("topk_idx", topk_idx, len(topk_idx) if topk_idx.dim() else -1,
-                       num_experts)
+    if topk_idx.dim() != 2:
+        raise ValueError(f"topk_idx must have shape (N, K), got {tuple(topk_idx.shape)}")
+    check_index_tensor("topk_idx", topk_idx, topk_idx.shape[0], num_experts)
     tokens_per_expert = torch.bincount(topk_idx.reshape(-1), minlength=num_experts)  # (E,)
     return splits_from_counts(tokens_per_expert, world_size)  # (W,)
 
@@ -218,7 +219,19 @@ class ExpertParallelOutput:
 
 
 class ExpertParallelMoE(nn.Module):
-    """The expert-parallel twin of a dropless :class:`moe_lab.SparseMoE`, for one rank."""
+    """The expert-parallel twin of a dropless :class:`moe_lab.SparseMoE`, for one rank.
+
+    Inside your own distributed program (``torchrun --nproc-per-node W train.py``), after
+    ``dist.init_process_group``::
+
+        layer = ExpertParallelMoE.from_sparse_moe(moe, rank=dist.get_rank(),
+                                                  world_size=dist.get_world_size())
+        y = layer(x_local).y          # every rank calls it, in the same order
+        y.sum().backward()            # the backward exchanges too
+        dist.all_reduce(layer.router.weight.grad)   # the router is replicated
+
+    :func:`run_expert_parallel` does exactly this in W local processes.
+    """
 
     def __init__(self, router: TopKRouter, local_experts: Experts, *, rank: int,
                  world_size: int, group: dist.ProcessGroup | None = None) -> None:

@@ -6,6 +6,8 @@ import time
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from moe_lab import SparseMoE
 from moe_lab.parallel import (
@@ -145,6 +147,35 @@ def test_capacity_and_wrong_types_are_refused():
         run_expert_parallel(torch.nn.Linear(8, 8), torch.randn(4, 8))
     with pytest.raises(TypeError, match="topk_idx must be"):
         send_splits([[0, 1]], 4, 2)
+    with pytest.raises(ValueError, match=r"topk_idx must have shape \(N, K\)"):
+        send_splits(torch.tensor([0, 1]), 4, 2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(world_size=st.integers(1, 4), local_experts=st.integers(1, 4), top_k=st.integers(1, 3),
+       num_tokens=st.integers(0, 12), seed=st.integers(0, 2**16))
+def test_bookkeeping_properties(world_size, local_experts, top_k, num_tokens, seed):
+    """Splits add up to N*K and match a brute-force owner count; the regroup is a permutation
+    that makes every local expert's rows contiguous, sources in rank order within an expert."""
+    num_experts = world_size * local_experts
+    top_k = min(top_k, num_experts)
+    gen = torch.Generator().manual_seed(seed)
+    topk_idx = torch.stack([torch.randperm(num_experts, generator=gen)[:top_k]
+                            for _ in range(num_tokens)]) if num_tokens else \
+        torch.zeros(0, top_k, dtype=torch.long)
+    splits = send_splits(topk_idx, num_experts, world_size)
+    owner = expert_owner(num_experts, world_size)
+    assert splits.tolist() == [int((owner[topk_idx] == r).sum()) for r in range(world_size)]
+    assert int(splits.sum()) == num_tokens * top_k
+
+    recv_counts = torch.randint(0, 4, (world_size, local_experts), generator=gen)
+    order = local_expert_order(recv_counts)
+    source = torch.arange(world_size).repeat_interleave(recv_counts.sum(1))  # (R,)
+    expert = torch.arange(local_experts).repeat(world_size).repeat_interleave(
+        recv_counts.reshape(-1))  # (R,)
+    assert sorted(order.tolist()) == list(range(int(recv_counts.sum())))
+    keys = (expert * world_size + source)[order]  # (R,) expert-major, then source
+    assert bool((keys[1:] >= keys[:-1]).all())
 
 
 def test_free_port_is_on_loopback_and_usable():

@@ -87,8 +87,8 @@ output splits swapped. The router is replicated, so its gradient is summed over 
 (`all_reduce`); each expert's gradient stays on its owner.
 
 `all_to_all_single` (one tensor, `input_split_sizes` / `output_split_sizes`) handles uneven
-splits on gloo and NCCL. gloo's list form `all_to_all` does not support uneven sizes, so we
-never use it.
+splits on gloo and NCCL. gloo's list form `all_to_all` (a list of tensors in, a list out)
+insists on equal sizes (it raises `invalid tensor size`), so we never use it.
 """),
     code("""
 # NBVAL_CHECK_OUTPUT
