@@ -232,6 +232,10 @@ padding_figure(padding_table(demand, moe_lab.compute_capacity(1.25, 512, 2, 8)),
 interleaved repeat by repeat so a noisy machine slows them alike, and reports medians. These
 are small CPU shapes so the lesson stays quick; `python -m moe_lab.bench` runs the target
 shapes (minutes). Your numbers will differ from anyone else's; the *ratios* are what to read.
+Small shapes on a shared machine are noisy: a ratio below 1 (faster than the dense limit, which
+does the same FLOPs with less work) or a jump between neighbouring shapes means the machine was
+busy during that run. Rerun the cell, or raise `repeats`; the stored outputs of this notebook
+come from a busy 2-core machine.
 """),
     code("""
 # NBVAL_IGNORE_OUTPUT
