@@ -64,10 +64,13 @@ def grouped_matmul(x_sorted: torch.Tensor, weight: torch.Tensor, counts: list[in
     x_sorted: (M, A) rows sorted by expert; weight: (E, A, B); counts: E Python ints;
     offsets: (E,) int32 cumulative ends of the segments. Returns (M, B).
     """
+    device_type = x_sorted.device.type
+    if torch.is_autocast_enabled(device_type):  # autocast does not cover grouped_mm: do it here
+        dtype = torch.get_autocast_dtype(device_type)
+        x_sorted, weight = x_sorted.to(dtype), weight.to(dtype)
     # the kernel wants rows aligned to 16 bytes (D and F multiples of 8 in bf16, of 4 in fp32)
     aligned = all(n * x_sorted.element_size() % 16 == 0 for n in weight.shape[1:])
-    if x_sorted.shape[0] > 0 and aligned and grouped_mm_supported(x_sorted.device.type,
-                                                                     x_sorted.dtype):
+    if x_sorted.shape[0] > 0 and aligned and grouped_mm_supported(device_type, x_sorted.dtype):
         return F.grouped_mm(x_sorted, weight, offs=offsets)  # (M, B)
     segments = torch.split(x_sorted, counts)
     return torch.cat([seg @ weight[e] for e, seg in enumerate(segments)])  # (M, B)

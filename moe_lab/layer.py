@@ -100,5 +100,6 @@ class SparseMoE(nn.Module):
         plan = make_routing_plan(routing.topk_idx, routing.topk_weights, self.num_experts,
                                  self.capacity(x_flat.shape[0]))
         y = DISPATCH_FUNCTIONS[self.dispatch](x_flat, plan, self.experts)  # (N, D)
-        return MoEOutput(y=y.view(x.shape), router=routing,
+        # under autocast the experts compute in bf16/fp16; the layer answers in x's dtype
+        return MoEOutput(y=y.to(x.dtype).view(x.shape), router=routing,
                          tokens_per_expert=plan.tokens_per_expert, dropped=~plan.keep)

@@ -139,7 +139,11 @@ class TopKRouter(nn.Module):
     def forward(self, x: torch.Tensor) -> RouterOutput:
         check_float_tensor("x", x)
         check_last_dim("x", x, self.d_model, "d_model")
-        x = x.reshape(-1, self.d_model).to(self.router_dtype)  # (N, D)
+        # autocast would run the gate in bf16: switch it off so router_dtype holds
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self._route(x.reshape(-1, self.d_model).to(self.router_dtype))  # x: (N, D)
+
+    def _route(self, x: torch.Tensor) -> RouterOutput:
         if self.training and self.noise == "jitter":
             # x <- x * u,  u ~ U(1 - eps, 1 + eps)
             x = x * torch.empty_like(x).uniform_(1 - self.jitter_eps, 1 + self.jitter_eps)

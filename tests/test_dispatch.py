@@ -126,3 +126,18 @@ def test_deterministic_sorted_dispatch():
     layer = SparseMoE(16, 32, 8, 2, dispatch="sorted")
     x = torch.randn(50, 16)
     assert torch.equal(layer(x).y, layer(x).y)
+
+
+@pytest.mark.parametrize("strategy", ("dense", *STRATEGIES))
+def test_bf16_autocast_runs_the_experts_in_bf16_and_answers_in_x_dtype(strategy):
+    torch.manual_seed(0)
+    layer = SparseMoE(32, 64, 4, 2, dispatch=strategy)
+    x = torch.randn(40, 32)
+    reference = layer(x).y
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.y.dtype == x.dtype  # the layer answers in its input's dtype
+    assert not torch.equal(out.y, reference)  # the experts did run in bf16
+    torch.testing.assert_close(out.y, reference, atol=3e-2, rtol=3e-2)
+    out.y.pow(2).sum().backward()
+    assert layer.experts.w_up.grad is not None

@@ -140,3 +140,13 @@ def test_topk_routing_function_matches_router():
     idx, weights = topk_routing(out.probs, 2)
     assert torch.equal(idx, out.topk_idx)
     torch.testing.assert_close(weights, out.topk_weights)
+
+
+def test_router_stays_fp32_under_autocast():
+    router = TopKRouter(32, 8, 2)
+    x = torch.randn(64, 32)
+    expected = router(x).logits
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = router(x)
+    assert out.logits.dtype == torch.float32
+    torch.testing.assert_close(out.logits, expected)
