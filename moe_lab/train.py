@@ -266,6 +266,27 @@ def train(model_config: ModelConfig, train_config: TrainConfig, *,
     return result
 
 
+def seconds_per_step(model_config: ModelConfig, train_config: TrainConfig, data: LessonData, *,
+                     steps: int = 5, warmup: int = 2) -> float:
+    """Median wall time of one training step (forward, backward, clip, AdamW) of a fresh model on
+    this machine, after ``warmup`` untimed steps. For comparing models back to back."""
+    check_positive_int("steps", steps)
+    config = replace(train_config, steps=steps + warmup, eval_every=10**9)
+    timings: list[float] = []
+    last = time.perf_counter()
+
+    class Timer(Callback):
+        def on_step(self, metrics: StepMetrics) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            if metrics.step > warmup:
+                timings.append(now - last)
+            last = now
+
+    train(model_config, config, data=data, callbacks=[Timer()], progress=False)
+    return sorted(timings)[len(timings) // 2]
+
+
 # ------------------------------------------------------------------------------ checkpoints
 
 

@@ -19,6 +19,7 @@ from moe_lab.train import (
     load_log,
     main,
     save_checkpoint,
+    seconds_per_step,
     train,
 )
 
@@ -94,6 +95,11 @@ def test_bf16_autocast_runs(data):
     result = train(replace(TINY_MODEL, ffn="dense"), replace(TINY_TRAIN, precision="bf16",
                                                               steps=2), data=data, progress=False)
     assert torch.isfinite(torch.tensor(result.steps[-1].loss))
+
+
+def test_seconds_per_step(data):
+    seconds = seconds_per_step(TINY_MODEL, TINY_TRAIN, data, steps=3, warmup=1)
+    assert 0 < seconds < 10
 
 
 def test_learning_rate_schedule():
