@@ -49,7 +49,7 @@ class TrainConfig:
     eval_every: int = 50
     eval_windows_per_language: int = 4  # validation windows per language at each evaluation
     eval_batch_size: int = 32
-    seed: int = 0
+    seed: int = 0  # initialisation and batches (the train/validation split is fixed)
     device: str | None = None  # None: cuda if present, else cpu
     precision: str = "fp32"  # "fp32" or "bf16" (autocast)
 
@@ -200,7 +200,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, *,
     if train_config.seq_len > model_config.max_seq_len:
         raise ValueError(f"seq_len={train_config.seq_len} exceeds the model's "
                          f"max_seq_len={model_config.max_seq_len}")
-    data = data or load_lesson_data(seed=train_config.seed)
+    data = data or load_lesson_data()
     device = pick_device(train_config.device)
     seed_everything(train_config.seed)
     model = TinyLM(model_config).to(device)
@@ -335,7 +335,7 @@ def run_lesson05(names: Sequence[str], out_dir: Path, train_config: TrainConfig,
     if unknown:
         raise ValueError(f"runs must be among {sorted(LESSON05_RUNS)}, got unknown {unknown}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = load_lesson_data(seed=train_config.seed)
+    data = load_lesson_data()
     for name in names:
         model_config, ship_checkpoint = LESSON05_RUNS[name]
         result = train(model_config, train_config, data=data, progress=progress)
