@@ -40,6 +40,7 @@ from moe_lab.balancing import BiasBalancer
 from moe_lab.layer import MoEOutput, SparseMoE
 from moe_lab.losses import importance_loss, load_balancing_loss, router_z_loss
 from moe_lab.stats import StepStats, step_stats
+from moe_lab.threads import torch_threads
 from moe_lab.validation import check_choice, check_positive_float, check_positive_int
 
 BALANCE_METHODS = ("none", "switch", "importance", "bias")
@@ -134,13 +135,8 @@ def train_toy(config: ToyConfig, *, callbacks: Sequence[Callable[[StepStats], No
     tiny, so one thread is fastest, and several threads on a busy machine spin-wait for each
     other (we measured a 30x slow-down on 2 shared cores). None keeps torch's setting.
     """
-    previous_threads = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(check_positive_int("num_threads", num_threads))
-    try:
+    with torch_threads(num_threads):
         return _train(config, callbacks, progress, description)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _train(config: ToyConfig, callbacks: Sequence[Callable[[StepStats], None]], progress: bool,

@@ -237,3 +237,33 @@ def test_dashboard_redraw_is_fast_enough_to_watch():
     for stats in history[:20]:
         dashboard(stats)
     print(f"dashboard redraw: {(time.perf_counter() - start) / 20 * 1e3:.1f} ms per step")
+
+
+# ---------------------------------------------------------------- what goes to the browser
+
+
+def test_widgets_send_small_plotly_json_not_a_figurewidget(byte_model):
+    import json
+
+    from moe_lab.threads import torch_threads
+    from moe_lab.widgets._output import PLOTLY_MIMETYPE
+
+    embedding, router = byte_model
+    explorer = RoutingExplorer(byte_router_fn(embedding, router), num_experts=NUM_EXPERTS)
+    explorer.text.value = "x" * 500
+    (shown,) = explorer.output.outputs
+    figure_json = shown["data"][PLOTLY_MIMETYPE]
+    assert figure_json["data"][0]["text"] == explorer.current_table().labels
+    size = len(json.dumps(shown))
+    print(f"explorer redraw payload: {size / 1e3:.1f} kB")
+    assert size < 50_000  # the browser test's budget per redraw
+    dashboard = TrainingDashboard(8, redraw_every=1)
+    for stats in _history(150, num_experts=8):
+        dashboard(stats)
+    size = len(json.dumps(dashboard.output.outputs[0]))
+    print(f"dashboard redraw payload after 150 steps: {size / 1e3:.1f} kB")
+    assert size < 60_000
+    threads = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == threads

@@ -78,7 +78,7 @@ for all. 150 steps of 256 tokens, no balancing loss. Watch the dashboard while i
 """),
     code("""
 # NBVAL_IGNORE_OUTPUT
-dashboard = TrainingDashboard(num_experts=8, redraw_every=10)
+dashboard = TrainingDashboard(num_experts=8, redraw_every=50)
 dashboard
 """),
     code("""

@@ -254,7 +254,7 @@ def explorer_figure(table: RoutingTable, layer: int = 0) -> go.Figure:
     figure.update_yaxes(visible=False, row=1, col=1)
     figure.update_xaxes(title_text="expert", row=2, col=1, dtick=1)
     figure.update_layout(height=460, margin={"t": 70, "b": 40, "l": 40, "r": 20},
-                         plot_bgcolor="white")
+                         template="none", plot_bgcolor="white")  # "none": 6 kB less JSON
     apply_explorer_traces(figure, explorer_traces(table, layer))
     return figure
 

@@ -6,14 +6,14 @@ the router entropy and the losses move while it trains. Lesson 04.
     run = train_toy(config, callbacks=[dashboard])   # redraws every ``redraw_every`` steps
     dashboard.finish()                               # last redraw
 
-One FigureWidget is reused for every run (``reset`` starts a new one); redraws update its traces
-in place. ``current_data()`` is the data drawn last, ``figure_data()`` what the figure holds.
+One figure is reused for every run (``reset`` starts a new one): redraws update its traces in
+place and show its JSON in an ``ipywidgets.Output`` (see :mod:`moe_lab.widgets._output`).
+``current_data()`` is the data drawn last, ``figure_data()`` what the figure holds.
 """
 
 from __future__ import annotations
 
 import ipywidgets as widgets
-import plotly.graph_objects as go
 
 from moe_lab.stats import StepStats
 from moe_lab.validation import check_positive_int
@@ -23,7 +23,7 @@ from moe_lab.viz.dashboard import (
     dashboard_data,
     dashboard_figure,
 )
-from moe_lab.widgets._figure import redraw
+from moe_lab.widgets._output import show_in_output
 
 
 class TrainingDashboard(widgets.VBox):
@@ -37,8 +37,11 @@ class TrainingDashboard(widgets.VBox):
         self.title = title
         self.status = widgets.HTML(value="waiting for the first step")
         self.status.add_class("moe-dashboard-status")
-        self.figure = go.FigureWidget(dashboard_figure(self.current_data(), title))
-        super().__init__([self.status, self.figure])
+        self.figure = dashboard_figure(self.current_data(), title)  # a go.Figure
+        self.output = widgets.Output()
+        self.output.add_class("moe-dashboard-plot")
+        show_in_output(self.output, self.figure)
+        super().__init__([self.status, self.output])
 
     def reset(self, title: str = "training") -> None:
         """Forget the previous run and clear the figure."""
@@ -83,7 +86,8 @@ class TrainingDashboard(widgets.VBox):
             apply_dashboard_data(self.figure, data)
             self.figure.layout.title.text = self.title
         else:  # other losses than the figure has traces for: rebuild it, once
-            redraw(self.figure, dashboard_figure(data, self.title))
+            self.figure = dashboard_figure(data, self.title)
+        show_in_output(self.output, self.figure)
         if self.history:
             last = self.history[-1]
             losses = ", ".join(f"{name} {value:.3g}" for name, value in last.losses.items())

@@ -3,7 +3,8 @@
 :class:`RoutingExplorer` wires a Text box, a K slider, a noise slider and (for several layers) a
 layer menu to any *routing callable* ``route_fn(text, top_k, noise) -> RoutingTable`` (the
 interface is documented in :mod:`moe_lab.viz.explorer`), and redraws one reused FigureWidget on
-every keystroke, updating its traces in place.
+every keystroke: the figure's traces are updated in place and its JSON is shown in an
+``ipywidgets.Output`` (see :mod:`moe_lab.widgets._output` for why not a FigureWidget).
 
 Lesson 03::
 
@@ -25,8 +26,8 @@ from __future__ import annotations
 import time
 
 import ipywidgets as widgets
-import plotly.graph_objects as go
 
+from moe_lab.threads import torch_threads
 from moe_lab.validation import check_positive_int, check_top_k
 from moe_lab.viz.explorer import (
     RoutingFn,
@@ -36,6 +37,7 @@ from moe_lab.viz.explorer import (
     explorer_figure,
     explorer_traces,
 )
+from moe_lab.widgets._output import show_in_output
 
 
 class RoutingExplorer(widgets.VBox):
@@ -44,12 +46,13 @@ class RoutingExplorer(widgets.VBox):
     def __init__(self, route_fn: RoutingFn, *, num_experts: int,
                  text: str = "Experts route tokens: 전문가 🙂", top_k: int = 2,
                  noise_max: float = 2.0, show_top_k: bool = True,
-                 show_noise: bool = True) -> None:
+                 show_noise: bool = True, num_threads: int | None = 1) -> None:
         if not callable(route_fn):
             raise TypeError(f"route_fn must be callable, got {type(route_fn).__name__}")
         check_positive_int("num_experts", num_experts)
         check_top_k(top_k, num_experts)
         self.route_fn = route_fn
+        self.num_threads = num_threads  # torch threads while routing (see moe_lab.threads)
         self.last_redraw_ms = 0.0
         self.text = widgets.Text(value=clean_text(text), description="text",
                                  placeholder="type a sentence", continuous_update=True,
@@ -69,15 +72,19 @@ class RoutingExplorer(widgets.VBox):
             description="layer")
         self.layer.add_class("moe-explorer-layer")
         self.layer.layout.display = None if self._table.num_layers > 1 else "none"
-        self.figure = go.FigureWidget(explorer_figure(self._table, 0))
+        self.figure = explorer_figure(self._table, 0)  # a go.Figure, updated in place
+        self.output = widgets.Output()
+        self.output.add_class("moe-explorer-plot")
+        show_in_output(self.output, self.figure)
         for control in (self.text, self.top_k, self.noise, self.layer):
             control.observe(lambda _: self.update(), names="value")
         super().__init__([self.text, widgets.HBox([self.top_k, self.noise, self.layer]),
-                          self.figure])
+                          self.output])
 
     def _route(self) -> RoutingTable:
-        table = self.route_fn(clean_text(self.text.value), int(self.top_k.value),
-                              float(self.noise.value))
+        with torch_threads(self.num_threads):
+            table = self.route_fn(clean_text(self.text.value), int(self.top_k.value),
+                                  float(self.noise.value))
         if not isinstance(table, RoutingTable):
             raise TypeError(f"route_fn must return a RoutingTable, got {type(table).__name__}")
         return table
@@ -88,6 +95,7 @@ class RoutingExplorer(widgets.VBox):
         self._table = self._route()
         layer = min(int(self.layer.value or 0), self._table.num_layers - 1)
         apply_explorer_traces(self.figure, explorer_traces(self._table, layer))
+        show_in_output(self.output, self.figure)
         self.last_redraw_ms = (time.perf_counter() - start) * 1e3
 
     def current_table(self) -> RoutingTable:
