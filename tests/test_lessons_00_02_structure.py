@@ -1,5 +1,7 @@
 """Lessons 00-02 as stored: the skeleton, collapsed solutions after every exercise, stubs left
-unimplemented, widget cells ignored by nbval, and no widget state or sys.path edits."""
+unimplemented, widget cells ignored by nbval, no widget state or sys.path edits, and no
+FigureWidget (each would send plotly's ~5 MB bundle over the websocket; the widgets draw into an
+ipywidgets.Output)."""
 
 from __future__ import annotations
 
@@ -35,9 +37,14 @@ def test_lesson_structure(name: str, n_exercises: int) -> None:
     solutions = sum(c.source.startswith("**Solution**") for c in nb.cells
                     if c.cell_type == "markdown")
     assert solutions == n_exercises
+    widget_cells = 0
     for cell in code:
         if any("widget-view" in key for o in cell.outputs for key in o.get("data", {})):
             assert cell.source.startswith("# NBVAL_IGNORE_OUTPUT")
+            widget_cells += 1
+        shown = [str(o.get("data", {}).get("text/plain", "")) for o in cell.outputs]
+        assert not any("FigureWidget" in text for text in [cell.source, *shown]), cell.source
+    assert widget_cells == 1  # the lesson's one live widget
     checks = [c for c in code if c.source.startswith("ok_")]
     assert all("not implemented yet" in "".join(o.get("text", "") for o in c.outputs)
                for c in checks)

@@ -1,8 +1,13 @@
 """Lessons 00-02: the tables behind the figures (exact values at known points, properties), the
-figures drawn from them, and the widgets built and driven as a learner would, odd input included."""
+figures drawn from them, and the widgets built and driven as a learner would, odd input included:
+what each widget's Output holds (the plotly JSON the browser draws) must be what the pure table
+function gives for the widget's controls, and no widget holds a FigureWidget."""
 
 from __future__ import annotations
 
+import json
+
+import ipywidgets as widgets
 import plotly.graph_objects as go
 import pytest
 import torch
@@ -19,14 +24,64 @@ from moe_lab.viz.capacity import (
     capacity_grid_table,
 )
 from moe_lab.viz.params import format_count, params_figure, params_summary
+from moe_lab.viz.router import MAX_TOKENS as ROUTER_MAX_TOKENS
 from moe_lab.viz.router import router_heatmap_figure, router_heatmap_table
+from moe_lab.widgets._output import PLOTLY_MIMETYPE
+from moe_lab.widgets._toy import ToyByteRouter
 from moe_lab.widgets.capacity import MAX_TOKENS as CAPACITY_MAX_TOKENS
 from moe_lab.widgets.capacity import CapacityGrid
 from moe_lab.widgets.params import ParamsCalculator, config_from_sliders
-from moe_lab.widgets.router import RouterHeatmap
+from moe_lab.widgets.router import DTYPES, NOISES, RouterHeatmap
 
 ODD_TEXTS = ["", " ", "\x00\x01\x7f", "\uffff\ud7a3", "🙂" * 40, "전문가 혼합 모델", "a" * 5000,
              "\n\t\r"]
+MAX_REDRAW_BYTES = 50_000  # one redraw's message to the browser (the browser test's budget)
+
+
+def shown_figure(widget: widgets.VBox) -> dict:
+    """The plotly JSON the widget's Output holds: exactly one figure, small, and no FigureWidget
+    anywhere in the widget (each would ship plotly's ~5 MB bundle over the websocket)."""
+    def descendants(w: widgets.Widget) -> list[widgets.Widget]:
+        return [w] + [d for c in getattr(w, "children", ()) for d in descendants(c)]
+
+    assert not any(isinstance(w, go.FigureWidget) for w in descendants(widget))
+    assert widget.output in descendants(widget)
+    (output,) = widget.output.outputs
+    assert output["output_type"] == "display_data"
+    assert len(json.dumps(output)) < MAX_REDRAW_BYTES
+    return output["data"][PLOTLY_MIMETYPE]
+
+
+def assert_shows_router_table(widget: RouterHeatmap) -> None:
+    """The Output shows the table the pure function makes for the widget's current controls
+    (routed afresh by a separate toy router with the same seed)."""
+    routed = ToyByteRouter(seed=0).route(
+        widget.text.value, widget.top_k.value, noise=NOISES[widget.noise.value],
+        router_dtype=DTYPES[widget.dtype.value], max_tokens=ROUTER_MAX_TOKENS)
+    table = router_heatmap_table(routed.routing, routed.token_labels,
+                                 source_tokens=routed.num_tokens)
+    figure = shown_figure(widget)
+    heatmap, dots = figure["data"]
+    assert heatmap["z"] == table.probs
+    assert figure["layout"]["yaxis"]["ticktext"] == table.token_labels
+    assert dots["x"] == [e for row in table.topk_idx for e in row]
+    assert dots["y"] == [t for t, row in enumerate(table.topk_idx) for _ in row]
+
+
+def assert_shows_capacity_table(widget: CapacityGrid) -> None:
+    routed = ToyByteRouter(seed=0).route(widget.text.value, widget.top_k.value,
+                                         max_tokens=CAPACITY_MAX_TOKENS)
+    table = capacity_grid_table(routed.routing.topk_idx, 8, widget.capacity_factor.value,
+                                routed.token_labels)
+    figure = shown_figure(widget)
+    (grid,) = figure["data"]
+    assert grid["z"] == table.grid
+    assert figure["layout"]["yaxis"]["ticktext"] == table.token_labels
+    assert figure["layout"]["xaxis"]["ticktext"] == [
+        f"{e}: {k}/{d}" for e, (k, d) in enumerate(zip(table.kept, table.demand, strict=True))]
+    title = figure["layout"]["title"]["text"]
+    assert (f"C = {table.capacity} " in title and f"{100 * table.drop_rate:.1f} %" in title
+            if table.grid else "no tokens" in title)
 
 # ------------------------------------------------------------------ lesson 00: parameters
 
@@ -62,21 +117,42 @@ def test_config_from_sliders_is_always_valid(d_model: int) -> None:
     assert config.num_heads % config.num_kv_heads == 0
 
 
+def assert_shows_params(calc: ParamsCalculator) -> None:
+    """The Output shows the counts of the config the sliders describe."""
+    counts = count_parameters(config_from_sliders(
+        calc.num_experts.value, calc.top_k.value, calc.d_model.value, calc.d_ff.value,
+        calc.num_layers.value))
+    figure = shown_figure(calc)
+    total, active = figure["data"]
+    assert total["x"] == active["x"] == [c.name for c in counts.components]
+    assert total["y"] == [c.total / 1e9 for c in counts.components]
+    assert active["y"] == [c.active / 1e9 for c in counts.components]
+    assert f"total {format_count(counts.total)}" in figure["layout"]["title"]["text"]
+
+
 def test_params_calculator_reproduces_mixtral_and_survives_extremes() -> None:
     calc = ParamsCalculator()
     assert dict(calc.rows)["total parameters"] == "46.70 B"
+    assert_shows_params(calc)
     for slider in (calc.num_experts, calc.top_k, calc.d_model, calc.d_ff, calc.num_layers):
         slider.value = slider.min
     assert calc.config.num_experts == 1 and calc.config.top_k == 1
     assert dict(calc.rows)["active / total"] == "100.0 %"
+    assert_shows_params(calc)
     for slider in (calc.num_experts, calc.top_k, calc.d_model, calc.d_ff, calc.num_layers):
         slider.value = slider.max
     assert calc.config.top_k == 256 and calc.config.d_model == 16384
+    assert_shows_params(calc)
     calc.num_experts.value = 2  # K must follow E down
     assert calc.top_k.value == 2 and calc.config.top_k == 2
+    assert_shows_params(calc)
+    calc.d_model.value = -5  # out of range: ipywidgets clamps it to the minimum
+    assert calc.config.d_model == calc.d_model.min
+    assert_shows_params(calc)
     calc.mixtral.click()
     assert dict(calc.rows)["active parameters per token"] == "12.88 B"
-    assert len(calc.figure.data) == 2  # one FigureWidget, redrawn in place
+    assert_shows_params(calc)
+    assert "46.70 B" in shown_figure(calc)["layout"]["title"]["text"]
 
 
 # ------------------------------------------------------------------ lesson 01: router heatmap
@@ -118,7 +194,11 @@ def test_router_widget_survives_odd_text(text: str) -> None:
     widget = RouterHeatmap()
     widget.text.value = text
     assert len(widget.table.token_labels) == min(len(text.encode("utf-8", "surrogatepass")), 64)
-    assert len(widget.figure.data) == 2
+    assert_shows_router_table(widget)
+    widget.top_k.value = widget.top_k.max  # extreme controls on the odd text
+    widget.dtype.value = "bfloat16"
+    widget.noise.value = "jitter (train)"
+    assert_shows_router_table(widget)
 
 
 def test_router_widget_controls() -> None:
@@ -136,6 +216,10 @@ def test_router_widget_controls() -> None:
     first = widget.table.probs
     widget.update()
     assert widget.table.probs == first  # noise is seeded: the same picture on a redraw
+    assert_shows_router_table(widget)
+    widget.top_k.value = 99  # past the slider: clamped to E
+    assert widget.top_k.value == 8 and all(len(row) == 8 for row in widget.table.topk_idx)
+    assert_shows_router_table(widget)
 
 
 # ------------------------------------------------------------------ lesson 02: capacity grid
@@ -193,6 +277,10 @@ def test_capacity_widget_survives_odd_text(text: str) -> None:
     n_tokens = min(len(text.encode("utf-8", "surrogatepass")), CAPACITY_MAX_TOKENS)
     assert len(widget.table.grid) == n_tokens
     assert "drop rate" in widget.drop_rate.value
+    assert_shows_capacity_table(widget)
+    widget.capacity_factor.value = widget.capacity_factor.min  # extreme slider on odd text
+    widget.top_k.value = widget.top_k.max
+    assert_shows_capacity_table(widget)
 
 
 def test_capacity_widget_slider_extremes() -> None:
@@ -201,8 +289,13 @@ def test_capacity_widget_slider_extremes() -> None:
     for factor in (widget.capacity_factor.min, 1.0, widget.capacity_factor.max):
         widget.capacity_factor.value = factor
         rates.append(widget.table.drop_rate)
+        assert_shows_capacity_table(widget)
     assert rates[0] > rates[1] >= rates[2] == 0.0  # less capacity, more drops
+    widget.capacity_factor.value = 100.0  # past the slider: clamped to its maximum
+    assert widget.capacity_factor.value == widget.capacity_factor.max
+    assert_shows_capacity_table(widget)
     widget.top_k.value = widget.top_k.max  # K = E: every token to every expert
     assert widget.table.demand == [widget.table.demand[0]] * 8
+    assert_shows_capacity_table(widget)
     widget.top_k.value = widget.top_k.min
-    assert isinstance(widget.figure, go.FigureWidget) and len(widget.figure.data) == 1
+    assert_shows_capacity_table(widget)

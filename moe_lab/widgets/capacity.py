@@ -4,17 +4,17 @@ assignments drop in a token x expert grid, with the drop rate."""
 from __future__ import annotations
 
 import ipywidgets as widgets
-import plotly.graph_objects as go
 
 from moe_lab.viz.capacity import capacity_grid_figure, capacity_grid_table
-from moe_lab.widgets._figure import redraw
+from moe_lab.widgets._output import show_in_output
 from moe_lab.widgets._toy import ToyByteRouter
 
 MAX_TOKENS = 48  # tokens routed (C depends on N, so the text is cut before routing)
 
 
 class CapacityGrid(widgets.VBox):
-    """Text, capacity factor and K -> one reused grid figure. ``table`` holds the last table."""
+    """Text, capacity factor and K -> a grid figure redrawn into one ``output``. ``table`` holds
+    the last table, ``figure`` the last figure (a ``go.Figure``)."""
 
     def __init__(self, text: str = "the cat sat on the mat, and the dog sat too",
                  *, capacity_factor: float = 1.0, d_model: int = 32, num_experts: int = 8,
@@ -27,11 +27,12 @@ class CapacityGrid(widgets.VBox):
                                                    style={"description_width": "110px"})
         self.top_k = widgets.IntSlider(value=top_k, min=1, max=num_experts, description="top k")
         self.drop_rate = widgets.HTML()
-        self.figure = go.FigureWidget()
+        self.output = widgets.Output()  # shows the figure as plotly JSON (no FigureWidget)
+        self.output.add_class("moe-capacity-plot")
         for control in (self.text, self.capacity_factor, self.top_k):
             control.observe(lambda _: self.update(), names="value")
         super().__init__([self.text, widgets.HBox([self.capacity_factor, self.top_k]),
-                          self.drop_rate, self.figure])
+                          self.drop_rate, self.output])
         self.update()
 
     def update(self) -> None:
@@ -44,4 +45,5 @@ class CapacityGrid(widgets.VBox):
                                 f"<b>{self.table.num_dropped}</b> of "
                                 f"{self.table.num_assignments} assignments: drop rate "
                                 f"<b>{100 * self.table.drop_rate:.1f} %</b>{cut}")
-        redraw(self.figure, capacity_grid_figure(self.table))
+        self.figure = capacity_grid_figure(self.table)  # a go.Figure
+        show_in_output(self.output, self.figure)

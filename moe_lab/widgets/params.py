@@ -7,11 +7,10 @@ import html
 import math
 
 import ipywidgets as widgets
-import plotly.graph_objects as go
 
 from moe_lab.params import MIXTRAL_8X7B, TransformerConfig, count_parameters
 from moe_lab.viz.params import params_figure, params_summary
-from moe_lab.widgets._figure import redraw
+from moe_lab.widgets._output import show_in_output
 
 HEAD_DIM = 128
 
@@ -38,7 +37,7 @@ def summary_html(rows: list[tuple[str, str]]) -> str:
 
 class ParamsCalculator(widgets.VBox):
     """Total vs active parameters of an MoE transformer, live. ``config`` and ``rows`` hold the
-    last values drawn."""
+    last values drawn, ``figure`` the last figure (a ``go.Figure``), which ``output`` shows."""
 
     def __init__(self, context_length: int = 4096) -> None:
         self.context_length = context_length
@@ -58,13 +57,14 @@ class ParamsCalculator(widgets.VBox):
         self.num_layers = slider("layers L", 1, 128, 1, m.num_layers)
         self.mixtral = widgets.Button(description="Mixtral 8x7B")
         self.summary = widgets.HTML()
-        self.figure = go.FigureWidget()
+        self.output = widgets.Output()  # shows the figure as plotly JSON (no FigureWidget)
+        self.output.add_class("moe-params-plot")
         self._quiet = False
         for control in (self.num_experts, self.top_k, self.d_model, self.d_ff, self.num_layers):
             control.observe(self._on_change, names="value")
         self.mixtral.on_click(lambda _: self.load(MIXTRAL_8X7B))
         super().__init__([self.num_experts, self.top_k, self.d_model, self.d_ff,
-                          self.num_layers, self.mixtral, self.summary, self.figure])
+                          self.num_layers, self.mixtral, self.summary, self.output])
         self.update()
 
     def load(self, config: TransformerConfig) -> None:
@@ -93,4 +93,5 @@ class ParamsCalculator(widgets.VBox):
                                           self.num_layers.value)
         self.rows = params_summary(self.config, self.context_length)
         self.summary.value = summary_html(self.rows)
-        redraw(self.figure, params_figure(count_parameters(self.config)))
+        self.figure = params_figure(count_parameters(self.config))  # a go.Figure
+        show_in_output(self.output, self.figure)

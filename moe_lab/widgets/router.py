@@ -4,11 +4,10 @@ probabilities over the experts and its top-k choice; switch the router to bf16 o
 from __future__ import annotations
 
 import ipywidgets as widgets
-import plotly.graph_objects as go
 import torch
 
 from moe_lab.viz.router import MAX_TOKENS, router_heatmap_figure, router_heatmap_table
-from moe_lab.widgets._figure import redraw
+from moe_lab.widgets._output import show_in_output
 from moe_lab.widgets._toy import ToyByteRouter
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -16,8 +15,8 @@ NOISES = {"off (eval)": None, "noisy top-k (train)": "noisy_topk", "jitter (trai
 
 
 class RouterHeatmap(widgets.VBox):
-    """Text box, K slider, router dtype and noise -> one reused heatmap. ``table`` holds the
-    last table drawn."""
+    """Text box, K slider, router dtype and noise -> a heatmap redrawn into one ``output``.
+    ``table`` holds the last table drawn, ``figure`` the last figure (a ``go.Figure``)."""
 
     def __init__(self, text: str = "Experts route tokens: 전문가 🙂", *, d_model: int = 32,
                  num_experts: int = 8, top_k: int = 2, seed: int = 0) -> None:
@@ -29,11 +28,12 @@ class RouterHeatmap(widgets.VBox):
                                       description="router dtype")
         self.noise = widgets.Dropdown(options=list(NOISES), value="off (eval)",
                                       description="noise")
-        self.figure = go.FigureWidget()
+        self.output = widgets.Output()  # shows the figure as plotly JSON (no FigureWidget)
+        self.output.add_class("moe-router-plot")
         for control in (self.text, self.top_k, self.dtype, self.noise):
             control.observe(lambda _: self.update(), names="value")
         super().__init__([self.text, widgets.HBox([self.top_k, self.dtype, self.noise]),
-                          self.figure])
+                          self.output])
         self.update()
 
     def update(self) -> None:
@@ -41,4 +41,5 @@ class RouterHeatmap(widgets.VBox):
                                 router_dtype=DTYPES[self.dtype.value], max_tokens=MAX_TOKENS)
         self.table = router_heatmap_table(routed.routing, routed.token_labels,
                                           source_tokens=routed.num_tokens)
-        redraw(self.figure, router_heatmap_figure(self.table))
+        self.figure = router_heatmap_figure(self.table)  # a go.Figure
+        show_in_output(self.output, self.figure)
