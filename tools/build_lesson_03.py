@@ -324,22 +324,55 @@ print(f"redraw took {explorer.last_redraw_ms:.1f} ms;", explorer.figure_data()["
 - The router learns through the weights $w$ only; the top-$k$ choice is piecewise constant and
   carries no gradient. With top-1, renormalised weights are always 1: use the raw probability.
 
-## 8. Exercises and interview questions
+## 8. Exercises
 
 1. *(code)* Change `combine_loop` so that a dropped assignment passes the token through
    ($y_n \mathrel{+}= w\,x_n$). Run the checker: what does it say, and why is this wrong when
    the layer sits inside $h + \operatorname{MoE}(h)$?
 2. *(code)* Write the dense combine matrix $c$ with `scatter_add` and check
    `torch.einsum("ne,end->nd", c, experts.forward_all(x))` against `dispatch_loop`.
-3. *(interview)* Why can't we back-propagate through the expert choice? Name two ways people
-   get a learning signal to the router anyway (hint: the weights; the auxiliary losses of
-   lesson 04; REINFORCE-style and straight-through estimators in the literature).
-4. *(interview)* Your MoE layer with top-1 routing trains, but the router weights never change.
-   What is the likely bug?
-5. *(interview)* `index_add_` on a GPU is not bit-for-bit reproducible. Why, and how does
-   `dispatch_sorted` avoid it?
+3. *(code)* In the explorer, set $K = E = 8$: every expert sees every token. What do the load
+   bars show, and what does the layer now cost compared with the dense reference?
 
-## 9. Further reading
+## 9. Interview questions (self-check)
+
+<details><summary>1. 전문가 선택(top-k)은 미분할 수 없는데, 라우터는 어떻게 학습되나요?
+<br>(The top-k choice is not differentiable: how does the router learn?)</summary>
+
+Through the combine weights. $y_n = \sum_k w_{n,k} E_{i_{n,k}}(x_n)$ with $w$ a softmax of the
+router logits, so $\partial \mathcal{L} / \partial w_{n,k} = \langle \partial \mathcal{L}/\partial
+y_n, E_{i_{n,k}}(x_n) \rangle$ flows back into the logits of the chosen experts (with Mixtral's
+softmax over the top-$k$ logits, the unchosen logits get no gradient from the combine at all).
+The choice itself is piecewise constant: zero gradient. The auxiliary losses of lesson 04,
+computed on the full softmax, add a second signal that reaches every expert; straight-through and REINFORCE-style
+estimators exist in the literature but are rarely used for LLM routers.
+</details>
+
+<details><summary>2. top-1 라우팅에서 가중치를 재정규화하면 라우터 가중치가 전혀 바뀌지 않습니다. 왜 그런가요?
+<br>(With top-1 routing and renormalised weights, the router weights never change. Why?)</summary>
+
+The single weight is $p_i / p_i = 1$ for any logits, so the output does not depend on the
+router's values at all and its gradient is zero. Switch multiplies by the raw probability $p_i$
+instead (`normalize=False`), which keeps a gradient.
+</details>
+
+<details><summary>3. 용량을 초과해 버려진(dropped) 토큰은 MoE 출력에 어떻게 반영되어야 하나요?
+<br>(How should a token dropped for capacity appear in the MoE output?)</summary>
+
+As nothing: its dropped assignments contribute 0. The residual connection
+$h + \operatorname{MoE}(h)$ carries the token to the next layer unchanged. Adding $w\,x$ for it
+inside the layer would count the token twice.
+</details>
+
+<details><summary>4. GPU에서 index_add_로 결과를 합치면 실행할 때마다 결과가 조금씩 달라질 수 있습니다. 왜 그런가요?
+<br>(Combining with index_add_ on a GPU can change the result slightly from run to run. Why?)</summary>
+
+Repeated indices are accumulated with atomic adds, in whatever order the threads finish, and
+float addition is not associative. Writing each (token, slot) row to its own place
+(`index_copy`, distinct indices) and then summing over $K$ gives the same bits every run.
+</details>
+
+## 10. Further reading
 
 - Shazeer et al. 2017, *Outrageously Large Neural Networks: The Sparsely-Gated Mixture-of-Experts
   Layer*, eq. (1): the weighted sum $y = \sum_i G(x)_i E_i(x)$.

@@ -417,7 +417,7 @@ print("final bias:", [round(v, 2) for v in bias.tolist()])
 print(f"final max/mean load: {runs['bias'].final.max_over_mean:.2f}")
 """),
     md(r"""
-## 8. All runs side by side
+## 8. Visualise: all runs side by side
 
 Max/mean load per step for every run (1 = perfectly balanced, 8 = total collapse), then the
 final numbers:
@@ -455,7 +455,7 @@ change `ToyConfig(seed=...)`, the coefficients or `top_k` and see how robust eac
 - DeepSeek-V3: a selection-only bias, updated by $\pm\gamma$ from the observed load, balances
   without a gradient that competes with the task.
 
-## 10. Exercises and interview questions
+## 10. Exercises
 
 1. *(code)* Set `P` to the mean of the top-$k$ weights instead of the full probabilities in
    your `switch_loss` and run the checker. Then explain why the unchosen experts would get no
@@ -464,17 +464,46 @@ change `ToyConfig(seed=...)`, the coefficients or `top_k` and see how robust eac
    `aux_coef=0.01`. Which conclusions survive?
 3. *(code)* Add the z-loss to the Switch run (`ToyConfig(balance="switch", z_coef=1e-2)`): does
    the balance suffer?
-4. *(interview)* Why does the Switch loss multiply $f_i$ by $P_i$ instead of penalising
-   $\sum_i f_i^2$ directly?
-5. *(interview)* You copy `router_aux_loss_coef = 0.02` from Mixtral-8x7B's `config.json` into
-   your own implementation of this lesson's loss, with top-2. What coefficient gives the same
-   training signal?
-6. *(interview)* What is the difference between the auxiliary-loss-free bias of DeepSeek-V3 and
-   simply adding a learned bias to the router logits?
-7. *(interview)* A model with 24 MoE layers sums its per-layer balance losses. What goes wrong
-   when you change the depth to 48?
 
-## 11. Further reading
+## 11. Interview questions (self-check)
+
+<details><summary>1. Switch의 보조 손실은 왜 f_i²가 아니라 f_i · P_i를 사용하나요?
+<br>(Why does the Switch auxiliary loss use f_i · P_i instead of penalising f_i² directly?)</summary>
+
+$f_i$ is counted from the top-$k$ choice, an integer index: it has no gradient, so a loss of
+$f$ alone could not move the router. $P_i$, the mean router probability, is differentiable and
+moves with $f$; in $\sum_i f_i P_i$ the counts act as constant weights, so
+$\partial \mathcal{L}/\partial p_{n,i} = E f_i / N$ pushes hardest on the overloaded experts.
+</details>
+
+<details><summary>2. Mixtral의 config에서 router_aux_loss_coef = 0.02를 가져와 이 강의의 손실(top-2)에 쓰려면 계수를 얼마로 해야 같은 신호가 되나요?
+<br>(You take router_aux_loss_coef = 0.02 from a Mixtral config for this lesson's loss with
+top-2. What coefficient gives the same signal?)</summary>
+
+0.04. Hugging Face's `load_balancing_loss_func` sums the per-slot shares over the $K$ slots, so
+its value is $K$ times ours (2.0 for uniform top-2 routing against our 1.0).
+</details>
+
+<details><summary>3. DeepSeek-V3의 보조 손실 없는 균형 조정은 라우터 logit에 학습 가능한 bias를 더하는 것과 무엇이 다른가요?
+<br>(How does DeepSeek-V3's auxiliary-loss-free balancing differ from adding a learned bias to the
+router logits?)</summary>
+
+The bias is added only for the top-$k$ *choice*; the combine weights use the unbiased scores,
+so the output is not distorted. It is updated by a rule from the observed load,
+$b_i \mathrel{+}= \gamma \operatorname{sign}(\bar c - c_i)$, not by the task gradient (which
+would learn whatever bias lowers the loss, not one that balances the load).
+</details>
+
+<details><summary>4. MoE 층이 24개인 모델이 층별 균형 손실을 합산합니다. 깊이를 48로 늘리면 무슨 문제가 생기나요?
+<br>(A 24-layer MoE model sums its per-layer balance losses. What goes wrong at 48 layers?)</summary>
+
+The auxiliary term doubles while the task loss does not, so the same coefficient now weighs
+balance twice as much against quality. Averaging over layers keeps the coefficient's meaning
+independent of depth. (Pooling all layers' tokens into one loss is worse still: the layers'
+imbalances can cancel, as section 6 showed.)
+</details>
+
+## 12. Further reading
 
 - Shazeer et al. 2017, *Outrageously Large Neural Networks*, section 4 and appendix A:
   importance and load losses ($CV^2$).
