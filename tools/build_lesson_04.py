@@ -163,9 +163,10 @@ it: raise $P_i$ and expert $i$ gets chosen more. In the product, $f$ acts as a c
 
 $$\frac{\partial \mathcal{L}}{\partial p_{n,i}} = \frac{E\, f_i}{N}$$
 
-so the gradient pushes down the probabilities of the **overloaded** experts hardest. The
-minimum of $\sum_i f_i P_i$ under $\sum_i f_i = \sum_i P_i = 1$ is at the uniform point. Check
-the gradient:
+so the gradient pushes down the probabilities of the **overloaded** experts hardest. And since
+the router mostly chooses where its probability is ($f_i \approx P_i$), the loss behaves like
+$E \sum_i P_i^2$, smallest (1) when $P$ is uniform (Switch Transformers, section 2.2). Check the
+gradient:
 """),
     code("""
 # NBVAL_CHECK_OUTPUT
