@@ -10,16 +10,28 @@ Shape legend, used in every trailing comment of the package:
     E experts        K experts per token    C capacity (assignments per expert)
     M kept assignments (N*K minus the dropped ones)
 
-Where each piece is introduced in the course:
+Where each piece is introduced in the course (the core first, then what stands on it):
 
-    routing    TopKRouter, RouterOutput                       notebooks/01, 02
-    experts    Experts                                        notebooks/00, 03
-    dispatch   dense / loop / sorted / padded, capacity       notebooks/02, 03, 06
-    layer      SparseMoE, MoEOutput                           notebooks/03
-    losses     load_balancing_loss, router_z_loss, ...        notebooks/04
-    balancing  BiasBalancer (DeepSeek-V3)                     notebooks/04
-    device     pick_device, seed_everything                   notebooks/00
-    bench      python -m moe_lab.bench                        notebooks/06
+    routing       TopKRouter, RouterOutput                     notebooks/01, 02
+    experts       Experts                                      notebooks/00, 03
+    dispatch      dense / loop / sorted / padded, capacity     notebooks/02, 03, 06
+    layer         SparseMoE, MoEOutput                         notebooks/03
+    losses        load_balancing_loss, router_z_loss, ...      notebooks/04
+    balancing     BiasBalancer (DeepSeek-V3)                   notebooks/04
+    device        pick_device, seed_everything                 notebooks/00
+    params        total vs active parameters and FLOPs         notebooks/00
+    tokenizer     ByteTokenizer (UTF-8 bytes)                  notebooks/03, 05
+    toy, stats    the toy task and the per-step routing stats  notebooks/04
+    model, data   a tiny MoE transformer, the multilingual corpus          notebooks/05
+    train         training loop, ``python -m moe_lab.train``               notebooks/05
+    specialisation  language x expert counts, mutual information           notebooks/05
+    bench         ``python -m moe_lab.bench``                  notebooks/06
+    parallel      expert parallelism over torch.distributed    notebooks/07
+    viz, widgets  figures from plain data; live widgets on top of them
+    checks        the exercise checkers, ``moe_lab.checks.check_*``
+
+Layering: the core (routing, experts, dispatch, layer, losses, balancing) imports nothing of
+plotting, widgets, checks or training.
 """
 
 from moe_lab.balancing import BiasBalancer

@@ -1,12 +1,64 @@
 """Exercise checkers: run the learner's function on small seeded inputs, compare it with the
 package's reference, and explain a wrong answer with the likely mistake.
 
-Each lesson's checkers live in their own module (``moe_lab.checks.router`` for lesson 01, ...)
-and are built with :func:`moe_lab.checks.core.checker`. A stub that still raises
-``NotImplementedError`` gets a friendly "not implemented yet" line, not a traceback, and the
-checker returns a falsy result, so the lesson can go on with the reference implementation.
+Each lesson's checkers live in their own module and are built with
+:func:`moe_lab.checks.core.checker`; all are importable from here as ``moe_lab.checks.check_*``.
+A stub that still raises ``NotImplementedError`` gets a friendly "not implemented yet" line, not
+a traceback, and the checker returns a falsy result, so the lesson can go on with the reference
+implementation.
+
+    lesson 01  router.py      check_router_probs, check_noisy_topk_logits, check_jitter
+    lesson 02  topk.py        check_topk_routing, check_tokens_per_expert, check_capacity,
+                              check_keep_mask
+    lesson 03  combine.py     check_combine_loop, check_scatter_combine, check_gate_weights
+    lesson 04  balance.py     check_switch_loss, check_z_loss, check_model_balance_loss,
+                              check_bias_update
+    lesson 05  lm.py          check_average_aux_loss, check_mutual_information
+    lesson 06  efficiency.py  check_sort_by_expert
+    lesson 07  parallel.py    check_send_splits, check_local_expert_order
 """
 
+from moe_lab.checks.balance import (
+    check_bias_update,
+    check_model_balance_loss,
+    check_switch_loss,
+    check_z_loss,
+)
+from moe_lab.checks.combine import check_combine_loop, check_gate_weights, check_scatter_combine
 from moe_lab.checks.core import CheckFailed, CheckResult, checker, expect_close
+from moe_lab.checks.efficiency import check_sort_by_expert
+from moe_lab.checks.lm import check_average_aux_loss, check_mutual_information
+from moe_lab.checks.parallel import check_local_expert_order, check_send_splits
+from moe_lab.checks.router import check_jitter, check_noisy_topk_logits, check_router_probs
+from moe_lab.checks.topk import (
+    check_capacity,
+    check_keep_mask,
+    check_tokens_per_expert,
+    check_topk_routing,
+)
 
-__all__ = ["CheckFailed", "CheckResult", "checker", "expect_close"]
+__all__ = [
+    "CheckFailed",
+    "CheckResult",
+    "check_average_aux_loss",
+    "check_bias_update",
+    "check_capacity",
+    "check_combine_loop",
+    "check_gate_weights",
+    "check_jitter",
+    "check_keep_mask",
+    "check_local_expert_order",
+    "check_model_balance_loss",
+    "check_mutual_information",
+    "check_noisy_topk_logits",
+    "check_router_probs",
+    "check_scatter_combine",
+    "check_send_splits",
+    "check_sort_by_expert",
+    "check_switch_loss",
+    "check_tokens_per_expert",
+    "check_topk_routing",
+    "check_z_loss",
+    "checker",
+    "expect_close",
+]
