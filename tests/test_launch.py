@@ -43,3 +43,16 @@ def test_setup_cell_installs_the_package_in_colab():
     assert f"git+https://github.com/{launch_cells.REPOSITORY}@{launch_cells.BRANCH}" in command[-1]
     assert "anywidget" in command and not any(c.startswith("ipywidgets") for c in command)
     colab.output.enable_custom_widget_manager.assert_called_once()
+
+
+def test_figures_carry_html_only_in_colab():
+    import plotly.graph_objects as go
+
+    from moe_lab.widgets._output import PLOTLY_MIMETYPE, figure_bundle
+
+    figure = go.Figure(go.Bar(y=[1, 2]))
+    local = figure_bundle(figure)
+    assert PLOTLY_MIMETYPE in local and "text/html" not in local  # no CDN outside Colab
+    with mock.patch.dict(sys.modules, {"google.colab": mock.MagicMock()}):
+        colab = figure_bundle(figure)
+    assert "plotly" in colab["text/html"] and PLOTLY_MIMETYPE in colab

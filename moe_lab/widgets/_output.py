@@ -10,6 +10,7 @@ template), and works the same with or without a live kernel (tests set the Outpu
 from __future__ import annotations
 
 import json
+import sys
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
@@ -18,13 +19,25 @@ import plotly.io as pio
 PLOTLY_MIMETYPE = "application/vnd.plotly.v1+json"
 
 
+def in_colab() -> bool:
+    return "google.colab" in sys.modules
+
+
 def figure_bundle(figure: go.Figure) -> dict[str, object]:
-    """The display bundle of ``figure``: plotly JSON, and a one-line text fallback."""
-    return {
+    """The display bundle of ``figure``: plotly JSON, and a one-line text fallback.
+
+    Colab does not draw the plotly mimetype: there (only there) the bundle also carries the
+    figure as HTML that loads plotly.js from its CDN, exactly what plotly's own "colab" renderer
+    does. JupyterLab and Binder never fetch anything from the network.
+    """
+    bundle: dict[str, object] = {
         PLOTLY_MIMETYPE: {**json.loads(pio.to_json(figure, validate=False)),
                           "config": {"displaylogo": False, "responsive": True}},
         "text/plain": f"<plotly figure: {figure.layout.title.text or 'untitled'}>",
     }
+    if in_colab():
+        bundle["text/html"] = pio.to_html(figure, include_plotlyjs="cdn", full_html=False)
+    return bundle
 
 
 def show_in_output(output: widgets.Output, figure: go.Figure) -> None:
