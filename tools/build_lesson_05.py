@@ -101,7 +101,7 @@ from moe_lab.viz.lm import (
 from moe_lab.widgets.dashboard import TrainingDashboard
 from moe_lab.widgets.explorer import RoutingExplorer
 
-torch.manual_seed(0)
+_ = torch.manual_seed(0)
 """),
     md(r"""
 ## 2. The data: chatterbot-corpus, 28 languages
@@ -441,7 +441,7 @@ for s in latin_report.layers:
 """),
     md(r"""
 **Verdict: token type, not language.** Routing is far from random: the trained router's
-information about both labels is tens to hundreds of times the random router's. But the
+information about both labels is a hundred times the random router's, or more. But the
 "language" information is almost all **script**: once the writing system is known, the
 language adds a few hundredths of a bit, and among the twelve Latin-script languages the expert
 choice says next to nothing about whether the text is English, Dutch or Yoruba, while it still
