@@ -91,10 +91,12 @@ def test_same_seed_same_run_and_clipping(data):
     assert all(m.grad_norm > 1e-3 for m in a.steps)
 
 
-def test_bf16_autocast_runs(data):
-    result = train(replace(TINY_MODEL, ffn="dense"), replace(TINY_TRAIN, precision="bf16",
-                                                              steps=2), data=data, progress=False)
+@pytest.mark.parametrize("ffn", ["dense", "moe"])
+def test_bf16_autocast_runs(data, ffn):
+    result = train(replace(TINY_MODEL, ffn=ffn), replace(TINY_TRAIN, precision="bf16", steps=2),
+                   data=data, progress=False)
     assert torch.isfinite(torch.tensor(result.steps[-1].loss))
+    assert result.model.embed.weight.dtype == torch.float32  # autocast, not a bf16 model
 
 
 def test_seconds_per_step(data):
