@@ -260,7 +260,7 @@ for name, run in live.items():
 ## 6. The full runs: dense vs MoE at equal active compute
 
 Seven runs, 400 steps each, were trained by one command (its metric logs and the `dense` and
-`moe` checkpoints are in `moe_lab/results/lesson05/`, about 1.5 MB):
+`moe` checkpoints are in `moe_lab/results/lesson05/`, under 2 MB):
 
 ```
 {COMMAND}
