@@ -158,7 +158,8 @@ its output size depends on the data, so on a GPU the CPU must wait for it, a *ho
 """),
     code("""
 # NBVAL_IGNORE_OUTPUT
-OPS = ["aten::mm", "aten::bmm", "aten::_grouped_mm", "aten::index", "aten::index_add_",
+OPS = ["aten::mm", "aten::bmm", "aten::_grouped_mm", "aten::index", "aten::index_select",
+       "aten::index_add_",
        "aten::index_copy", "aten::nonzero"]
 seed_everything(0)
 x_prof = torch.randn(512, 64, requires_grad=True)  # (N, D)
