@@ -1,6 +1,7 @@
 """Every lesson opens in Colab and Binder: badge and Colab-only setup cell at the top, the README
 badges in step, all from the one repository name in tools/launch_cells.py."""
 
+import json
 import sys
 from pathlib import Path
 from unittest import mock
@@ -56,3 +57,41 @@ def test_figures_carry_html_only_in_colab():
     with mock.patch.dict(sys.modules, {"google.colab": mock.MagicMock()}):
         colab = figure_bundle(figure)
     assert "plotly" in colab["text/html"] and PLOTLY_MIMETYPE in colab
+
+
+def _make_explorer():
+    from torch import nn
+
+    from moe_lab import SparseMoE
+    from moe_lab.viz.explorer import byte_router_fn
+    from moe_lab.widgets.explorer import RoutingExplorer
+
+    layer = SparseMoE(16, 32, 4, 2)
+    return RoutingExplorer(byte_router_fn(nn.Embedding(256, 16), layer.router), num_experts=4)
+
+
+def _make(name):
+    from moe_lab.widgets.capacity import CapacityGrid
+    from moe_lab.widgets.dashboard import TrainingDashboard
+    from moe_lab.widgets.params import ParamsCalculator
+    from moe_lab.widgets.router import RouterHeatmap
+
+    return {
+        "capacity": CapacityGrid,
+        "dashboard": lambda: TrainingDashboard(4),
+        "explorer": _make_explorer,
+        "params": ParamsCalculator,
+        "router": RouterHeatmap,
+    }[name]()
+
+
+@pytest.mark.parametrize("name", ["capacity", "dashboard", "explorer", "params", "router"])
+def test_every_widget_has_a_static_fallback(name):
+    """A front end that cannot draw widgets shows the widget's last figure, not a line of text."""
+    from moe_lab.widgets._output import PLOTLY_MIMETYPE, StaticFallback
+
+    widget = _make(name)
+    assert isinstance(widget, StaticFallback)
+    bundle = widget._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert bundle[PLOTLY_MIMETYPE]["data"] == json.loads(widget.figure.to_json())["data"]

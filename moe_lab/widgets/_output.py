@@ -44,3 +44,22 @@ def show_in_output(output: widgets.Output, figure: go.Figure) -> None:
     """Replace what ``output`` shows with ``figure`` (one message to the browser)."""
     output.outputs = ({"output_type": "display_data", "data": figure_bundle(figure),
                        "metadata": {}},)
+
+
+class StaticFallback:
+    """Mixin for a widget that keeps the figure it last drew in ``self.figure``.
+
+    Its display bundle carries that figure too, after the widget view: a front end that draws
+    widgets shows the live widget, and one that cannot (a static notebook viewer, a missing
+    widget manager) shows the figure as it was when the cell ran, not a line of text.
+    """
+
+    figure: go.Figure
+
+    def _repr_mimebundle_(self, **kwargs: object) -> dict[str, object] | None:
+        bundle = super()._repr_mimebundle_(**kwargs)  # type: ignore[misc]
+        if bundle is None:
+            return None
+        fallback = figure_bundle(self.figure)
+        fallback.pop("text/plain")
+        return {**fallback, **bundle}

@@ -6,13 +6,13 @@ from __future__ import annotations
 import ipywidgets as widgets
 
 from moe_lab.viz.capacity import capacity_grid_figure, capacity_grid_table
-from moe_lab.widgets._output import show_in_output
+from moe_lab.widgets._output import StaticFallback, show_in_output
 from moe_lab.widgets._toy import ToyByteRouter
 
 MAX_TOKENS = 48  # tokens routed (C depends on N, so the text is cut before routing)
 
 
-class CapacityGrid(widgets.VBox):
+class CapacityGrid(StaticFallback, widgets.VBox):
     """Text, capacity factor and K -> a grid figure redrawn into one ``output``. ``table`` holds
     the last table, ``figure`` the last figure (a ``go.Figure``)."""
 

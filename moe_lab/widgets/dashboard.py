@@ -23,10 +23,10 @@ from moe_lab.viz.dashboard import (
     dashboard_data,
     dashboard_figure,
 )
-from moe_lab.widgets._output import show_in_output
+from moe_lab.widgets._output import StaticFallback, show_in_output
 
 
-class TrainingDashboard(widgets.VBox):
+class TrainingDashboard(StaticFallback, widgets.VBox):
     """A callback ``dashboard(stats)`` that draws the run so far every ``redraw_every`` steps."""
 
     def __init__(self, num_experts: int, *, redraw_every: int = 10,

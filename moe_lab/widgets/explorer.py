@@ -37,10 +37,10 @@ from moe_lab.viz.explorer import (
     explorer_figure,
     explorer_traces,
 )
-from moe_lab.widgets._output import show_in_output
+from moe_lab.widgets._output import StaticFallback, show_in_output
 
 
-class RoutingExplorer(widgets.VBox):
+class RoutingExplorer(StaticFallback, widgets.VBox):
     """Text, K and noise controls over one reused routing figure."""
 
     def __init__(self, route_fn: RoutingFn, *, num_experts: int,

@@ -10,7 +10,7 @@ import ipywidgets as widgets
 
 from moe_lab.params import MIXTRAL_8X7B, TransformerConfig, count_parameters
 from moe_lab.viz.params import params_figure, params_summary
-from moe_lab.widgets._output import show_in_output
+from moe_lab.widgets._output import StaticFallback, show_in_output
 
 HEAD_DIM = 128
 
@@ -35,7 +35,7 @@ def summary_html(rows: list[tuple[str, str]]) -> str:
     return f"<table>{cells}</table>"
 
 
-class ParamsCalculator(widgets.VBox):
+class ParamsCalculator(StaticFallback, widgets.VBox):
     """Total vs active parameters of an MoE transformer, live. ``config`` and ``rows`` hold the
     last values drawn, ``figure`` the last figure (a ``go.Figure``), which ``output`` shows."""
 

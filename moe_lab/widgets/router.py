@@ -7,14 +7,14 @@ import ipywidgets as widgets
 import torch
 
 from moe_lab.viz.router import MAX_TOKENS, router_heatmap_figure, router_heatmap_table
-from moe_lab.widgets._output import show_in_output
+from moe_lab.widgets._output import StaticFallback, show_in_output
 from moe_lab.widgets._toy import ToyByteRouter
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 NOISES = {"off (eval)": None, "noisy top-k (train)": "noisy_topk", "jitter (train)": "jitter"}
 
 
-class RouterHeatmap(widgets.VBox):
+class RouterHeatmap(StaticFallback, widgets.VBox):
     """Text box, K slider, router dtype and noise -> a heatmap redrawn into one ``output``.
     ``table`` holds the last table drawn, ``figure`` the last figure (a ``go.Figure``)."""
 
