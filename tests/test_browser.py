@@ -13,35 +13,25 @@ Skipped only when /usr/bin/chromium is absent (CI installs it). Never runs ``pla
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser.lab import (
-    CHROMIUM,
-    VIEWPORT,
-    ConsoleLog,
-    ExternalRequests,
-    LessonPage,
-    WebsocketMeter,
-    launch_chromium,
+from browser.lab import LessonPage
+from browser.session import (
+    ARTIFACTS,
+    BROWSER_MARKS,
+    check_console,
+    check_lesson_bytes,
+    opened_lesson,
 )
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is not installed "
-                       "(apt-get install chromium); the browser test needs it"),
-]
+pytestmark = BROWSER_MARKS
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "artifacts" / "browser"
 EXPLORER_LESSON = "03_weighted_sum.ipynb"
 DASHBOARD_LESSON = "04_load_balancing.ipynb"
-WEBSOCKET_BUDGET_BYTES = 1_000_000  # a lesson opened and run, widgets drawn (DESIGN/issue 6)
 MAX_BYTES_PER_REDRAW = 50_000  # one keystroke or slider step, both directions (2-8 kB measured)
 SENTENCE = "Mixture of experts routes each token: 전문가!"
 EXPERT_IN_HOVER = re.compile(r"\be(\d+) \d+\.\d\d\b")
@@ -67,47 +57,6 @@ _boards = list({id(_v): _v for _v in list(globals().values())
 print(_json.dumps([{k: _b.figure_data()[k] for k in ("steps", "max_over_mean", "router_entropy")}
                    for _b in _boards]))
 """
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[tuple[object, object]]:
-    """A private JupyterLab over a fresh copy of notebooks/ (fresh kernels) and a chromium."""
-    from browser.jupyter_server import jupyter_lab
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    notebooks = Path(os.environ.get("MOE_LAB_BROWSER_NOTEBOOKS", ROOT / "notebooks"))
-    with jupyter_lab(notebooks) as server, sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        try:
-            yield server, browser
-        finally:
-            browser.close()
-
-
-@contextlib.contextmanager
-def opened_lesson(lab, name: str):
-    """Open lesson ``name`` in a new page, run all its cells; at the end shut its kernel down and
-    close the page (also on failure)."""
-    server, browser = lab
-    if not (server.root_dir / name).exists():
-        pytest.fail(f"the lesson {name} is missing")
-    page = browser.new_page(viewport=VIEWPORT)
-    console, meter = ConsoleLog().attach(page), WebsocketMeter().attach(page)
-    external = ExternalRequests(server.base_url).attach(page)
-    start = time.perf_counter()
-    lesson = LessonPage(page, server.lab_url(name))
-    try:
-        state = lesson.run_all()
-        print(f"\n{name}: opened and ran {state['code']} code cells in "
-              f"{time.perf_counter() - start:.1f} s")
-        yield page, lesson, (console, external), meter
-    except BaseException:
-        with contextlib.suppress(Exception):  # the page as it was when the test failed
-            page.screenshot(path=str(ARTIFACTS / f"failed_{Path(name).stem}.png"))
-        raise
-    finally:
-        lesson.close()
 
 
 def save_widget_image(box, name: str) -> None:
@@ -156,20 +105,6 @@ def assert_plot_matches_kernel(shown: dict[str, list], routing: dict[str, object
     assert shown["colours"] == [expert_colour(row[0]) for row in topk_idx], \
         "token colours are not the colours of the kernel's top experts"
     assert shown["bars"] == routing["tokens_per_expert"][0], "load bars differ from the kernel's"
-
-
-def check_console(name: str, logs: tuple[ConsoleLog, ExternalRequests]) -> None:
-    console, external = logs
-    assert not external.blocked, f"{name} requested files from other hosts: {external.blocked}"
-    assert not console.errors, f"console errors in {name}:\n" + "\n".join(console.errors)
-
-
-def check_lesson_bytes(name: str, total_bytes: int, summary: str) -> None:
-    """The lesson, opened and run top to bottom with its widgets drawn, stays under the budget."""
-    print(f"{name}: opened + run all: kernel websocket {summary}")
-    assert total_bytes < WEBSOCKET_BUDGET_BYTES, (
-        f"{name} sent {total_bytes / 1e6:.2f} MB over the kernel websocket when opened and run "
-        f"(budget {WEBSOCKET_BUDGET_BYTES / 1e6:.1f} MB): {summary}")
 
 
 def query_explorer(lesson: LessonPage, text: str, top_k: int, *,

@@ -2,8 +2,9 @@
 is drawn with the kernel's figure, that the console stays clean, and that the kernel websocket
 carries under ``WEBSOCKET_BUDGET_BYTES`` (1 MB; a single plotly FigureWidget would be ~5 MB).
 
-Reuses the browser test's private JupyterLab (``lab``), ``opened_lesson`` and checks from
-tests/test_browser.py, and the helpers of tests/browser/. Skipped when /usr/bin/chromium is absent.
+Lessons 05-07: every cell runs in the browser, the console stays clean, under the same budget.
+Shares the session's JupyterLab (``lab``, tests/conftest.py) and tests/browser/session.py.
+Skipped when /usr/bin/chromium is absent.
 """
 
 from __future__ import annotations
@@ -11,20 +12,16 @@ from __future__ import annotations
 import time
 
 import pytest
-from browser.lab import CHROMIUM, LessonPage
-from test_browser import (  # the same server fixture and checks as lessons 03/04
+from browser.lab import LessonPage
+from browser.session import (
+    BROWSER_MARKS,
     WEBSOCKET_BUDGET_BYTES,
     check_console,
     check_lesson_bytes,
-    lab,  # noqa: F401 (a pytest fixture)
     opened_lesson,
 )
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is not installed "
-                       "(apt-get install chromium); the browser test needs it"),
-]
+pytestmark = BROWSER_MARKS
 
 # lesson -> (the widget class in the kernel, the CSS class of its plot's Output)
 LESSON_WIDGETS = {
@@ -52,7 +49,7 @@ def drawn_traces(lesson: LessonPage, box) -> list[dict[str, object]]:
 
 
 @pytest.mark.parametrize("name", list(LESSON_WIDGETS))
-def test_lesson_widget_renders_under_budget(lab, name: str) -> None:  # noqa: F811
+def test_lesson_widget_renders_under_budget(lab, name: str) -> None:
     module, widget, plot_class = LESSON_WIDGETS[name]
     with opened_lesson(lab, name) as (page, lesson, logs, meter):
         box = lesson.widget_box(plot_class)
@@ -70,3 +67,15 @@ def test_lesson_widget_renders_under_budget(lab, name: str) -> None:  # noqa: F8
         print(f"{name}: {load_bytes} bytes over the kernel websocket "
               f"({load_bytes / WEBSOCKET_BUDGET_BYTES:.0%} of the budget)")
         check_lesson_bytes(name, load_bytes, load_summary)
+
+
+@pytest.mark.parametrize("name", ["05_train_tiny_moe_lm.ipynb", "06_efficiency.ipynb",
+                                  "07_expert_parallelism.ipynb"])
+def test_later_lesson_runs_clean_under_budget(lab, name: str) -> None:
+    """Lessons 05-07: every cell runs in the browser, figures are drawn, the console stays
+    clean and the kernel websocket stays under the budget."""
+    with opened_lesson(lab, name) as (page, lesson, logs, meter):
+        lesson.wait_kernel_idle()
+        page.locator(".js-plotly-plot").first.wait_for(state="visible")
+        check_console(name, logs)
+        check_lesson_bytes(name, meter.total_bytes, meter.summary())
