@@ -70,7 +70,11 @@ def grouped_matmul(x_sorted: torch.Tensor, weight: torch.Tensor, counts: list[in
         x_sorted, weight = x_sorted.to(dtype), weight.to(dtype)
     # the kernel wants rows aligned to 16 bytes (D and F multiples of 8 in bf16, of 4 in fp32)
     aligned = all(n * x_sorted.element_size() % 16 == 0 for n in weight.shape[1:])
-    if x_sorted.shape[0] > 0 and aligned and grouped_mm_supported(device_type, x_sorted.dtype):
+    # under torch.compile the kernel's shape function accepts bf16 only (torch 2.13), whatever
+    # the eager kernel runs: trace the fallback for other dtypes
+    traceable = x_sorted.dtype == torch.bfloat16 or not torch.compiler.is_compiling()
+    if (x_sorted.shape[0] > 0 and aligned and traceable
+            and grouped_mm_supported(device_type, x_sorted.dtype)):
         return F.grouped_mm(x_sorted, weight, offs=offsets)  # (M, B)
     segments = torch.split(x_sorted, counts)
     return torch.cat([seg @ weight[e] for e, seg in enumerate(segments)])  # (M, B)

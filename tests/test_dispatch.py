@@ -141,3 +141,19 @@ def test_bf16_autocast_runs_the_experts_in_bf16_and_answers_in_x_dtype(strategy)
     torch.testing.assert_close(out.y, reference, atol=3e-2, rtol=3e-2)
     out.y.pow(2).sum().backward()
     assert layer.experts.w_up.grad is not None
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager_in_fp32():
+    torch.manual_seed(0)
+    layer = SparseMoE(32, 64, 8, 2)
+    compiled = torch.compile(layer)
+    x = torch.randn(64, 32, requires_grad=True)
+    grad_y = torch.randn(64, 32)
+    y = compiled(x).y
+    y.backward(grad_y)
+    dx_compiled, x.grad = x.grad, None
+    expected = layer(x).y
+    expected.backward(grad_y)
+    torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(dx_compiled, x.grad, atol=1e-5, rtol=1e-4)
