@@ -45,6 +45,14 @@ def grouped_mm_supported(device_type: str, dtype: torch.dtype) -> bool:
     """
     if not hasattr(F, "grouped_mm"):
         return False
+    # the probe needs autograd on whatever context the first caller is in (no_grad, inference
+    # mode, autocast): the answer is cached for good
+    with torch.inference_mode(False), torch.enable_grad(), \
+            torch.autocast(device_type, enabled=False):
+        return _probe_grouped_mm(device_type, dtype)
+
+
+def _probe_grouped_mm(device_type: str, dtype: torch.dtype) -> bool:
     try:
         a = torch.randn(5, 16, device=device_type, dtype=dtype, requires_grad=True)
         b = torch.randn(2, 16, 32, device=device_type, dtype=dtype, requires_grad=True)

@@ -66,3 +66,16 @@ def test_bench_cli_prints_ratios_and_saves_json(tmp_path, monkeypatch, capsys):
 def test_bench_rejects_unknown_strategy():
     with pytest.raises(SystemExit):
         bench.main(["--quick", "--strategies", "sorted,warp"])
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_grouped_mm_probe_ignores_the_callers_grad_mode(context):
+    """The answer is cached: a first call under no_grad must not switch the kernel off for good."""
+    grouped_mm_supported.cache_clear()
+    try:
+        with context():
+            inside = grouped_mm_supported("cpu", torch.float32)
+        grouped_mm_supported.cache_clear()
+        assert inside == grouped_mm_supported("cpu", torch.float32)
+    finally:
+        grouped_mm_supported.cache_clear()
