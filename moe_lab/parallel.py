@@ -362,7 +362,7 @@ def _worker(rank: int, job: _Job) -> None:
 
 def _run_rank(rank: int, job: _Job, device: torch.device) -> None:
     """Forward + backward of one rank on its shard; saves what it computed for the parent."""
-    inputs = torch.load(Path(job.job_dir) / "inputs.pt", weights_only=False)
+    inputs = torch.load(Path(job.job_dir) / "inputs.pt", weights_only=True)
     moe = SparseMoE(**inputs["config"])
     moe.load_state_dict(inputs["state"])
     moe = moe.to(device).eval()
@@ -388,10 +388,11 @@ def _run_rank(rank: int, job: _Job, device: torch.device) -> None:
 
 
 def _layer_config(moe: SparseMoE) -> dict[str, object]:
+    """SparseMoE's constructor arguments, so each rank rebuilds the same layer (then its state)."""
     return {"d_model": moe.d_model, "d_ff": moe.d_ff, "num_experts": moe.num_experts,
             "top_k": moe.top_k, "dispatch": "sorted", "activation": moe.experts.activation,
-            "normalize": moe.router.normalize, "router_dtype": moe.router.router_dtype,
-            "scoring": moe.router.scoring}
+            "normalize": moe.router.normalize, "noise": moe.router.noise,
+            "router_dtype": moe.router.router_dtype, "scoring": moe.router.scoring}
 
 
 def _first_failure(job_dir: str) -> tuple[int, str] | None:
@@ -460,7 +461,6 @@ def run_expert_parallel(moe: SparseMoE, x: torch.Tensor, grad_y: torch.Tensor | 
     before the exchange (to see what a failure looks like).
     """
     check_layer_for_parallel(moe)
-    check_positive_int("world_size", world_size)
     check_world_size(moe.num_experts, world_size)
     check_float_tensor("x", x)
     check_last_dim("x", x, moe.d_model, "d_model")
@@ -494,7 +494,7 @@ def run_expert_parallel(moe: SparseMoE, x: torch.Tensor, grad_y: torch.Tensor | 
         start = time.perf_counter()
         _launch(job, timeout_s)
         seconds = time.perf_counter() - start
-        ranks = [torch.load(Path(job_dir) / f"rank{r}.pt", weights_only=False)
+        ranks = [torch.load(Path(job_dir) / f"rank{r}.pt", weights_only=True)
                  for r in range(world_size)]
 
     routed = torch.stack([r["tokens_per_expert"] for r in ranks])  # (W, E)

@@ -78,6 +78,17 @@ def test_expert_parallel_equals_single_process(n, d, f, e, k, world, activation,
 
 
 @pytest.mark.slow
+def test_noisy_router_in_eval_runs_in_parallel():
+    """A layer built with noise (eval mode: no noise drawn) is rebuilt the same on every rank."""
+    torch.manual_seed(0)
+    moe = SparseMoE(8, 12, 4, 2, noise="noisy_topk").eval()
+    x, grad_y = torch.randn(9, 8), torch.randn(9, 8)
+    result = run_expert_parallel(moe, x, grad_y, world_size=2, timeout_s=90)
+    reference, _ = _single_process(moe, x, grad_y)
+    torch.testing.assert_close(result.y, reference.y, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("fail_rank", [0, 1])
 def test_failing_rank_raises_clear_error_within_timeout(fail_rank):
     """The error names the rank that failed first, not a peer that lost its connection."""
