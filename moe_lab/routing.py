@@ -152,13 +152,19 @@ class TopKRouter(nn.Module):
             # H(x) = x W_g + eps * softplus(x W_noise),  eps ~ N(0, 1)
             noise_std = F.softplus(F.linear(x, self.noise_weight.to(self.router_dtype)))  # (N, E)
             router_logits = router_logits + torch.randn_like(router_logits) * noise_std
+        return self.decide(router_logits)
+
+    def decide(self, router_logits: torch.Tensor, top_k: int | None = None) -> RouterOutput:
+        """Logits (N, E) -> probabilities and the top-k choice, by this router's rules (scoring,
+        bias, normalisation). ``top_k`` overrides K (the routing explorer's slider)."""
+        top_k = self.top_k if top_k is None else check_top_k(top_k, self.num_experts)
         if self.scoring == "softmax":
             router_probs = torch.softmax(router_logits, dim=-1)  # (N, E)
         else:
             router_probs = torch.sigmoid(router_logits)  # (N, E)
         bias = self.score_correction_bias.to(router_probs.dtype)
         topk_idx, topk_weights = topk_routing(
-            router_probs, self.top_k, normalize=self.normalize, selection_bias=bias
+            router_probs, top_k, normalize=self.normalize, selection_bias=bias
         )
         return RouterOutput(
             logits=router_logits.float(),

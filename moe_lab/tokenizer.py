@@ -12,6 +12,14 @@ from dataclasses import dataclass
 import torch
 
 
+def clean_text(text: object) -> str:
+    """``text`` as UTF-8 can encode it: lone surrogates (which no byte sequence represents)
+    become '?'. Raises TypeError for a non-string."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return text.encode("utf-8", errors="replace").decode("utf-8")
+
+
 @dataclass(frozen=True)
 class ByteTokenizer:
     """UTF-8 bytes as token ids; ``vocab_size`` = 256."""
@@ -19,9 +27,8 @@ class ByteTokenizer:
     vocab_size: int = 256
 
     def encode(self, text: str) -> list[int]:
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
-        return list(text.encode("utf-8"))
+        """UTF-8 bytes; a lone surrogate (no UTF-8 form) becomes '?', as in :meth:`pieces`."""
+        return list(clean_text(text).encode("utf-8"))
 
     def encode_tensor(self, text: str) -> torch.Tensor:
         return torch.tensor(self.encode(text), dtype=torch.long)  # (T,)
@@ -37,7 +44,7 @@ class ByteTokenizer:
         """One printable label per byte token: the character on its first byte, then a
         continuation mark ('·') on the other bytes of a multi-byte character."""
         labels: list[str] = []
-        for char in text:
+        for char in clean_text(text):
             n_bytes = len(char.encode("utf-8"))
             shown = {" ": "␠", "\n": "⏎", "\t": "⇥"}.get(char, char)
             labels.extend([shown] + ["·"] * (n_bytes - 1))

@@ -57,6 +57,21 @@ def test_route_text_matches_the_router(byte_model):
     assert not table.truncated
 
 
+def test_route_text_follows_the_routers_own_rules():
+    """Sigmoid scoring and the DeepSeek bias: the explorer shows what the router decides."""
+    torch.manual_seed(0)
+    embedding = nn.Embedding(256, D_MODEL)
+    router = TopKRouter(D_MODEL, NUM_EXPERTS, 2, scoring="sigmoid")
+    router.score_correction_bias[3] = 5.0  # expert 3 always chosen
+    text = "bias and sigmoid"
+    table = route_text(text, embedding, router, top_k=2)
+    with torch.no_grad():
+        expected = router(embedding(torch.tensor(list(text.encode()))))
+    assert (table.topk_idx[0][:, 0] == 3).all()
+    assert torch.equal(table.topk_idx[0], expected.topk_idx)
+    assert torch.allclose(table.topk_weights[0], expected.topk_weights)
+
+
 @pytest.mark.parametrize("text", ODD_TEXTS)
 @pytest.mark.parametrize("top_k", [1, 3, NUM_EXPERTS])
 def test_route_text_survives_odd_text(byte_model, text, top_k):
@@ -154,7 +169,10 @@ def test_explorer_widget_follows_every_control(byte_model):
 
 
 def test_explorer_widget_with_several_layers_and_fixed_k():
+    calls = []
+
     def route_fn(text: str, top_k: int, noise: float) -> RoutingTable:
+        calls.append(text)
         labels = list(text)[:10]
         probs = torch.softmax(torch.arange(len(labels) * 2 * 4.0).view(2, -1, 4).sin(), -1)
         idx, weights = zip(*(topk_routing(p, 1) for p in probs), strict=True)
@@ -163,8 +181,10 @@ def test_explorer_widget_with_several_layers_and_fixed_k():
     explorer = RoutingExplorer(route_fn, num_experts=4, top_k=1, show_top_k=False,
                                show_noise=False)
     assert explorer.layer.layout.display is None and explorer.top_k.layout.display == "none"
+    routed = len(calls)
     explorer.layer.value = 1
     assert explorer.figure_data()["title"].startswith("layer 1")
+    assert len(calls) == routed  # another layer of the same routing: no new forward pass
     explorer.text.value = ""
     assert explorer.figure_data()["text"] == []
 
@@ -230,13 +250,14 @@ def test_dashboard_widget_redraws_while_training():
         dashboard(_history(1, num_experts=5)[0])
 
 
-def test_dashboard_redraw_is_fast_enough_to_watch():
+def test_dashboard_redraws_every_step_and_reports_its_time():
     dashboard = TrainingDashboard(8, redraw_every=1)
-    history = _history(200, num_experts=8)
+    history = _history(20, num_experts=8)
     start = time.perf_counter()
     for stats in history[:20]:
         dashboard(stats)
     print(f"dashboard redraw: {(time.perf_counter() - start) / 20 * 1e3:.1f} ms per step")
+    assert dashboard.figure_data()["steps"] == [s.step for s in history[:20]]  # every step drawn
 
 
 # ---------------------------------------------------------------- what goes to the browser

@@ -35,7 +35,7 @@ import torch
 from plotly.subplots import make_subplots
 from torch import nn
 
-from moe_lab.routing import TopKRouter, topk_routing
+from moe_lab.routing import TopKRouter
 from moe_lab.tokenizer import ByteTokenizer
 from moe_lab.validation import check_positive_int, check_top_k
 
@@ -137,14 +137,6 @@ def routing_table(labels: Sequence[str], topk_idx: Sequence[torch.Tensor],
                         total_tokens=max(idx.shape[1], total_tokens or 0), layer_names=names)
 
 
-def clean_text(text: object) -> str:
-    """The text as UTF-8 can encode it: lone surrogates (which no byte sequence represents)
-    become '?'. Raises TypeError for a non-string."""
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
-    return text.encode("utf-8", errors="replace").decode("utf-8")
-
-
 @torch.no_grad()
 def route_text(text: str, embedding: nn.Embedding, router: TopKRouter, *, top_k: int,
                noise: float = 0.0, seed: int = 0, max_tokens: int = MAX_TOKENS,
@@ -156,7 +148,6 @@ def route_text(text: str, embedding: nn.Embedding, router: TopKRouter, *, top_k:
     ``max_tokens`` tokens are routed.
     """
     tokenizer = tokenizer or ByteTokenizer()
-    text = clean_text(text)
     check_top_k(top_k, router.num_experts)
     check_positive_int("max_tokens", max_tokens)
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
@@ -173,8 +164,8 @@ def route_text(text: str, embedding: nn.Embedding, router: TopKRouter, *, top_k:
         # logits <- logits + noise * eps,  eps ~ N(0, 1)
         router_logits = router_logits + noise * torch.randn(
             router_logits.shape, generator=generator)  # (T, E)
-    router_probs = torch.softmax(router_logits, dim=-1)  # (T, E)
-    topk_idx, topk_weights = topk_routing(router_probs, top_k, normalize=router.normalize)
+    routing = router.decide(router_logits, top_k)  # the router's own scoring, bias and K
+    topk_idx, topk_weights = routing.topk_idx, routing.topk_weights
     return routing_table(labels, [topk_idx], [topk_weights], router.num_experts,
                          total_tokens=len(ids))
 

@@ -2,7 +2,7 @@
 
 :class:`RoutingExplorer` wires a Text box, a K slider, a noise slider and (for several layers) a
 layer menu to any *routing callable* ``route_fn(text, top_k, noise) -> RoutingTable`` (the
-interface is documented in :mod:`moe_lab.viz.explorer`), and redraws one reused FigureWidget on
+interface is documented in :mod:`moe_lab.viz.explorer`), and redraws one reused figure (shown in an Output) on
 every keystroke: the figure's traces are updated in place and its JSON is shown in an
 ``ipywidgets.Output`` (see :mod:`moe_lab.widgets._output` for why not a FigureWidget).
 
@@ -28,12 +28,12 @@ import time
 import ipywidgets as widgets
 
 from moe_lab.threads import torch_threads
+from moe_lab.tokenizer import clean_text
 from moe_lab.validation import check_positive_int, check_top_k
 from moe_lab.viz.explorer import (
     RoutingFn,
     RoutingTable,
     apply_explorer_traces,
-    clean_text,
     explorer_figure,
     explorer_traces,
 )
@@ -76,14 +76,15 @@ class RoutingExplorer(StaticFallback, widgets.VBox):
         self.output = widgets.Output()
         self.output.add_class("moe-explorer-plot")
         show_in_output(self.output, self.figure)
-        for control in (self.text, self.top_k, self.noise, self.layer):
+        for control in (self.text, self.top_k, self.noise):
             control.observe(lambda _: self.update(), names="value")
+        self.layer.observe(lambda _: self.redraw(), names="value")  # same routing, other layer
         super().__init__([self.text, widgets.HBox([self.top_k, self.noise, self.layer]),
                           self.output])
 
     def _route(self) -> RoutingTable:
         with torch_threads(self.num_threads):
-            table = self.route_fn(clean_text(self.text.value), int(self.top_k.value),
+            table = self.route_fn(self.text.value, int(self.top_k.value),
                                   float(self.noise.value))
         if not isinstance(table, RoutingTable):
             raise TypeError(f"route_fn must return a RoutingTable, got {type(table).__name__}")
@@ -93,6 +94,11 @@ class RoutingExplorer(StaticFallback, widgets.VBox):
         """Route the current text with the current settings and redraw (in place)."""
         start = time.perf_counter()
         self._table = self._route()
+        self.redraw(start)
+
+    def redraw(self, start: float | None = None) -> None:
+        """Draw the current routing's selected layer (in place), without routing again."""
+        start = time.perf_counter() if start is None else start
         layer = min(int(self.layer.value or 0), self._table.num_layers - 1)
         apply_explorer_traces(self.figure, explorer_traces(self._table, layer))
         show_in_output(self.output, self.figure)
