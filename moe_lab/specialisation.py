@@ -66,6 +66,13 @@ def byte_class(token_ids: torch.Tensor) -> torch.Tensor:
     return BYTE_CLASS_TABLE.to(token_ids.device)[token_ids]
 
 
+def _joint_counts(labels: torch.Tensor, topk_idx: torch.Tensor, rows: int, cols: int,
+                  num_experts: int) -> torch.Tensor:
+    """(rows, cols, E) counts for labels flattened as row * cols + col."""
+    return label_expert_counts(labels, topk_idx, rows * cols, num_experts) \
+        .view(rows, cols, num_experts)
+
+
 def label_expert_counts(labels: torch.Tensor, topk_idx: torch.Tensor, num_labels: int,
                         num_experts: int) -> torch.Tensor:
     """c[l, e] = number of (token, slot) assignments of tokens with label l to expert e."""
@@ -222,29 +229,25 @@ def specialisation_report(trace: RoutingTrace, languages: Sequence[str], num_exp
                                        for lang in languages], dtype=torch.long)  # (L,)
     script_ids = script_of_language[language_ids]  # (N,)
     num_scripts = len(script_names)
-    by_script_language = script_ids * num_languages + language_ids  # (N,) flat (script, lang)
+    script_language = script_ids * num_languages + language_ids  # (N,) flat (script, lang)
     layers = []
     for layer, topk_idx in enumerate(trace.topk_idx):
         baseline = shuffled_router(topk_idx, seed=seed + layer)
-        by_language = label_expert_counts(language_ids, topk_idx, num_languages, num_experts)
-        by_class = label_expert_counts(classes, topk_idx, num_classes, num_experts)
-        by_both = label_expert_counts(joint, topk_idx, num_classes * num_languages,
-                                      num_experts).view(num_classes, num_languages, num_experts)
+        # one (class, language, E) table per router; the marginals are its sums
+        by_both = _joint_counts(joint, topk_idx, num_classes, num_languages, num_experts)
+        base_both = _joint_counts(joint, baseline, num_classes, num_languages, num_experts)
+        by_script_language = _joint_counts(script_language, topk_idx, num_scripts, num_languages, num_experts)
+        by_language, by_class = by_both.sum(0), by_both.sum(1)  # (L, E), (C, E)
         layers.append(LayerSpecialisation(
             layer=layer, language_counts=by_language, byte_class_counts=by_class,
             mi_language=mutual_information(by_language),
             mi_byte_class=mutual_information(by_class),
-            baseline_mi_language=mutual_information(
-                label_expert_counts(language_ids, baseline, num_languages, num_experts)),
-            baseline_mi_byte_class=mutual_information(
-                label_expert_counts(classes, baseline, num_classes, num_experts)),
+            baseline_mi_language=mutual_information(base_both.sum(0)),
+            baseline_mi_byte_class=mutual_information(base_both.sum(1)),
             mi_language_given_class=conditional_mutual_information(by_both),
             mi_class_given_language=conditional_mutual_information(by_both.transpose(0, 1)),
-            mi_script=mutual_information(
-                label_expert_counts(script_ids, topk_idx, num_scripts, num_experts)),
-            mi_language_given_script=conditional_mutual_information(label_expert_counts(
-                by_script_language, topk_idx, num_scripts * num_languages, num_experts,
-            ).view(num_scripts, num_languages, num_experts)),
+            mi_script=mutual_information(by_script_language.sum(1)),
+            mi_language_given_script=conditional_mutual_information(by_script_language),
         ))
     h_language = entropy_bits(torch.bincount(language_ids, minlength=num_languages).double()
                               / max(len(language_ids), 1))
