@@ -22,11 +22,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from moe_lab.data import Batch, LessonData, eval_batches, load_lesson_data, sample_batch
 from moe_lab.device import pick_device, seed_everything
-from moe_lab.model import ModelConfig, TinyLM
+from moe_lab.model import IGNORE_INDEX, ModelConfig, TinyLM
 from moe_lab.stats import StepStats, step_stats
 from moe_lab.validation import check_choice, check_positive_int
 
@@ -172,17 +173,18 @@ def evaluate(model: TinyLM, batches: Sequence[Batch], languages: Sequence[str], 
         batch = batch.to(device)
         with _autocast(device, precision):
             out = model(batch.input_ids, attention_mask=batch.attention_mask)
-        log_probs = torch.log_softmax(out.logits.float(), dim=-1)  # (B, T, V)
-        safe_targets = batch.targets.clamp_min(0)  # (B, T)
-        nll = -log_probs.gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)  # (B, T)
-        nll = (nll * batch.attention_mask).sum(dim=1).double().cpu()  # (B,)
+        # per-token -log p(target), 0 at padding (IGNORE_INDEX), summed per sequence
+        nll = F.cross_entropy(out.logits.float().transpose(1, 2), batch.targets,
+                              ignore_index=IGNORE_INDEX, reduction="none")  # (B, T)
+        nll = nll.sum(dim=1).double().cpu()  # (B,)
         real = batch.attention_mask.sum(dim=1).double().cpu()  # (B,)
         loss_sum.index_add_(0, batch.language_ids.cpu(), nll)
         count.index_add_(0, batch.language_ids.cpu(), real)
         token_mask = batch.attention_mask.reshape(-1)  # (N,)
         for routing in out.routing:
-            dropped += int(routing.dropped[token_mask].sum())
-            assignments += int(routing.dropped[token_mask].numel())
+            real_dropped = routing.dropped[token_mask]  # (real tokens, K)
+            dropped += int(real_dropped.sum())
+            assignments += real_dropped.numel()
     model.train(was_training)
     per_language = {lang: float(loss_sum[i] / count[i]) for i, lang in enumerate(languages)
                     if count[i] > 0}
@@ -272,18 +274,9 @@ def seconds_per_step(model_config: ModelConfig, train_config: TrainConfig, data:
     this machine, after ``warmup`` untimed steps. For comparing models back to back."""
     check_positive_int("steps", steps)
     config = replace(train_config, steps=steps + warmup, eval_every=10**9)
-    timings: list[float] = []
-    last = time.perf_counter()
-
-    class Timer(Callback):
-        def on_step(self, metrics: StepMetrics) -> None:
-            nonlocal last
-            now = time.perf_counter()
-            if metrics.step > warmup:
-                timings.append(now - last)
-            last = now
-
-    train(model_config, config, data=data, callbacks=[Timer()], progress=False)
+    result = train(model_config, config, data=data, progress=False)
+    ends = [0.0] + [metrics.wall_time for metrics in result.steps]  # step i ends at ends[i]
+    timings = [ends[i] - ends[i - 1] for i in range(warmup + 1, len(ends))]
     return sorted(timings)[len(timings) // 2]
 
 
