@@ -192,12 +192,12 @@ class TinyLM(nn.Module):
     def set_capacity_factor(self, capacity_factor: float | None) -> None:
         """Change every MoE layer's capacity factor (None: dropless), e.g. to evaluate a model
         trained dropless at a capacity; the config follows."""
-        check_positive_float("capacity_factor", capacity_factor, allow_none=True)
+        capacity_factor = check_positive_float("capacity_factor", capacity_factor, allow_none=True)
         if self.config.ffn != "moe":
             raise ValueError("set_capacity_factor needs a model with ffn='moe'")
         self.config = replace(self.config, capacity_factor=capacity_factor)
         for block in self.blocks:
-            block.ffn.capacity_factor = None if capacity_factor is None else float(capacity_factor)
+            block.ffn.capacity_factor = capacity_factor
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None) -> LMOutput:

@@ -41,7 +41,7 @@ from moe_lab.layer import MoEOutput, SparseMoE
 from moe_lab.losses import importance_loss, load_balancing_loss, router_z_loss
 from moe_lab.stats import StepStats, step_stats
 from moe_lab.threads import torch_threads
-from moe_lab.validation import check_choice, check_positive_float, check_positive_int
+from moe_lab.validation import check_choice, check_positive_float, check_positive_int, check_top_k
 
 BALANCE_METHODS = ("none", "switch", "importance", "bias")
 
@@ -72,9 +72,7 @@ class ToyConfig:
         for name in ("vocab_size", "num_groups", "d_model", "d_ff", "num_experts", "top_k",
                      "batch_size", "steps"):
             check_positive_int(name, getattr(self, name))
-        if self.top_k > self.num_experts:
-            raise ValueError(f"top_k must be <= num_experts={self.num_experts}, "
-                             f"got top_k={self.top_k}")
+        check_top_k(self.top_k, self.num_experts)
         check_choice("balance", self.balance, BALANCE_METHODS)
         for name in ("lr", "router_init_scale", "aux_coef", "bias_gamma"):
             check_positive_float(name, getattr(self, name))
