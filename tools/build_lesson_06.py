@@ -5,11 +5,7 @@
 
 from __future__ import annotations
 
-import runpy
-from pathlib import Path
-
-_cells = runpy.run_path(str(Path(__file__).with_name("lesson_cells.py")))
-md, code, solution, write_lesson = (_cells[k] for k in ("md", "code", "solution", "write_lesson"))
+from lesson_cells import code, md, solution, write_lesson
 
 CELLS = [
     md("""

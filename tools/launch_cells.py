@@ -53,6 +53,10 @@ def badge_markdown(notebook: str) -> str:
 
 def add_launch_cells(path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
+    launch = [c for c in nb.cells if TAG in c.metadata.get("tags", [])]
+    if [c.source for c in launch] == [badge_markdown(path.name), SETUP_CODE] \
+            and nb.cells[:2] == launch:
+        return  # already in place: leave the file (and its cell ids) untouched
     nb.cells = [c for c in nb.cells if TAG not in c.metadata.get("tags", [])]
     badge = nbformat.v4.new_markdown_cell(badge_markdown(path.name))
     setup = nbformat.v4.new_code_cell(SETUP_CODE)

@@ -1,18 +1,17 @@
-"""Small helpers for the lesson generators (tools/build_lessons_*.py): markdown and code cells,
+"""Small helpers for the lesson generators (tools/build_lesson_NN.py): markdown and code cells,
 a collapsed solution, and writing a notebook with the launch cells of tools/launch_cells.py.
 
-    python tools/build_lessons_00_02.py && python tools/run_notebooks.py notebooks/0[0-2]_*.ipynb
+    python tools/build_lesson_00.py && python tools/run_notebooks.py notebooks/00_*.ipynb
 """
 
 from __future__ import annotations
 
-import runpy
 from pathlib import Path
 
 import nbformat
+from launch_cells import add_launch_cells
 
 ROOT = Path(__file__).resolve().parents[1]
-_launch = runpy.run_path(str(ROOT / "tools" / "launch_cells.py"))
 
 
 def md(text: str) -> nbformat.NotebookNode:
@@ -40,5 +39,5 @@ def write_lesson(name: str, cells: list) -> Path:
     nb.metadata["language_info"] = {"name": "python"}
     path = ROOT / "notebooks" / name
     nbformat.write(nb, path)
-    _launch["add_launch_cells"](path)
+    add_launch_cells(path)
     return path

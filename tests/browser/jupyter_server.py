@@ -18,7 +18,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from moe_lab.parallel import free_port  # a port on 127.0.0.1 only
 
 STARTUP_TIMEOUT_S = 120.0  # a loaded 2-core machine can take a while to import JupyterLab
 SHUTDOWN_TIMEOUT_S = 20.0
@@ -61,13 +62,6 @@ class JupyterServer:
             return self.log_path.read_text(errors="replace")[-chars:]
         except OSError:
             return ""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # User settings of the private JupyterLab: no "get notified about Jupyter news?" toast (it would
@@ -142,8 +136,8 @@ def _stop(process: subprocess.Popen[bytes], server: JupyterServer) -> None:
 
 
 @contextlib.contextmanager
-def jupyter_lab(notebooks_dir: Path, *, startup_timeout: float = STARTUP_TIMEOUT_S,
-                keep_dir: bool = False) -> Iterator[JupyterServer]:
+def jupyter_lab(notebooks_dir: Path, *,
+                startup_timeout: float = STARTUP_TIMEOUT_S) -> Iterator[JupyterServer]:
     """Start JupyterLab over a temporary copy of ``notebooks_dir``; stop it on exit."""
     notebooks_dir = Path(notebooks_dir)
     if not notebooks_dir.is_dir():
@@ -174,5 +168,4 @@ def jupyter_lab(notebooks_dir: Path, *, startup_timeout: float = STARTUP_TIMEOUT
     finally:
         if process is not None:
             _stop(process, server)
-        if not keep_dir:
-            shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)

@@ -46,7 +46,6 @@ class ExternalRequests:
     """Keeps a page on 127.0.0.1: badge images get a blank SVG, anything else is blocked."""
 
     local_prefix: str
-    badges: list[str] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)
 
     def attach(self, page: Page) -> ExternalRequests:
@@ -58,7 +57,6 @@ class ExternalRequests:
         if url.startswith(("data:", "blob:")):
             route.continue_()
         elif any(pattern.search(url) for pattern in BADGE_URLS):
-            self.badges.append(url)
             route.fulfill(status=200, content_type="image/svg+xml", body=BLANK_SVG)
         else:
             self.blocked.append(url)

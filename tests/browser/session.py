@@ -61,8 +61,9 @@ def opened_lesson(lab, name: str):
     console, meter = ConsoleLog().attach(page), WebsocketMeter().attach(page)
     external = ExternalRequests(server.base_url).attach(page)
     start = time.perf_counter()
-    lesson = LessonPage(page, server.lab_url(name))
+    lesson = None
     try:
+        lesson = LessonPage(page, server.lab_url(name))  # may time out: still screenshot, close
         state = lesson.run_all()
         print(f"\n{name}: opened and ran {state['code']} code cells in "
               f"{time.perf_counter() - start:.1f} s")
@@ -72,13 +73,17 @@ def opened_lesson(lab, name: str):
             page.screenshot(path=str(ARTIFACTS / f"failed_{Path(name).stem}.png"))
         raise
     finally:
-        lesson.close()
+        if lesson is not None:
+            lesson.close()
+        else:
+            page.close()
 
 
 def check_console(name: str, logs: tuple[ConsoleLog, ExternalRequests]) -> None:
     console, external = logs
     assert not external.blocked, f"{name} requested files from other hosts: {external.blocked}"
-    assert not console.errors, f"console errors in {name}:\n" + "\n".join(console.errors)
+    assert not console.errors, (f"console errors in {name}:\n" + "\n".join(console.errors)
+                                + "\nlast console messages:\n" + "\n".join(console.messages[-20:]))
 
 
 def check_lesson_bytes(name: str, total_bytes: int, summary: str) -> None:
