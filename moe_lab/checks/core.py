@@ -72,3 +72,11 @@ def expect_close(actual: object, expected: torch.Tensor, what: str, *, hint: str
         gap = (actual.double() - expected.double()).abs().max().item()
         raise CheckFailed(f"{what} differs from the reference (largest gap {gap:.3g}). "
                           + (hint or ""))
+
+
+def expect_pair(out: object, names: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two tensors of a function that must return a pair, or :class:`CheckFailed`."""
+    if not (isinstance(out, tuple | list) and len(out) == 2
+            and all(isinstance(t, torch.Tensor) for t in out)):
+        raise CheckFailed(f"return a pair of tensors ({names}), got {type(out).__name__}.")
+    return out[0], out[1]

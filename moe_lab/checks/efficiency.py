@@ -19,15 +19,8 @@ from collections.abc import Callable
 
 import torch
 
-from moe_lab.checks.core import CheckFailed, checker
+from moe_lab.checks.core import CheckFailed, checker, expect_pair
 from moe_lab.dispatch import make_routing_plan
-
-
-def _pair(out: object, names: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if not (isinstance(out, tuple | list) and len(out) == 2
-            and all(isinstance(t, torch.Tensor) for t in out)):
-        raise CheckFailed(f"return a pair of tensors ({names}), got {type(out).__name__}.")
-    return out[0], out[1]
 
 
 def expect_grouped_by(order: object, keys: torch.Tensor, what: str, *, row_name: str) -> None:
@@ -65,7 +58,7 @@ def check_sort_by_expert(fn: Callable[[torch.Tensor, int], object]) -> None:
         router_logits = torch.randn(num_tokens, num_experts, generator=gen)  # (N, E)
         topk_idx = torch.topk(router_logits, top_k, dim=-1).indices  # (N, K)
         _, expected_counts = sort_by_expert_reference(topk_idx, num_experts)
-        order, counts = _pair(fn(topk_idx, num_experts), "order, tokens_per_expert")
+        order, counts = expect_pair(fn(topk_idx, num_experts), "order, tokens_per_expert")
         if counts.dim() == 1 and counts.shape[0] < num_experts:
             raise CheckFailed(f"tokens_per_expert has {counts.shape[0]} entries for E="
                               f"{num_experts} experts: the last experts got no token. Use "

@@ -23,16 +23,9 @@ from collections.abc import Callable
 
 import torch
 
-from moe_lab.checks.core import CheckFailed, checker, expect_close
+from moe_lab.checks.core import CheckFailed, checker, expect_close, expect_pair
 from moe_lab.dispatch import compute_capacity, make_routing_plan
 from moe_lab.routing import topk_routing
-
-
-def _pair(out: object, names: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if not (isinstance(out, tuple | list) and len(out) == 2
-            and all(isinstance(t, torch.Tensor) for t in out)):
-        raise CheckFailed(f"return a pair of tensors ({names}), got {type(out).__name__}.")
-    return out[0], out[1]
 
 
 @checker("check_topk_routing")
@@ -44,7 +37,7 @@ def check_topk_routing(fn: Callable[[torch.Tensor, int], object]) -> None:
         router_logits = torch.randn(n_tokens, num_experts, generator=gen) * 2  # (N, E)
         router_probs = torch.softmax(router_logits, dim=-1)  # (N, E)
         expected_idx, expected_w = topk_routing(router_probs, top_k, normalize=True)  # (N, K) x2
-        topk_idx, topk_weights = _pair(fn(router_logits, top_k), "topk_idx, topk_weights")
+        topk_idx, topk_weights = expect_pair(fn(router_logits, top_k), "topk_idx, topk_weights")
         if topk_idx.shape != expected_idx.shape:
             raise CheckFailed(f"topk_idx should have shape (N, K) = {tuple(expected_idx.shape)},"
                               f" got {tuple(topk_idx.shape)}.")
