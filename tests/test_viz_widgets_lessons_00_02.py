@@ -299,3 +299,12 @@ def test_capacity_widget_slider_extremes() -> None:
     assert_shows_capacity_table(widget)
     widget.top_k.value = widget.top_k.min
     assert_shows_capacity_table(widget)
+
+
+def test_params_calculator_redraws_once_when_e_drops_below_k() -> None:
+    widget = ParamsCalculator()
+    widget.top_k.value = 4
+    sent = []
+    widget.output.observe(lambda change: sent.append(change), names="outputs")
+    widget.num_experts.value = 2  # K is clamped to 2: one redraw, with K = 2
+    assert len(sent) == 1 and widget.config.top_k == 2 == widget.top_k.value

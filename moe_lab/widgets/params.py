@@ -71,8 +71,7 @@ class ParamsCalculator(StaticFallback, widgets.VBox):
         """Set every slider from ``config`` and redraw once."""
         self._quiet = True
         try:
-            self.num_experts.value = config.num_experts
-            self.top_k.max = config.num_experts
+            self.num_experts.value = config.num_experts  # _on_change sets top_k.max
             self.top_k.value = config.top_k
             self.d_model.value = config.d_model
             self.d_ff.value = config.d_ff
@@ -83,7 +82,11 @@ class ParamsCalculator(StaticFallback, widgets.VBox):
 
     def _on_change(self, change: dict) -> None:
         if change["owner"] is self.num_experts:
-            self.top_k.max = self.num_experts.value  # ipywidgets clamps the value
+            quiet, self._quiet = self._quiet, True  # clamping K fires its own change: one redraw
+            try:
+                self.top_k.max = self.num_experts.value  # ipywidgets clamps the value
+            finally:
+                self._quiet = quiet
         if not self._quiet:
             self.update()
 
