@@ -20,7 +20,7 @@ from plotly.subplots import make_subplots
 from moe_lab.stats import StepStats
 
 METRICS = ("max_over_mean", "router_entropy", "max_abs_logit")
-LOSS_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+LOSS_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def compare_runs_figure(runs: Mapping[str, Sequence[StepStats]], metric: str = "
         else:
             values = [stats.losses.get(metric) for stats in history]
         figure.add_trace(go.Scatter(x=[stats.step for stats in history], y=values, mode="lines",
-                                    name=name, line={"color": LOSS_COLOURS[i % 6]}))
+                                    name=name, line={"color": LOSS_COLOURS[i % len(LOSS_COLOURS)]}))
     figure.update_layout(title=title or f"{metric} per step", height=340, template="none",
                          xaxis_title="step", yaxis_title=metric,
                          margin={"t": 60, "b": 40, "l": 50, "r": 20})
