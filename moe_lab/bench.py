@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import statistics
 import sys
 import time
@@ -25,7 +24,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from moe_lab.device import pick_device
+from moe_lab.device import environment_summary, pick_device
 from moe_lab.experts import Experts
 from moe_lab.layer import SparseMoE
 
@@ -73,6 +72,11 @@ STRATEGIES = ("sorted", "loop", "padded")
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on CUDA (what GPUs train in), fp32 elsewhere."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 def make_workloads(shape: BenchShape, strategies: Sequence[str], dtype: torch.dtype,
@@ -128,7 +132,7 @@ def run_bench(shapes: Sequence[BenchShape] = QUICK_SHAPES,
     """Time every strategy and the dense limit at each shape; fp32 on CPU, bf16 on CUDA."""
     device = torch.device(device) if device is not None else pick_device()
     if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        dtype = default_dtype(device)
     results = []
     for shape in shapes:
         workloads = make_workloads(shape, strategies, dtype, device)
@@ -151,17 +155,12 @@ def format_results(results: Sequence[BenchResult]) -> str:
 
 
 def environment(device: torch.device, dtype: torch.dtype) -> dict[str, str]:
-    env = {
-        "device": str(device),
+    """Where the numbers come from: the environment summary, the dtype and the date."""
+    return {
+        **environment_summary(device),
         "dtype": str(dtype).replace("torch.", ""),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu_threads": str(torch.get_num_threads()),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
     }
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(0)
-    return env
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -179,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"--strategies: unknown {unknown}; choose from {STRATEGIES + ('dense',)}")
     device = torch.device(args.device) if args.device else pick_device()
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = default_dtype(device)
     shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
     repeats = args.repeats or (5 if args.quick else 7)
     env = environment(device, dtype)

@@ -28,9 +28,10 @@ def seed_everything(seed: int = 0) -> None:
     torch.manual_seed(seed)
 
 
-def environment_summary() -> dict[str, str]:
-    """Versions and hardware, as a dict of strings."""
-    device = pick_device()
+def environment_summary(device: torch.device | str | None = None) -> dict[str, str]:
+    """Versions and hardware, as a dict of strings (``device``: the one in use, default the
+    best available)."""
+    device = pick_device() if device is None else torch.device(device)
     summary = {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -41,7 +42,7 @@ def environment_summary() -> dict[str, str]:
         "grouped_mm": str(hasattr(torch.nn.functional, "grouped_mm")),
     }
     if device.type == "cuda":
-        props = torch.cuda.get_device_properties(0)
+        props = torch.cuda.get_device_properties(device)
         summary["gpu"] = props.name
         summary["gpu_memory_gb"] = f"{props.total_memory / 2**30:.1f}"
         summary["bf16_supported"] = str(torch.cuda.is_bf16_supported())
