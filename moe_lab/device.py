@@ -22,7 +22,11 @@ def pick_device(prefer: str | None = None) -> torch.device:
 
 
 def seed_everything(seed: int = 0) -> None:
-    """Seed Python, NumPy and torch (CPU and every GPU)."""
+    """Seed Python, NumPy and torch (CPU and every GPU). seed: an int in [0, 2**32)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__} ({seed!r})")
+    if not 0 <= seed < 2**32:  # NumPy's range
+        raise ValueError(f"seed must lie in [0, 2**32), got {seed}")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

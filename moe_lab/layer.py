@@ -20,6 +20,7 @@ from moe_lab.validation import (
     check_choice,
     check_float_tensor,
     check_last_dim,
+    check_matches_weights,
     check_positive_float,
     check_positive_int,
     check_top_k,
@@ -50,6 +51,15 @@ class SparseMoE(nn.Module):
         capacity_factor: None for dropless; otherwise C = ceil(capacity_factor * N * K / E).
         activation: ``"swiglu"``, ``"gelu"`` or ``"relu"``.
         normalize, noise, router_dtype, scoring: passed to :class:`TopKRouter`.
+
+    ``dispatch``, ``capacity_factor`` and ``top_k`` may be reassigned after construction; each
+    assignment is validated like the constructor argument.
+
+    x must be on the weights' device and, outside ``torch.autocast``, in the weights' dtype:
+    a float64, float16 or bfloat16 x into a float32 layer raises one TypeError naming both
+    dtypes, the same for every dispatch (cast x or the layer; nothing is cast silently). Under
+    autocast the experts compute in the autocast dtype and y comes back in x's dtype. A meta
+    tensor is refused (ValueError): routing needs values.
     """
 
     def __init__(
@@ -73,9 +83,8 @@ class SparseMoE(nn.Module):
         check_positive_int("num_experts", num_experts)
         check_top_k(top_k, num_experts)
         check_choice("dispatch", dispatch, DISPATCH_FUNCTIONS)
-        self.capacity_factor = check_positive_float(
-            "capacity_factor", capacity_factor, allow_none=True)
-        self.d_model, self.d_ff, self.num_experts, self.top_k = d_model, d_ff, num_experts, top_k
+        self.capacity_factor = capacity_factor
+        self.d_model, self.d_ff, self.num_experts = d_model, d_ff, num_experts
         self.dispatch = dispatch
         self.router = TopKRouter(d_model, num_experts, top_k, normalize=normalize, noise=noise,
                                  router_dtype=router_dtype, scoring=scoring)
@@ -83,6 +92,32 @@ class SparseMoE(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dispatch={self.dispatch!r}, capacity_factor={self.capacity_factor}"
+
+    # settable after construction (lesson 03 switches the dispatch), validated on assignment
+    @property
+    def dispatch(self) -> str:
+        return self._dispatch
+
+    @dispatch.setter
+    def dispatch(self, value: str) -> None:
+        self._dispatch = check_choice("dispatch", value, DISPATCH_FUNCTIONS)
+
+    @property
+    def capacity_factor(self) -> float | None:
+        return self._capacity_factor
+
+    @capacity_factor.setter
+    def capacity_factor(self, value: float | None) -> None:
+        self._capacity_factor = check_positive_float("capacity_factor", value, allow_none=True)
+
+    @property
+    def top_k(self) -> int:
+        """K, held by the router (one value for the routing and the capacity)."""
+        return self.router.top_k
+
+    @top_k.setter
+    def top_k(self, value: int) -> None:
+        self.router.top_k = value
 
     def capacity(self, num_tokens: int) -> int | None:
         """C for a batch of N tokens, or None when dropless."""
@@ -95,6 +130,7 @@ class SparseMoE(nn.Module):
         check_last_dim("x", x, self.d_model, "d_model")
         if x.dim() not in (2, 3):
             raise ValueError(f"x must have shape (B, T, D) or (N, D), got {tuple(x.shape)}")
+        check_matches_weights("x", x, self.experts.w_up)
         x_flat = x.reshape(-1, self.d_model)  # (N, D)
         routing = self.router(x_flat)
         plan = make_routing_plan(routing.topk_idx, routing.topk_weights, self.num_experts,
