@@ -86,7 +86,10 @@ def checker(name: str) -> Callable[[Callable[..., None]], Callable[..., CheckRes
                                      "not implemented yet; the lesson continues with "
                                      "moe_lab's implementation.")
             except CheckFailed as failure:
-                result = CheckResult(name, "failed", str(failure))
+                message = str(failure)
+                if message.startswith(("the ", "for ")):  # "{what} ..." messages: a sentence
+                    message = message[0].upper() + message[1:]
+                result = CheckResult(name, "failed", message)
             except Exception as error:  # the learner's code crashed: say how, not a traceback
                 where = f" (on the case {_State.case})" if _State.case else ""
                 hints = [hint for marker, hint in _CRASH_HINTS if marker in str(error)]
@@ -138,13 +141,22 @@ def call(fn: Callable[..., object], *args: object, names: Sequence[str],
                           "the notebook loses its random stream. Seed once, at the top of the "
                           "notebook, never inside the function.")
     for name, value, snapshot in zip(names, args, before, strict=False):
-        if snapshot is not None and _changed(value, snapshot):
-            raise CheckFailed(f"Your function changed its input {name} in place (an operation "
-                              f"ending in _ such as {name}.exp_() or {name}.clamp_(), or "
-                              f"{name} /= ..., {name}[...] = ...). The caller still needs it: "
-                              f"use out-of-place operations ({name} = {name} / s, "
-                              f"{name}.exp()) or work on {name}.clone().")
+        expect_unchanged(name, value, snapshot)
     return out
+
+
+def expect_unchanged(name: str, value: object, snapshot: object) -> None:
+    """Raise unless ``value`` (a tensor or a list of them) still equals ``snapshot``, a copy
+    taken before the learner's call (see :func:`snapshot`)."""
+    if snapshot is not None and _changed(value, snapshot):
+        raise CheckFailed(f"Your function changed its input {name} in place (an operation "
+                          f"ending in _ such as {name}.exp_() or {name}.clamp_(), or "
+                          f"{name} /= ..., {name}[...] = ...). The caller still needs it: "
+                          f"use out-of-place operations ({name} = {name} / s, "
+                          f"{name}.exp()) or work on {name}.clone().")
+
+
+snapshot = _snapshot
 
 
 def fresh(*tensors: torch.Tensor, grad: bool = False) -> tuple[torch.Tensor, ...]:
@@ -230,7 +242,8 @@ def expect_same_grad(out: torch.Tensor, expected_out: torch.Tensor,
         expected_grad = reference_leaves[name].grad
         if expected_grad is None:
             continue
-        if leaf.grad is None or (not bool(leaf.grad.any()) and bool(expected_grad.any())):
+        if leaf.grad is None or (not bool(leaf.grad.any())
+                                 and float(expected_grad.abs().max()) > 1e-6):
             raise CheckFailed(f"No gradient reaches {name} through {what}: a step in between is "
                               f"detached (.detach(), .item(), .data, torch.no_grad(), or a "
                               f"value rebuilt with torch.tensor). Keep {name} in the graph.")

@@ -123,8 +123,11 @@ def expect_fresh_draws(draw_a: torch.Tensor, draw_b: torch.Tensor, what: str,
                           f"random numbers on every call from torch's global generator "
                           f"(a torch.Generator seeded inside the function repeats itself).")
     flat = draw_a.reshape(draw_a.shape[0], -1)  # (N, X)
-    same_in_row = bool((flat.std(dim=1) < 1e-9).all()) if flat.shape[1] > 1 else False
-    same_in_column = bool((flat.std(dim=0) < 1e-9).all()) if flat.shape[0] > 1 else False
+    # float round-off is far below `spread`, fresh draws far above; a few rows whose noise scale
+    # is ~0 turn round-off into noise, so 95% of the rows (or columns) decide
+    spread = 1e-3 * float(flat.std())
+    same_in_row = flat.shape[1] > 1 and float((flat.std(dim=1) < spread).double().mean()) > 0.95
+    same_in_column = flat.shape[0] > 1 and float((flat.std(dim=0) < spread).double().mean()) > 0.95
     if same_in_row and same_in_column:
         raise CheckFailed(f"One {what} value for the whole batch: draw one per {element}, with "
                           f"the shape of the tensor it perturbs.")
