@@ -80,11 +80,12 @@ def check_average_aux_loss(fn: Callable[..., torch.Tensor]) -> None:
         if actual.dim() != 0:
             raise CheckFailed(f"Return a scalar (shape ()), got shape {tuple(actual.shape)}.")
         if mask is not None and not bool(mask.any()) and not bool(torch.isfinite(actual)):
-            raise CheckFailed(f"{where} is {actual.item()}: with every token padding, dividing "
+            raise CheckFailed(f"{where} is {actual.detach().item()}: with every token padding, dividing "
                               f"by mask.sum() is 0 / 0. Divide by mask.sum().clamp_min(1): a "
                               f"batch with no real token has nothing to balance (the reference "
                               f"gives 0).")
-        ratio = float(actual) / float(expected) if float(expected) else float("nan")
+        value, reference = float(actual.detach()), float(expected.detach())
+        ratio = value / reference if reference else float("nan")
         hint = ""
         if abs(ratio - num_layers) < 1e-4 and num_layers > 1:
             hint = "It is num_layers times too big: average the layers' losses, do not sum them."
