@@ -102,6 +102,14 @@ def noisy_alt_float64(x, w_gate, w_noise, training):
     return logits.float()
 
 
+def noisy_uniform_of_unit_std(x, w_gate, w_noise, training):
+    logits = x @ w_gate.T
+    if training:
+        eps = (torch.rand_like(logits) * 2 - 1) * 3 ** 0.5  # mean 0, std 1, but uniform
+        logits = logits + eps * F.softplus(x @ w_noise.T)
+    return logits
+
+
 def noisy_reseeds(x, w_gate, w_noise, training):
     torch.manual_seed(0)
     return noisy_alt_normal(x, w_gate, w_noise, training)
@@ -147,6 +155,11 @@ def jitter_alt_distribution(x, eps, training):
     if not training:
         return x
     return x * torch.distributions.Uniform(1 - eps, 1 + eps).sample(x.shape)
+
+
+def jitter_gaussian(x, eps, training):  # right mean and std, wrong distribution
+    return x * (1 + eps / 3 ** 0.5 * torch.randn_like(x)).clamp(1 - eps, 1 + eps) \
+        if training else x
 
 
 def jitter_in_place(x, eps, training):
@@ -238,6 +251,12 @@ def capacity_alt_floor_division(capacity_factor, num_tokens, top_k, num_experts)
 
 def capacity_alt_tensor(capacity_factor, num_tokens, top_k, num_experts):
     return torch.tensor(math.ceil(capacity_factor * num_tokens * top_k / num_experts))
+
+
+def capacity_alt_numpy(capacity_factor, num_tokens, top_k, num_experts):
+    import numpy as np
+
+    return np.int64(np.ceil(np.float64(capacity_factor) * num_tokens * top_k / num_experts))
 
 
 def capacity_int_plus_one(capacity_factor, num_tokens, top_k, num_experts):
@@ -435,7 +454,7 @@ def switch_alt_loop(router_probs, topk_idx):
 
 
 def switch_from_item(router_probs, topk_idx):
-    return torch.tensor(float(switch_alt_loop(router_probs, topk_idx)))
+    return torch.tensor(switch_alt_loop(router_probs, topk_idx).item())
 
 
 def switch_fixed_four(router_probs, topk_idx):
@@ -743,6 +762,7 @@ CASES = [
     (check_noisy_topk_logits, noisy_alt_normal, *PASS),
     (check_noisy_topk_logits, noisy_alt_float64, *PASS),
     (check_noisy_topk_logits, noisy_reseeds, "failed", ["reseeds", "torch.manual_seed"]),
+    (check_noisy_topk_logits, noisy_uniform_of_unit_std, "failed", ["not Gaussian"]),
     (check_noisy_topk_logits, noisy_per_token, "failed", ["per token", "per expert"]),
     (check_noisy_topk_logits, noisy_one_vector, "failed", ["Every token got the same"]),
     (check_noisy_topk_logits, noisy_own_generator, "failed", ["same noise", "torch.Generator"]),
@@ -751,6 +771,7 @@ CASES = [
     (check_jitter, jitter_alt_rand, *PASS),
     (check_jitter, jitter_alt_distribution, *PASS),
     (check_jitter, jitter_in_place, "failed", ["changed its input x in place"]),
+    (check_jitter, jitter_gaussian, "failed", ["not uniform"]),
     (check_jitter, jitter_per_token, "failed", ["per token", "per element"]),
     (check_jitter, jitter_reseeds, "failed", ["reseeds"]),
     (check_jitter, jitter_detached, "failed", ["no gradient"]),
@@ -770,6 +791,7 @@ CASES = [
 
     (check_capacity, capacity_alt_floor_division, *PASS),
     (check_capacity, capacity_alt_tensor, *PASS),
+    (check_capacity, capacity_alt_numpy, *PASS),
     (check_capacity, capacity_int_plus_one, "failed", ["exact multiple", "adding 1"]),
     (check_capacity, capacity_no_factor, "failed", ["left out capacity_factor"]),
     (check_capacity, capacity_at_least_one, "failed", ["N=0", "ceil(0) = 0"]),

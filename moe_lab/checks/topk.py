@@ -25,6 +25,7 @@ round and int(x) + 1 differ from ceil, and N = 0.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -178,6 +179,8 @@ def check_capacity(fn: Callable[[float, int, int, int], int]) -> None:
         got = call(fn, capacity_factor, n_tokens, top_k, num_experts, names=())
         if isinstance(got, torch.Tensor) and got.numel() == 1 and not got.is_floating_point():
             got = int(got.item())
+        if isinstance(got, numbers.Integral) and not isinstance(got, bool):  # numpy ints too
+            got = int(got)
         if isinstance(got, float) and got == int(got):
             raise CheckFailed(f"Return an int (a number of slots), got the float {got}: "
                               f"wrap it in int(...) after rounding up.")
