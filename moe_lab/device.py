@@ -13,12 +13,23 @@ import torch
 def pick_device(prefer: str | None = None) -> torch.device:
     """cuda if present, else mps (Apple), else cpu. ``prefer`` forces one (``"cpu"`` ...)."""
     if prefer is not None:
-        return torch.device(prefer)
+        return _as_device("prefer", prefer)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _as_device(name: str, value: object) -> torch.device:
+    if not isinstance(value, str | torch.device):
+        raise TypeError(f"{name} must be a device name such as 'cpu' or 'cuda', or a "
+                        f"torch.device, got {type(value).__name__} ({value!r})")
+    try:
+        return torch.device(value)
+    except RuntimeError as error:
+        raise ValueError(f"{name} must be a device name such as 'cpu', 'cuda' or 'cuda:0', "
+                         f"got {value!r}") from error
 
 
 def seed_everything(seed: int = 0) -> None:
@@ -35,7 +46,7 @@ def seed_everything(seed: int = 0) -> None:
 def environment_summary(device: torch.device | str | None = None) -> dict[str, str]:
     """Versions and hardware, as a dict of strings (``device``: the one in use, default the
     best available)."""
-    device = pick_device() if device is None else torch.device(device)
+    device = pick_device() if device is None else _as_device("device", device)
     summary = {
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -36,7 +36,6 @@ from moe_lab.validation import (
     check_choice,
     check_float_tensor,
     check_fraction,
-    check_has_values,
     check_last_dim,
     check_positive_int,
     check_top_k,
@@ -76,7 +75,6 @@ def topk_routing(
     in [1, E], selection_bias (E,).
     """
     check_float_tensor("router_probs", router_probs)
-    check_has_values("router_probs", router_probs)
     if router_probs.dim() < 1:
         raise ValueError("router_probs must have shape (N, E), got a 0-d tensor")
     check_top_k(top_k, router_probs.shape[-1])
@@ -168,7 +166,6 @@ class TopKRouter(nn.Module):
     def forward(self, x: torch.Tensor) -> RouterOutput:
         """x (..., D) in any float dtype (the router casts it to ``router_dtype``) -> RouterOutput."""
         check_float_tensor("x", x)
-        check_has_values("x", x)
         check_last_dim("x", x, self.d_model, "d_model")
         # autocast would run the gate in bf16: switch it off so router_dtype holds
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -190,7 +187,6 @@ class TopKRouter(nn.Module):
         bias, normalisation). ``top_k`` overrides K (the routing explorer's slider)."""
         top_k = self.top_k if top_k is None else check_top_k(top_k, self.num_experts)
         check_float_tensor("router_logits", router_logits)
-        check_has_values("router_logits", router_logits)
         if router_logits.dim() != 2:
             raise ValueError(f"router_logits must have shape (N, E={self.num_experts}), got "
                              f"{tuple(router_logits.shape)}")

@@ -70,6 +70,7 @@ def check_float_tensor(name: str, x: object) -> torch.Tensor:
         raise TypeError(
             f"{name} must be a floating-point tensor (float32, bfloat16, ...), got {x.dtype}"
         )
+    check_has_values(name, x)
     return x
 
 
@@ -110,8 +111,8 @@ def check_matches_weights(name: str, x: torch.Tensor, weight: torch.Tensor) -> N
 
     The layer does not cast x silently: a float64 x would be computed in float32 (losing the
     precision asked for), a bfloat16 x in float32 (costing what bf16 was meant to save). Cast x,
-    cast the layer (``module.to(dtype)``), or run under ``torch.autocast``."""
-    check_has_values(name, x)
+    cast the layer (``module.to(dtype)``), or run under ``torch.autocast``. (A meta x is
+    refused before this, by :func:`check_float_tensor`.)"""
     if x.device != weight.device:
         raise ValueError(f"{name} is on device {x.device} but the weights are on "
                          f"{weight.device}: move one of them (x.to(...) or module.to(...)).")

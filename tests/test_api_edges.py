@@ -23,9 +23,11 @@ from moe_lab import (
     average_over_layers,
     compute_capacity,
     cv_squared,
+    environment_summary,
     importance_loss,
     load_balancing_loss,
     make_routing_plan,
+    pick_device,
     router_z_loss,
     seed_everything,
     topk_routing,
@@ -131,6 +133,10 @@ BAD_INPUT = [
     ("seed bool", lambda: seed_everything(True), TypeError, ["seed"]),
     ("seed < 0", lambda: seed_everything(-1), ValueError, ["seed", "2**32"]),
     ("seed too big", lambda: seed_everything(2**32), ValueError, ["seed"]),
+    # devices
+    ("device name", lambda: pick_device("gpu"), ValueError, ["prefer", "'cpu'"]),
+    ("device type", lambda: pick_device(0), TypeError, ["prefer"]),
+    ("summary device", lambda: environment_summary("tpu0"), ValueError, ["device"]),
     # absurd hyperparameters
     ("layer factor inf", lambda: SparseMoE(D, F, E, K, capacity_factor=math.inf), ValueError,
      ["capacity_factor", "finite"]),
@@ -153,6 +159,11 @@ BAD_INPUT = [
     ("mask meta", lambda: router_z_loss(probs, torch.ones(6, dtype=torch.bool, device="meta")),
      ValueError, ["mask", "meta"]),
     ("cv eps 0", lambda: cv_squared(torch.ones(3), eps=0.0), ValueError, ["eps"]),
+    ("z-loss meta", lambda: router_z_loss(torch.zeros(3, E, device="meta")), ValueError,
+     ["router_logits", "meta"]),
+    ("lbl meta", lambda: load_balancing_loss(probs.to("meta"), idx), ValueError,
+     ["router_probs", "meta"]),
+    ("experts meta", lambda: experts.forward_all(x5.to("meta")), ValueError, ["x", "meta"]),
 ]
 
 
