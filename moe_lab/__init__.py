@@ -21,6 +21,7 @@ Where each piece is introduced in the course (the core first, then what stands o
     device        pick_device, seed_everything                 notebooks/00
     params        total vs active parameters and FLOPs         notebooks/00
     tokenizer     ByteTokenizer (UTF-8 bytes)                  notebooks/03, 05
+    text_routing  route_text, TextRouting: a text's routing    notebooks/01, 02, 03, 05
     toy, stats    the toy task and the per-step routing stats  notebooks/04
     model, data   a tiny MoE transformer, the multilingual corpus          notebooks/05
     train         training loop, ``python -m moe_lab.train``               notebooks/05
