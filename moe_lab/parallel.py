@@ -388,11 +388,9 @@ def _run_rank(rank: int, job: _Job, device: torch.device) -> None:
 
 
 def _layer_config(moe: SparseMoE) -> dict[str, object]:
-    """SparseMoE's constructor arguments, so each rank rebuilds the same layer (then its state)."""
-    return {"d_model": moe.d_model, "d_ff": moe.d_ff, "num_experts": moe.num_experts,
-            "top_k": moe.top_k, "dispatch": "sorted", "activation": moe.experts.activation,
-            "normalize": moe.router.normalize, "noise": moe.router.noise,
-            "router_dtype": moe.router.router_dtype, "scoring": moe.router.scoring}
+    """SparseMoE's constructor arguments, so each rank rebuilds the same layer (then its state):
+    the layer's own stored :class:`moe_lab.layer.SparseMoEConfig`."""
+    return moe.config.to_dict()
 
 
 def _first_failure(job_dir: str) -> tuple[int, str] | None:
