@@ -33,7 +33,9 @@ def lesson_map(package: str) -> list[tuple[str, str, set[str], set[str]]]:
     for lesson, module, rest in entries:
         brackets = " ".join(re.findall(r"\[([^]]*)\]", rest))
         names = set(NAME.findall(re.sub(r"\[[^]]*\]", "", rest)))
-        table.append((lesson, module, names, set(NAME.findall(brackets))))
+        # from the brackets, only code names (a widget class, a function): not "viz", "py"
+        code = {w for w in NAME.findall(brackets) if "_" in w or w[0].isupper()}
+        table.append((lesson, module, names, code))
     return table
 
 
