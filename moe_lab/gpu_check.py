@@ -9,14 +9,16 @@ Steps, each a function below; a step that fails is recorded and the others still
     bench        python -m moe_lab.bench's timings, bf16 on CUDA (fp32 on CPU), every strategy
                  against the dense limit and sorted against loop
     equality     every dispatch strategy on the device equal to the CPU in fp32, outputs and
-                 gradients, in fp32 and bf16 (each with its tolerance), with and without
-                 torch.compile
+                 gradients, in fp32 and bf16 (each with its tolerance), dropless and at a
+                 capacity factor of 1
     syncs        host syncs per forward + backward (moe_lab.syncs), CUDA's own count on a GPU
     parallel     expert parallelism, 2 ranks (NCCL with 2 GPUs, gloo with CUDA tensors on one,
                  gloo on the CPU), equal to the single-process layer
     training     lesson 05's training runs (bf16 on CUDA), logs beside the CPU ones
     lessons      every lesson under nbval on the device (MOE_LAB_DEVICE), its time and peak
                  memory (the kernel reports it: moe_lab.device, MOE_LAB_PEAK_MEMORY_FILE)
+    compile      the equality check, dropless, through torch.compile (last: the slowest step;
+                 it stops at --budget seconds after the start and says so)
 
 Everything goes under one results folder (``--out``, default ``moe_lab/results``), each file
 carrying the command that made it; a tag names the run: ``gpu`` on CUDA, the device type
@@ -197,6 +199,8 @@ def _compare_strategy(strategy: str, dtype: torch.dtype, device: torch.device, *
 def _equality(run: Run, result: StepResult, *, compiled: bool) -> None:
     compile_backend = "inductor"
     dtypes, capacity_factors = (torch.float32, torch.bfloat16), (None, 1.0)
+    if compiled:  # each case compiles afresh (seconds on a GPU): dropless only
+        capacity_factors = (None,)
     if compiled and run.device.type == "cpu" and run.quick:
         # inductor compiles C++ for every graph: minutes on 2 cores. aot_eager traces the same
         # graphs (dynamo + AOT autograd, the backward included) and runs them eagerly.
