@@ -28,6 +28,8 @@ Where each piece is introduced in the course (the core first, then what stands o
     specialisation  language x expert counts, mutual information           notebooks/05
     bench         ``python -m moe_lab.bench``                  notebooks/06
     parallel      expert parallelism over torch.distributed    notebooks/07
+    syncs         count host syncs (CPU waits for the GPU)     issue 14
+    gpu_check     ``python -m moe_lab.gpu_check``: the whole course on a GPU
     viz, widgets  figures from plain data; live widgets on top of them
     checks        the exercise checkers, ``moe_lab.checks.check_*``
 

@@ -220,8 +220,10 @@ class TinyLM(nn.Module):
         aux_loss = z_loss = None
         if routing:
             # LB = mean over layers of E * sum_i f_i P_i ;  Z = mean over layers of mean_n z_n^2
+            # (the router's ids need no range check: it would cost two host syncs per layer)
             aux_loss = average_over_layers(
-                [load_balancing_loss(r.router.probs, r.topk_idx, mask) for r in routing])
+                [load_balancing_loss(r.router.probs, r.topk_idx, mask, check_range=False)
+                 for r in routing])
             z_loss = average_over_layers([router_z_loss(r.router.logits, mask) for r in routing])
         loss = lm_loss = None
         if targets is not None:
@@ -245,7 +247,10 @@ class TinyLM(nn.Module):
         if input_ids.shape[1] > self.config.max_seq_len:
             raise ValueError(f"input_ids is {input_ids.shape[1]} tokens long, more than "
                              f"max_seq_len={self.config.max_seq_len}")
-        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+        # one host sync for the range check (an id out of range would stop a GPU with a
+        # device-side assert inside the embedding)
+        if input_ids.numel() and not bool(((input_ids >= 0)
+                                           & (input_ids < self.config.vocab_size)).all()):
             raise ValueError(f"input_ids must lie in [0, vocab_size={self.config.vocab_size})")
         for name, value in (("targets", targets), ("attention_mask", attention_mask)):
             if value is not None and (not isinstance(value, torch.Tensor)
