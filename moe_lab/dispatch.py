@@ -91,13 +91,15 @@ class RoutingPlan:
 
 
 def make_routing_plan(topk_idx: torch.Tensor, topk_weights: torch.Tensor, num_experts: int,
-                      capacity: int | None = None) -> RoutingPlan:
+                      capacity: int | None = None, *, check_range: bool = True) -> RoutingPlan:
     """Rank each assignment within its expert (stable sort = token order) and apply capacity.
 
     topk_idx (N, K): int64 (int32 is converted) expert ids in [0, E); topk_weights (N, K)
-    float; capacity: None (dropless) or an int >= 0."""
+    float; capacity: None (dropless) or an int >= 0. ``check_range=False`` skips reading the
+    ids' min and max on the host (two syncs on a GPU), for ids straight from a router."""
     check_positive_int("num_experts", num_experts)
-    topk_idx = check_index_tensor("topk_idx", topk_idx, None, num_experts)
+    topk_idx = check_index_tensor("topk_idx", topk_idx, None,
+                                  num_experts if check_range else None)
     check_float_tensor("topk_weights", topk_weights)
     if topk_weights.shape != topk_idx.shape:
         raise ValueError(f"topk_weights must have the shape of topk_idx {tuple(topk_idx.shape)}, "
