@@ -110,6 +110,13 @@ def noisy_uniform_of_unit_std(x, w_gate, w_noise, training):
     return logits
 
 
+def noisy_fixed_shape(x, w_gate, w_noise, training):
+    logits = x @ w_gate.T
+    if training:
+        logits = logits + torch.randn(4096, 4) * F.softplus(x @ w_noise.T)
+    return logits
+
+
 def noisy_reseeds(x, w_gate, w_noise, training):
     torch.manual_seed(0)
     return noisy_alt_normal(x, w_gate, w_noise, training)
@@ -160,6 +167,10 @@ def jitter_alt_distribution(x, eps, training):
 def jitter_gaussian(x, eps, training):  # right mean and std, wrong distribution
     return x * (1 + eps / 3 ** 0.5 * torch.randn_like(x)).clamp(1 - eps, 1 + eps) \
         if training else x
+
+
+def jitter_fixed_width(x, eps, training):
+    return x * torch.empty(x.shape[0], 8).uniform_(1 - eps, 1 + eps) if training else x
 
 
 def jitter_in_place(x, eps, training):
@@ -763,6 +774,7 @@ CASES = [
     (check_noisy_topk_logits, noisy_alt_float64, *PASS),
     (check_noisy_topk_logits, noisy_reseeds, "failed", ["reseeds", "torch.manual_seed"]),
     (check_noisy_topk_logits, noisy_uniform_of_unit_std, "failed", ["not Gaussian"]),
+    (check_noisy_topk_logits, noisy_fixed_shape, "error", ["training=True, N=1, E=6"]),
     (check_noisy_topk_logits, noisy_per_token, "failed", ["per token", "per expert"]),
     (check_noisy_topk_logits, noisy_one_vector, "failed", ["Every token got the same"]),
     (check_noisy_topk_logits, noisy_own_generator, "failed", ["same noise", "torch.Generator"]),
@@ -772,6 +784,7 @@ CASES = [
     (check_jitter, jitter_alt_distribution, *PASS),
     (check_jitter, jitter_in_place, "failed", ["changed its input x in place"]),
     (check_jitter, jitter_gaussian, "failed", ["not uniform"]),
+    (check_jitter, jitter_fixed_width, "error", ["x of shape (1, 3)"]),
     (check_jitter, jitter_per_token, "failed", ["per token", "per element"]),
     (check_jitter, jitter_reseeds, "failed", ["reseeds"]),
     (check_jitter, jitter_detached, "failed", ["no gradient"]),

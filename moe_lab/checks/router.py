@@ -199,6 +199,19 @@ def check_noisy_topk_logits(noisy_topk_logits: Callable[..., torch.Tensor]) -> N
         raise CheckFailed(f"The noise has mean 0 and std 1 but is not Gaussian: {within_one:.1%} "
                           f"of the draws lie within one std, 68.3% for N(0, 1). Draw eps with "
                           f"torch.randn_like(logits).")
+    for n_small, e_small in [(1, 6), (512, 3)]:  # other shapes in training: no fixed N or E
+        set_case(f"training=True, N={n_small}, E={e_small}")
+        xs = torch.randn(n_small, d_model, generator=gen)  # (N, D)
+        gs, ns = torch.randn(e_small, d_model, generator=gen), torch.randn(e_small, d_model,
+                                                                           generator=gen)
+        out_small = _tensor(call(noisy_topk_logits, *fresh(xs, gs, ns), True, names=names))
+        if out_small.shape != (n_small, e_small):
+            raise CheckFailed(f"Training-mode logits should have shape (N, E) = "
+                              f"{(n_small, e_small)}, got {tuple(out_small.shape)}: draw the noise "
+                              f"with the logits' shape (torch.randn_like), not a fixed one.")
+        if torch.allclose(out_small.detach(), xs @ gs.T, atol=1e-6):
+            raise CheckFailed(f"With training=True and N={n_small}, E={e_small} the logits have "
+                              f"no noise.")
     # dL/dW_noise = (g * eps * sigmoid(x W_noise^T))^T x for L = sum(g * H), with this call's eps
     w_noise_ref = w_noise.clone().requires_grad_(True)
     w_gate_ref = w_gate.clone().requires_grad_(True)
@@ -252,6 +265,18 @@ def check_jitter(jitter: Callable[[torch.Tensor, float, bool], torch.Tensor]) ->
                           f"{middle:.1%} of the factors lie within eps / 2 of 1, 50% for "
                           f"Uniform(1 - eps, 1 + eps). Draw u with "
                           f"torch.empty_like(x).uniform_(1 - eps, 1 + eps).")
+    for shape in [(1, 3), (4, 5)]:  # other shapes in training: no fixed N or D
+        set_case(f"training=True, x of shape {shape}")
+        xs = torch.randn(*shape, generator=gen).add(3.0)
+        out_small = _tensor(call(jitter, *fresh(xs), eps, True, names=("x",)))
+        if out_small.shape != xs.shape:
+            raise CheckFailed(f"Jitter must keep the shape {tuple(xs.shape)}, got "
+                              f"{tuple(out_small.shape)}: draw u with x's shape "
+                              f"(torch.empty_like(x)), not a fixed one.")
+        ratio = out_small.detach().double() / xs.double()
+        if ratio.min() < 1 - eps - 1e-6 or ratio.max() > 1 + eps + 1e-6:
+            raise CheckFailed(f"For x of shape {shape} the factor x_jittered / x leaves "
+                              f"[1 - eps, 1 + eps].")
     # d(x * u)/dx = u, with this call's u
     x_ref = x.clone().requires_grad_(True)
     expect_same_grad(out_b, x_ref * u_b.float(), {"x": x_in}, {"x": x_ref}, "the jittered x")
