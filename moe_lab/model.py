@@ -33,7 +33,13 @@ from moe_lab.layer import SparseMoE
 from moe_lab.losses import average_over_layers, load_balancing_loss, router_z_loss
 from moe_lab.routing import RouterOutput
 from moe_lab.tokenizer import ByteTokenizer
-from moe_lab.validation import check_choice, check_positive_float, check_positive_int, check_top_k
+from moe_lab.validation import (
+    check_choice,
+    check_nonnegative_int,
+    check_positive_float,
+    check_positive_int,
+    check_top_k,
+)
 
 FFN_TYPES = ("dense", "moe")
 IGNORE_INDEX = -100  # target id of a padded position, skipped by the loss
@@ -52,6 +58,7 @@ class ModelConfig:
     d_ff: int = 64  # F: the dense FFN's hidden width, or each expert's
     num_experts: int = 8  # E (moe only)
     top_k: int = 2  # K (moe only)
+    num_shared_experts: int = 0  # S experts of width d_ff that every token runs (moe only)
     capacity_factor: float | None = None  # None: dropless (moe only)
     dispatch: str = "sorted"  # SparseMoE dispatch strategy
     aux_loss_coef: float = 1e-2  # weight of the load-balancing loss (Switch: 1e-2)
@@ -63,6 +70,7 @@ class ModelConfig:
             check_positive_int(name, getattr(self, name))
         check_choice("ffn", self.ffn, FFN_TYPES)
         check_top_k(self.top_k, self.num_experts)
+        check_nonnegative_int("num_shared_experts", self.num_shared_experts)
         check_positive_float("capacity_factor", self.capacity_factor, allow_none=True)
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
@@ -148,7 +156,8 @@ class Block(nn.Module):
         if config.ffn == "moe":
             self.ffn: nn.Module = SparseMoE(config.d_model, config.d_ff, config.num_experts,
                                             config.top_k, dispatch=config.dispatch,
-                                            capacity_factor=config.capacity_factor)
+                                            capacity_factor=config.capacity_factor,
+                                            num_shared_experts=config.num_shared_experts)
         else:
             self.ffn = DenseFFN(config.d_model, config.d_ff)
 
@@ -181,7 +190,8 @@ class TinyLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def num_active_parameters(self) -> int:
-        """Parameters one token uses: all but the E - K experts it is not routed to."""
+        """Parameters one token uses: all but the E - K routed experts it is not routed to
+        (shared experts are always active)."""
         total = self.num_parameters()
         if self.config.ffn == "dense":
             return total
