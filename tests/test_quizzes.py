@@ -68,6 +68,9 @@ def test_every_file_validates_in_both_languages(path):
             assert grade(question, repr(question.answer * 2 + 1)).correct is False
         else:
             assert question.answer.en and question.answer.ko
+        # "{answer}" is filled in for numeric questions and means nothing elsewhere
+        assert "{answer}" not in question.prompt.en + question.prompt.ko + \
+            question.explanation.en + question.explanation.ko, question.id
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
@@ -142,6 +145,14 @@ def test_the_good_example_parses_and_computes_through_a_dotted_name():
     numeric = quiz.question("n")
     assert numeric.answer == 3.0
     assert numeric.answer_source.startswith("moe_lab.compute_capacity(")
+
+
+def test_answer_placeholder_is_the_computed_value():
+    raw = copy.deepcopy(GOOD)
+    raw["questions"][1]["explanation"] = {"en": "C = {answer} slots", "ko": "C = {answer}개"}
+    raw["questions"][1]["answer"]["args"]["num_tokens"] = 4000  # ceil(4000 / 4) = 1000
+    numeric = parse_quiz(raw).question("n")
+    assert numeric.explanation == type(numeric.explanation)(en="C = 1,000 slots", ko="C = 1,000개")
 
 
 BROKEN = [

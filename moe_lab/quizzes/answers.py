@@ -74,3 +74,80 @@ def moe_params(which: str = "total", **config: int) -> int:
     if which not in ("total", "active"):
         raise ValueError(f"which must be 'total' or 'active', got {which!r}")
     return getattr(counts, which)
+
+
+def router_params(d_model: int, num_experts: int) -> int:
+    """Weights of one ``TopKRouter`` (its (E, D) gate): E * D."""
+    from moe_lab.routing import TopKRouter
+
+    return sum(p.numel() for p in TopKRouter(d_model, num_experts, 1).parameters())
+
+
+def ffn_flops_per_token(d_model: int, d_ff: int, ffn_matrices: int = 3) -> int:
+    """Forward FLOPs of one FFN per token: a multiply and an add per weight, 2 * m * D * F."""
+    return 2 * ffn_params(d_model, d_ff, ffn_matrices)
+
+
+def _tiny_config(num_experts: int, top_k: int) -> TransformerConfig:
+    return TransformerConfig(vocab_size=8, d_model=8, num_layers=1, d_ff=8, num_heads=1,
+                             num_kv_heads=1, head_dim=8, num_experts=num_experts, top_k=top_k)
+
+
+def dense_reference_work_ratio(num_experts: int, top_k: int) -> float:
+    """Expert FLOPs of the dense reference (all E experts on every token) over the routed
+    layer's (K experts): the experts' total over their active parameters, E / K."""
+    experts = count_parameters(_tiny_config(num_experts, top_k))["experts"]
+    return experts.total / experts.active
+
+
+def byte_token_count(text: str) -> int:
+    """Tokens of ``text`` for the course's ``ByteTokenizer``: its UTF-8 bytes."""
+    from moe_lab.tokenizer import ByteTokenizer
+
+    return len(ByteTokenizer().encode(text))
+
+
+def uniform_lm_loss(vocab_size: int) -> float:
+    """Cross-entropy (nats) of a model that predicts every token with probability 1/V: ln V."""
+    logits = torch.zeros(1, vocab_size)  # (1, V)
+    return torch.nn.functional.cross_entropy(logits, torch.zeros(1, dtype=torch.long)).item()
+
+
+def padding_percent_balanced(capacity_factor: float, num_tokens: int, top_k: int,
+                             num_experts: int) -> float:
+    """Share (%) of a capacity-padded (E, C, D) buffer left empty when the load is perfectly
+    balanced, from the package's routing plan."""
+    from moe_lab.dispatch import make_routing_plan
+
+    topk_idx = _balanced_topk_idx(num_tokens, num_experts, top_k)  # (N, K)
+    cap = compute_capacity(capacity_factor, num_tokens, top_k, num_experts)
+    plan = make_routing_plan(topk_idx, torch.ones(num_tokens, top_k), num_experts, cap)
+    kept = int(plan.keep.sum())
+    return 100.0 * (1 - kept / (num_experts * cap))
+
+
+def moe_layer_forward_gflops(num_tokens: int, d_model: int, d_ff: int, top_k: int) -> float:
+    """Active forward GFLOPs of an MoE layer of SwiGLU experts: 2 * 3DF * N * K / 1e9."""
+    return ffn_flops_per_token(d_model, d_ff) * num_tokens * top_k / 1e9
+
+
+def owner_of_expert(expert: int, num_experts: int, world_size: int) -> int:
+    """The rank that holds ``expert`` (``moe_lab.parallel.expert_owner``)."""
+    from moe_lab.parallel import expert_owner
+
+    return int(expert_owner(num_experts, world_size)[expert])
+
+
+def cross_rank_share_balanced(num_experts: int, world_size: int, tokens_per_rank: int = 64,
+                              top_k: int = 2) -> float:
+    """Share of the rows that leave their rank when every rank's routing is balanced,
+    from ``moe_lab.parallel.send_splits``: (W - 1) / W."""
+    from moe_lab.parallel import send_splits
+
+    crossing = total = 0
+    for rank in range(world_size):
+        splits = send_splits(_balanced_topk_idx(tokens_per_rank, num_experts, top_k),
+                             num_experts, world_size)  # (W,)
+        total += int(splits.sum())
+        crossing += int(splits.sum() - splits[rank])
+    return crossing / total

@@ -41,11 +41,6 @@ def parse_number(response: str) -> float | None:
     return float(text) if _NUMBER.match(text) else None
 
 
-def format_number(value: float) -> str:
-    """An answer as the quiz prints it: integers whole, others to 6 significant digits."""
-    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:.6g}"
-
-
 def is_close(given: float, answer: float, tolerance: float) -> bool:
     """Within ``tolerance`` (absolute), and never looser than 1e-6 relative."""
     return math.isclose(given, answer, rel_tol=1e-6, abs_tol=tolerance)

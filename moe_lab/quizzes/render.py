@@ -11,8 +11,8 @@ from __future__ import annotations
 import html
 import re
 
-from moe_lab.quizzes.grading import Grade, format_number
-from moe_lab.quizzes.schema import LANGUAGES, KeyPoint, Question, Quiz, Text
+from moe_lab.quizzes.grading import Grade
+from moe_lab.quizzes.schema import LANGUAGES, KeyPoint, Question, Quiz, Text, format_answer
 
 LABELS = {
     "check": Text(en="Check", ko="확인"),
@@ -58,7 +58,7 @@ def answer_text(question: Question, lang: str) -> str:
         option = next(o for o in question.options if o.id == question.answer)
         return f"{option.id}) {option.text.get(lang)}"
     if question.kind == "numeric":
-        return format_number(question.answer)
+        return format_answer(question.answer)
     return question.answer.get(lang)
 
 

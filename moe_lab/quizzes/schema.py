@@ -8,6 +8,7 @@ A quiz file holds ``lesson`` (the notebook's stem, e.g. ``04_load_balancing``), 
 - ``numeric``: ``answer`` is a number, or ``{compute: NAME, args: {...}}`` where NAME is a
   function of :mod:`moe_lab.quizzes.answers` or a dotted ``moe_lab.`` callable (``field:``
   picks an attribute of its result); optional ``tolerance`` (absolute) and ``unit``;
+  ``{answer}`` in its prompt or explanation is replaced by the computed value;
 - ``short``: ``answer`` is the model answer text, revealed on request; optional
   ``key_points``, each a text with an optional ``see: NN_slug#Heading`` link.
 
@@ -150,6 +151,14 @@ def _numeric_answer(raw: object, where: str) -> tuple[float, str]:
     return _as_number(value, where), source
 
 
+def format_answer(value: float) -> str:
+    """A numeric answer as quizzes print it: whole numbers with thousands separators, others to
+    4 significant digits."""
+    if float(value).is_integer() and abs(value) < 1e15:
+        return f"{int(value):,}"
+    return f"{value:.4g}"
+
+
 def _question(raw: object, where: str) -> Question:
     if not isinstance(raw, dict):
         raise QuizFormatError(f"{where}: a question must be a mapping, got {raw!r}")
@@ -193,6 +202,12 @@ def _question(raw: object, where: str) -> Question:
         if tolerance < 0:
             raise QuizFormatError(f"{where}: tolerance must be >= 0, got {tolerance}")
         unit = _text(raw["unit"], f"{where} unit") if raw.get("unit") is not None else None
+        # "{answer}" in the prompt or the explanation is the computed value, so no text types it
+        shown = format_answer(value)
+        for key in ("prompt", "explanation"):
+            text = common[key]
+            common[key] = Text(en=text.en.replace("{answer}", shown),
+                               ko=text.ko.replace("{answer}", shown))
         return Question(**common, answer=value, answer_source=source, tolerance=tolerance,
                         unit=unit)
     key_points = []
