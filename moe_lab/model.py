@@ -33,6 +33,7 @@ from moe_lab.layer import SparseMoE
 from moe_lab.losses import average_over_layers, load_balancing_loss, router_z_loss
 from moe_lab.routing import RouterOutput
 from moe_lab.tokenizer import ByteTokenizer
+from moe_lab.upcycling import upcycle
 from moe_lab.validation import (
     check_choice,
     check_nonnegative_int,
@@ -258,6 +259,24 @@ class TinyLM(nn.Module):
             if value is not None and (not isinstance(value, torch.Tensor)
                                       or value.shape != input_ids.shape):
                 raise ValueError(f"{name} must be a tensor of shape {tuple(input_ids.shape)}")
+
+
+def upcycle_model(dense: TinyLM, num_experts: int, top_k: int) -> TinyLM:
+    """Sparse upcycling of a whole model (Komatsuzaki et al. 2022): the same embeddings,
+    attention and norms, and every dense FFN turned into an MoE layer of ``num_experts`` copies
+    of it with a fresh router (:func:`moe_lab.upcycling.upcycle`: dropless, renormalised top-k),
+    so the new model's logits equal the dense model's at step 0. Lesson 08."""
+    if not isinstance(dense, TinyLM) or dense.config.ffn != "dense":
+        raise TypeError("dense must be a TinyLM with ffn='dense'")
+    config = replace(dense.config, ffn="moe", num_experts=num_experts, top_k=top_k,
+                     capacity_factor=None, num_shared_experts=0)
+    moe = TinyLM(config).to(next(dense.parameters()).device)
+    shared = {k: v for k, v in dense.state_dict().items() if ".ffn." not in k}
+    missing, unexpected = moe.load_state_dict(shared, strict=False)
+    assert not unexpected and all(".ffn." in k for k in missing)
+    for moe_block, dense_block in zip(moe.blocks, dense.blocks, strict=True):
+        moe_block.ffn.load_state_dict(upcycle(dense_block.ffn, num_experts, top_k).state_dict())
+    return moe.train(dense.training)
 
 
 @dataclass(frozen=True)

@@ -197,8 +197,10 @@ def evaluate(model: TinyLM, batches: Sequence[Batch], languages: Sequence[str], 
 
 def train(model_config: ModelConfig, train_config: TrainConfig, *,
           data: LessonData | None = None, callbacks: Sequence[Callback] = (),
-          progress: bool = True) -> TrainResult:
-    """Train a fresh TinyLM from ``model_config`` on the lesson's corpus; returns the history."""
+          progress: bool = True, init_model: TinyLM | None = None) -> TrainResult:
+    """Train a fresh TinyLM from ``model_config`` on the lesson's corpus; returns the history.
+    ``init_model`` (same config): start from a copy of its weights instead (e.g. an upcycled
+    model, lesson 08); the model passed in is left unchanged."""
     if not isinstance(model_config, ModelConfig):
         raise TypeError(f"model_config must be a ModelConfig, got {type(model_config).__name__}")
     if not isinstance(train_config, TrainConfig):
@@ -210,6 +212,10 @@ def train(model_config: ModelConfig, train_config: TrainConfig, *,
     device = pick_device(train_config.device)
     seed_everything(train_config.seed)
     model = TinyLM(model_config).to(device)
+    if init_model is not None:
+        if not isinstance(init_model, TinyLM) or init_model.config != model_config:
+            raise ValueError("init_model must be a TinyLM whose config equals model_config")
+        model.load_state_dict(init_model.state_dict())
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.lr,
                                   weight_decay=train_config.weight_decay, betas=(0.9, 0.95))
     generator = torch.Generator().manual_seed(train_config.seed)
@@ -336,7 +342,7 @@ def _layout_config(base: ModelConfig, granularity: int, num_shared_experts: int)
 #: finer, at equal total and active expert parameters (512 and 128 hidden units per layer):
 #: 32 experts of F = 16, top-8 (m = 4); and 1 shared + 31 routed of F = 16, top-7 (DeepSeekMoE).
 LESSON08_RUNS: dict[str, tuple[ModelConfig, bool]] = {
-    "moe": LESSON05_RUNS["moe"],
+    "moe": (LESSON05_RUNS["moe"][0], False),  # the lesson-05 MoE (its checkpoint ships there)
     "fine_grained": (_layout_config(LESSON05_RUNS["moe"][0], 4, 0), False),
     "shared": (_layout_config(LESSON05_RUNS["moe"][0], 4, 1), False),
 }

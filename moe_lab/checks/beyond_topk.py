@@ -85,12 +85,6 @@ SELECT_CASES = (  # seed, N, E, C, logit scale
 )
 
 
-def _sorted_rows(token_idx: torch.Tensor, gates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each expert's row in token order, so that any order of the picks compares equal."""
-    order = token_idx.argsort(dim=-1)
-    return token_idx.gather(-1, order), gates.gather(-1, order)
-
-
 def _select_case(seed: int, num_tokens: int, num_experts: int, scale: float) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     logits = torch.randn(num_tokens, num_experts, generator=generator) * scale
@@ -105,7 +99,9 @@ def check_expert_choice_select(expert_choice_select: Callable[..., object]) -> N
     for seed, n, e, c, scale in SELECT_CASES:
         probs = _select_case(seed, n, e, scale)
         where = f"(N={n}, E={e}, C={c})"
-        ref_idx, ref_gates = _sorted_rows(*expert_choice_routing(probs, c))
+        # ties (saturated probabilities) may be broken either way: compare the chosen values
+        best = expert_choice_routing(probs, c)[1]  # (E, C) the package's gates, best first
+        worst = torch.topk(probs.t(), c, dim=-1, largest=False).values.flip(-1)  # (E, C)
         learner_probs = probs.clone().requires_grad_(True)
         token_idx, gates = expect_pair(expert_choice_select(learner_probs, c), "token_idx, gates")
         if not torch.equal(learner_probs.detach(), probs):
@@ -122,15 +118,20 @@ def check_expert_choice_select(expert_choice_select: Callable[..., object]) -> N
         if token_idx.shape != (e, c) or token_idx.dtype not in (torch.int64, torch.int32):
             raise CheckFailed(f"token_idx should be an integer tensor of shape (E, C) = {(e, c)} "
                               f"{where}, got {token_idx.dtype} {tuple(token_idx.shape)}.")
-        got_idx, got_gates = _sorted_rows(token_idx.long(), gates)
-        if not torch.equal(got_idx, ref_idx):
-            worst = _sorted_rows(*torch.topk(probs.t(), c, dim=-1, largest=False))[0]
-            if torch.equal(got_idx, worst):
+        token_idx = token_idx.long()
+        if token_idx.min() < 0 or token_idx.max() >= n or any(
+                len(set(row.tolist())) < c for row in token_idx):
+            raise CheckFailed(f"token_idx {where} must hold C different tokens in [0, N) per "
+                              "expert.")
+        chosen = probs.t().gather(1, token_idx)  # (E, C) probabilities of the picked tokens
+        chosen_sorted = chosen.sort(dim=-1, descending=True).values
+        if not torch.allclose(chosen_sorted, best):
+            if torch.allclose(chosen_sorted, worst):
                 raise CheckFailed(f"token_idx {where} holds each expert's lowest-scoring tokens: "
                                   "keep the largest probabilities (largest=True).")
             raise CheckFailed(f"token_idx {where} is not each expert's C best tokens: expert e "
                               "ranks router_probs[:, e] over the N tokens.")
-        expect_close(got_gates.detach(), ref_gates, f"gates {where}",
+        expect_close(gates.detach(), chosen, f"gates {where}",
                      hint="The gates are the chosen tokens' probabilities for that expert: "
                           "router_probs[token_idx[e, c], e].")
         if not gates.requires_grad:
@@ -138,9 +139,10 @@ def check_expert_choice_select(expert_choice_select: Callable[..., object]) -> N
                               "router would never learn: gather them from router_probs, do not "
                               "detach them.")
         upstream = torch.randn(e, c, generator=torch.Generator().manual_seed(seed + 100))
-        (got_gates * upstream).sum().backward()
+        (gates * upstream).sum().backward()
+        # d/dp[n, e] of sum_c upstream[e, c] * p[token_idx[e, c], e]
         expected_grad = torch.zeros_like(probs)
-        expected_grad[ref_idx, torch.arange(e).unsqueeze(-1).expand_as(ref_idx)] = upstream
+        expected_grad[token_idx, torch.arange(e).unsqueeze(-1).expand_as(token_idx)] = upstream
         expect_close(learner_probs.grad, expected_grad, f"the gradient of router_probs {where}",
                      hint="The values are right but the gradient is not: is part of the "
                           "computation detached?")
