@@ -2,8 +2,9 @@
 
     y_n = sum_k topk_weights[n, k] * Expert_{topk_idx[n, k]}(x_n)      (kept assignments only)
 
-With shared experts (DeepSeekMoE, Dai et al. 2024, arXiv 2401.06066, eq. (9) for h_t), K_s more
-experts run on every token, unweighted, and their outputs are added to the routed sum:
+With shared experts (DeepSeekMoE, Dai et al. 2024, arXiv 2401.06066, section 3.2, the equation
+for h_t), K_s more experts run on every token, unweighted, and their outputs are added to the
+routed sum:
 
     y_n = sum_{s < K_s} Shared_s(x_n) + sum_k topk_weights[n, k] * Expert_{topk_idx[n, k]}(x_n)
 
