@@ -337,10 +337,10 @@ for name, design in designs.items():
 #   priority order (all first choices before any second choice) even the earlier tokens change.
 # - **Expert choice** ranks all tokens of the batch for every expert: a new last token can take an
 #   earlier token's place in an expert, so earlier outputs change, in its own sequence and in the
-#   others. At decoding time the future
-#   tokens do not exist yet, so the routing cannot be computed as in training. Zhou et al. used it
-#   in encoders and name autoregressive decoding as a limitation; it suits encoders (BERT-style,
-#   vision) where all tokens are known at once.
+#   others. At decoding time the future tokens do not exist yet, so the routing cannot be computed
+#   as in training. Zhou et al. pretrained decoder LMs with it but evaluated them by fine-tuning,
+#   and name auto-regressive generation as its limitation (the top-$C$ looks at past and future
+#   tokens); it suits encoders (BERT-style, vision), where all tokens are known at once.
 # - **Soft MoE** mixes every token of a sequence into every slot: every earlier output changes
 #   (100 %), but never across sequences (the softmax runs over the tokens of one sequence).
 #   Puigcerver et al. present it for ViTs and discuss why causal (decoder) use is an open problem.
@@ -479,7 +479,7 @@ loss_curves_figure(curves, title="upcycled vs from scratch (same MoE, 40 steps)"
 # |---|---|---|---|
 # | shared experts | DeepSeekMoE / V2 / V3, Qwen1.5/2-MoE, Llama 4 | common knowledge stored once, not in every expert | $S$ FFNs run on every token; less routed capacity at equal compute |
 # | fine-grained experts | DeepSeekMoE/V3 (256 routed, top-8), Qwen3 (128, top-8), OLMoE | many more expert combinations, sharper specialisation | bigger router, many small matmuls (grouped GEMM needed), more all-to-all |
-# | expert choice | Zhou et al. 2022 (encoders), V-MoE variants | perfect load balance, no drops by construction, variable experts per token | not causal: unsuited to decoding; some tokens get no expert |
+# | expert choice | Zhou et al. 2022; the Soft MoE paper's ViT baselines; encoders | perfect load balance, no drops by construction, variable experts per token | not causal: unsuited to decoding; some tokens get no expert |
 # | Soft MoE | Puigcerver et al. 2023 (ViTs) | no drops, fully differentiable, no balancing loss | not causal within a sequence; every token touches every slot |
 # | sparse upcycling | Komatsuzaki et al. 2022; reported for Qwen1.5-MoE | reuses a dense checkpoint's training; equal at step 0 | experts start identical and must diverge; total parameters grow $E$-fold |
 #

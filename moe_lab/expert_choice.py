@@ -15,7 +15,8 @@ With capacity_factor = c, the E * C picks average c experts per token (the paper
 top-2 token choice in compute). The choice of one token depends on every other token of the batch
 (the top-C is over all of them): in a decoder a later token can change which experts an earlier
 token gets, which breaks causality and makes autoregressive decoding inconsistent with training
-(lesson 08 measures it). That is why expert choice suits encoders and is not used in decoders.
+(lesson 08 measures it). Zhou et al. name this as a limitation for auto-regressive generation;
+expert choice suits encoders, where all tokens are known at once.
 """
 
 from __future__ import annotations
