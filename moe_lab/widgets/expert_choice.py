@@ -40,7 +40,7 @@ class ExpertChoiceExplorer(StaticFallback, widgets.VBox):
     def update(self) -> None:
         text = self.text.value or " "  # an empty box routes one space, not nothing
         routed = self.toy.route(text, self.top_k.value, max_tokens=MAX_TOKENS)
-        self.loads = choice_loads(routed.routing.probs, self.top_k.value,
+        self.loads = choice_loads(routed.router_probs[0], self.top_k.value,
                                   self.capacity_factor.value)
         self.figure = choice_loads_figure(self.loads)  # a go.Figure
         show_in_output(self.output, self.figure)
