@@ -4,6 +4,8 @@ gradients, every dispatch strategy, with and without capacity, and on empty inpu
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from moe_lab import SparseMoE
 from moe_lab.dispatch import DISPATCH_STRATEGIES
@@ -110,3 +112,15 @@ def test_empty_input_with_shared_experts(dispatch, shape):
 def test_bad_num_shared_experts(value, error):
     with pytest.raises(error, match="num_shared_experts"):
         SparseMoE(8, 16, 4, 2, num_shared_experts=value)
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(0, 12), e=st.integers(1, 6), k=st.integers(1, 6), shared=st.integers(0, 3),
+       dispatch=st.sampled_from(DISPATCH_STRATEGIES), cf=st.sampled_from([None, 0.5, 1.5]),
+       seed=st.integers(0, 2**16))
+def test_shared_experts_match_loop_over_shapes(n, e, k, shared, dispatch, cf, seed):
+    torch.manual_seed(seed)
+    layer = SparseMoE(4, 8, e, min(k, e), num_shared_experts=shared, dispatch=dispatch,
+                      capacity_factor=cf)
+    x = torch.randn(n, 4)
+    torch.testing.assert_close(layer(x).y, loop_reference(layer, x), atol=1e-5, rtol=1e-4)
