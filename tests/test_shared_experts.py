@@ -124,3 +124,12 @@ def test_shared_experts_match_loop_over_shapes(n, e, k, shared, dispatch, cf, se
                       capacity_factor=cf)
     x = torch.randn(n, 4)
     torch.testing.assert_close(layer(x).y, loop_reference(layer, x), atol=1e-5, rtol=1e-4)
+
+
+def test_config_round_trip_keeps_the_shared_experts():
+    layer = SparseMoE(8, 16, 4, 2, num_shared_experts=2)
+    assert layer.config.num_shared_experts == 2
+    twin = SparseMoE.from_config(layer.config)
+    twin.load_state_dict(layer.state_dict())
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(twin(x).y, layer(x).y)
