@@ -16,7 +16,7 @@ from moe_lab.parallel import _layer_config
 # every constructor argument away from its default, so one the config forgets shows up
 CUSTOM = dict(d_model=12, d_ff=20, num_experts=6, top_k=3, dispatch="padded",
               capacity_factor=1.5, activation="gelu", normalize=False, noise="jitter",
-              router_dtype=torch.float64, scoring="sigmoid")
+              router_dtype=torch.float64, scoring="sigmoid", num_shared_experts=2)
 
 
 def constructor_arguments() -> dict[str, inspect.Parameter]:
