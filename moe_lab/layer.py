@@ -2,6 +2,12 @@
 
     y_n = sum_k topk_weights[n, k] * Expert_{topk_idx[n, k]}(x_n)      (kept assignments only)
 
+or, with ``weight_inputs=True`` (Llama 4: the router's score scales what the expert reads),
+
+    y_n = sum_k Expert_{topk_idx[n, k]}(topk_weights[n, k] * x_n)
+
+which differs for any non-linear expert (lesson 09 shows by how much for SwiGLU).
+
 The layer returns the routing alongside the output so that the caller (the model, a lesson, a
 widget) can compute the auxiliary losses (:mod:`moe_lab.losses`) and see what was dropped.
 """
@@ -50,6 +56,10 @@ class SparseMoE(nn.Module):
         capacity_factor: None for dropless; otherwise C = ceil(capacity_factor * N * K / E).
         activation: ``"swiglu"``, ``"gelu"`` or ``"relu"``.
         normalize, noise, router_dtype, scoring: passed to :class:`TopKRouter`.
+        router_bias, scaling_factor, num_groups, topk_groups: the router's ``bias``,
+            ``scaling_factor`` and group limit (:class:`TopKRouter`; gpt-oss, DeepSeek-V3).
+        expert_bias: biases in the experts (:class:`Experts`, gpt-oss).
+        weight_inputs: the K weights scale the experts' inputs instead of their outputs (Llama 4).
     """
 
     def __init__(
@@ -66,6 +76,12 @@ class SparseMoE(nn.Module):
         noise: str | None = None,
         router_dtype: torch.dtype = torch.float32,
         scoring: str = "softmax",
+        router_bias: bool = False,
+        scaling_factor: float = 1.0,
+        num_groups: int = 1,
+        topk_groups: int = 1,
+        expert_bias: bool = False,
+        weight_inputs: bool = False,
     ) -> None:
         super().__init__()
         check_positive_int("d_model", d_model)
@@ -76,13 +92,16 @@ class SparseMoE(nn.Module):
         self.capacity_factor = check_positive_float(
             "capacity_factor", capacity_factor, allow_none=True)
         self.d_model, self.d_ff, self.num_experts, self.top_k = d_model, d_ff, num_experts, top_k
-        self.dispatch = dispatch
+        self.dispatch, self.weight_inputs = dispatch, bool(weight_inputs)
         self.router = TopKRouter(d_model, num_experts, top_k, normalize=normalize, noise=noise,
-                                 router_dtype=router_dtype, scoring=scoring)
-        self.experts = Experts(num_experts, d_model, d_ff, activation=activation)
+                                 router_dtype=router_dtype, scoring=scoring, bias=router_bias,
+                                 scaling_factor=scaling_factor, num_groups=num_groups,
+                                 topk_groups=topk_groups)
+        self.experts = Experts(num_experts, d_model, d_ff, activation=activation, bias=expert_bias)
 
     def extra_repr(self) -> str:
-        return f"dispatch={self.dispatch!r}, capacity_factor={self.capacity_factor}"
+        text = f"dispatch={self.dispatch!r}, capacity_factor={self.capacity_factor}"
+        return text + (", weight_inputs=True" if self.weight_inputs else "")
 
     def capacity(self, num_tokens: int) -> int | None:
         """C for a batch of N tokens, or None when dropless."""
@@ -97,9 +116,28 @@ class SparseMoE(nn.Module):
             raise ValueError(f"x must have shape (B, T, D) or (N, D), got {tuple(x.shape)}")
         x_flat = x.reshape(-1, self.d_model)  # (N, D)
         routing = self.router(x_flat)
-        plan = make_routing_plan(routing.topk_idx, routing.topk_weights, self.num_experts,
-                                 self.capacity(x_flat.shape[0]))
-        y = DISPATCH_FUNCTIONS[self.dispatch](x_flat, plan, self.experts)  # (N, D)
+        if self.weight_inputs:
+            y, plan = self._route_weighted_inputs(x_flat, routing)  # (N, D)
+        else:
+            plan = make_routing_plan(routing.topk_idx, routing.topk_weights, self.num_experts,
+                                     self.capacity(x_flat.shape[0]))
+            y = DISPATCH_FUNCTIONS[self.dispatch](x_flat, plan, self.experts)  # (N, D)
         # under autocast the experts compute in bf16/fp16; the layer answers in x's dtype
         return MoEOutput(y=y.to(x.dtype).view(x.shape), router=routing,
-                         tokens_per_expert=plan.tokens_per_expert, dropped=~plan.keep)
+                         tokens_per_expert=plan.tokens_per_expert,
+                         dropped=~plan.keep.view(routing.topk_idx.shape))
+
+    def _route_weighted_inputs(self, x: torch.Tensor, routing: RouterOutput):
+        """Llama 4's order: every (token, slot) becomes its own row w_{n,k} x_n with weight 1 and
+        one expert, run by the same dispatch; the K outputs of a token are then summed. Capacity
+        ranks the rows in (token, slot) order, as the ordinary path does."""
+        num_tokens, top_k = routing.topk_idx.shape
+        # row (n, k) = w_{n,k} * x_n
+        rows = (x.unsqueeze(1) * routing.topk_weights.to(x.dtype).unsqueeze(-1))  # (N, K, D)
+        rows = rows.reshape(num_tokens * top_k, self.d_model)  # (N*K, D)
+        plan = make_routing_plan(routing.topk_idx.reshape(-1, 1),
+                                 rows.new_ones(num_tokens * top_k, 1), self.num_experts,
+                                 self.capacity(num_tokens))
+        h = DISPATCH_FUNCTIONS[self.dispatch](rows, plan, self.experts)  # (N*K, D)
+        # y_n = sum_k Expert_{i_k}(w_{n,k} x_n)
+        return h.view(num_tokens, top_k, self.d_model).sum(dim=1), plan  # (N, D)
