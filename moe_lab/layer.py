@@ -2,7 +2,19 @@
 
     y_n = sum_k topk_weights[n, k] * Expert_{topk_idx[n, k]}(x_n)      (kept assignments only)
 
-or, with ``weight_inputs=True`` (Llama 4: the router's score scales what the expert reads),
+With shared experts (DeepSeekMoE, Dai et al. 2024, arXiv 2401.06066, eq. (9) for h_t), K_s more
+experts run on every token, unweighted, and their outputs are added to the routed sum:
+
+    y_n = sum_{s < K_s} Shared_s(x_n) + sum_k topk_weights[n, k] * Expert_{topk_idx[n, k]}(x_n)
+
+(the residual u_t of the paper's equation is added by the transformer block, not here). One
+shared expert of width m * F computes exactly what m shared experts of width F compute together
+(split its hidden units), so a single wide shared expert is ``num_shared_experts=m`` (DeepSeek-V3),
+or one expert with ``shared_d_ff=m * F``, any width (Qwen2-MoE).
+
+With a shared expert gate (Qwen2-MoE), the shared sum is scaled by sigmoid(x_n w_sg), one
+scalar per token. With ``weight_inputs=True`` (Llama 4: the router's score scales what the
+expert reads) the routed sum is
 
     y_n = sum_k Expert_{topk_idx[n, k]}(topk_weights[n, k] * x_n)
 
@@ -26,6 +38,7 @@ from moe_lab.validation import (
     check_choice,
     check_float_tensor,
     check_last_dim,
+    check_nonnegative_int,
     check_positive_float,
     check_positive_int,
     check_top_k,
@@ -60,6 +73,10 @@ class SparseMoE(nn.Module):
             ``scaling_factor`` and group limit (:class:`TopKRouter`; gpt-oss, DeepSeek-V3).
         expert_bias: biases in the experts (:class:`Experts`, gpt-oss).
         weight_inputs: the K weights scale the experts' inputs instead of their outputs (Llama 4).
+        num_shared_experts: K_s experts of width F (or ``shared_d_ff``) that run on every token
+            (DeepSeekMoE), stored as an :class:`Experts` bank ``shared_experts`` (None when K_s = 0).
+        shared_gate: scale the shared sum by sigmoid(x w_sg), ``shared_gate`` an ``nn.Linear(D, 1)``
+            (Qwen2-MoE's ``shared_expert_gate``).
     """
 
     def __init__(
@@ -82,6 +99,9 @@ class SparseMoE(nn.Module):
         topk_groups: int = 1,
         expert_bias: bool = False,
         weight_inputs: bool = False,
+        num_shared_experts: int = 0,
+        shared_d_ff: int | None = None,
+        shared_gate: bool = False,
     ) -> None:
         super().__init__()
         check_positive_int("d_model", d_model)
@@ -98,9 +118,17 @@ class SparseMoE(nn.Module):
                                  scaling_factor=scaling_factor, num_groups=num_groups,
                                  topk_groups=topk_groups)
         self.experts = Experts(num_experts, d_model, d_ff, activation=activation, bias=expert_bias)
+        self.num_shared_experts = check_nonnegative_int("num_shared_experts", num_shared_experts)
+        self.shared_d_ff = d_ff if shared_d_ff is None else check_positive_int("shared_d_ff", shared_d_ff)
+        self.shared_experts = (Experts(num_shared_experts, d_model, self.shared_d_ff, activation=activation)
+                               if num_shared_experts else None)
+        if shared_gate and not num_shared_experts:
+            raise ValueError("shared_gate=True needs num_shared_experts >= 1, got 0")
+        self.shared_gate = nn.Linear(d_model, 1, bias=False) if shared_gate else None
 
     def extra_repr(self) -> str:
-        text = f"dispatch={self.dispatch!r}, capacity_factor={self.capacity_factor}"
+        text = (f"dispatch={self.dispatch!r}, capacity_factor={self.capacity_factor}, "
+                f"num_shared_experts={self.num_shared_experts}")
         return text + (", weight_inputs=True" if self.weight_inputs else "")
 
     def capacity(self, num_tokens: int) -> int | None:
@@ -122,10 +150,21 @@ class SparseMoE(nn.Module):
             plan = make_routing_plan(routing.topk_idx, routing.topk_weights, self.num_experts,
                                      self.capacity(x_flat.shape[0]))
             y = DISPATCH_FUNCTIONS[self.dispatch](x_flat, plan, self.experts)  # (N, D)
+        if self.shared_experts is not None:
+            y = y + self._shared(x_flat).to(y.dtype)  # (N, D)
         # under autocast the experts compute in bf16/fp16; the layer answers in x's dtype
         return MoEOutput(y=y.to(x.dtype).view(x.shape), router=routing,
                          tokens_per_expert=plan.tokens_per_expert,
                          dropped=~plan.keep.view(routing.topk_idx.shape))
+
+    def _shared(self, x: torch.Tensor) -> torch.Tensor:
+        """The shared experts on every token: x (N, D) -> (N, D)."""
+        # s_n = sum_s Shared_s(x_n): every shared expert on every token, unweighted
+        shared = self.shared_experts.forward_all(x).sum(0)  # (N, D)
+        if self.shared_gate is not None:
+            # s_n <- sigmoid(x_n w_sg) * s_n   (Qwen2-MoE)
+            shared = torch.sigmoid(self.shared_gate(x)) * shared  # (N, 1) * (N, D)
+        return shared
 
     def _route_weighted_inputs(self, x: torch.Tensor, routing: RouterOutput):
         """Llama 4's order: every (token, slot) becomes its own row w_{n,k} x_n with weight 1 and

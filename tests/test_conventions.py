@@ -99,6 +99,9 @@ def reference_layer(layer, x):
                 y[n] += reference_expert(layer.experts, e, w * x[n:n + 1])[0]
             else:
                 y[n] += w * reference_expert(layer.experts, e, x[n:n + 1])[0]
+        for s in range(layer.num_shared_experts):
+            gate = torch.sigmoid(x[n] @ layer.shared_gate.weight[0]) if layer.shared_gate else 1.0
+            y[n] += gate * reference_expert(layer.shared_experts, s, x[n:n + 1])[0]
     return y
 
 
@@ -107,6 +110,8 @@ CONVENTIONS = [
     dict(scoring="sigmoid", num_groups=4, topk_groups=2, scaling_factor=2.5),           # DeepSeek-V3
     dict(scoring="sigmoid", normalize=False, weight_inputs=True),                       # Llama 4
     dict(expert_bias=True, weight_inputs=True),
+    dict(num_shared_experts=1, shared_d_ff=20, shared_gate=True, normalize=False),      # Qwen2-MoE
+    dict(num_shared_experts=2, shared_d_ff=5, shared_gate=True, weight_inputs=True),
 ]
 
 
@@ -165,3 +170,12 @@ def test_empty_input_with_every_convention():
     for options in CONVENTIONS:
         out = SparseMoE(8, 12, 8, 3, **options)(torch.randn(0, 8))
         assert out.y.shape == (0, 8) and out.router.topk_idx.shape == (0, 3)
+
+
+def test_shared_gate_needs_a_shared_expert_and_widths_are_checked():
+    with pytest.raises(ValueError, match="shared_gate"):
+        SparseMoE(8, 12, 4, 2, shared_gate=True)
+    with pytest.raises(ValueError, match="shared_d_ff"):
+        SparseMoE(8, 12, 4, 2, num_shared_experts=1, shared_d_ff=0)
+    layer = SparseMoE(8, 12, 4, 2, num_shared_experts=1, shared_d_ff=20, shared_gate=True)
+    assert layer.shared_experts.w_up.shape == (1, 8, 20) and layer.shared_gate.weight.shape == (1, 8)
