@@ -19,6 +19,13 @@ SCRIPT = textwrap.dedent("""
     import torch
     layer = moe_lab.SparseMoE(8, 16, 4, 2)
     assert layer(torch.randn(3, 8)).y.shape == (3, 8)
+    from moe_lab.interop import from_transformers
+    try:
+        from_transformers(layer)
+    except TypeError as error:  # still a clear refusal naming what it got
+        assert "SparseMoE" in str(error)
+    else:
+        raise AssertionError("from_transformers accepted a SparseMoE")
     print("imported", len(names))
 """)
 
