@@ -64,10 +64,17 @@ class Family:
 
 # ----------------------------------------------------------------------------- weight layouts
 
-def _split_concatenated(gate_up_proj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(E, 2F, D), used as F.linear(x, W) with [gate; up] stacked -> w_gate, w_up (E, D, F)."""
-    gate, up = gate_up_proj.chunk(2, dim=1)  # (E, F, D) each
-    return gate.transpose(1, 2), up.transpose(1, 2)
+def mixtral_expert_weights(gate_up_proj: torch.Tensor, down_proj: torch.Tensor,
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused expert tensors of Mixtral, Qwen-MoE, OLMoE and DeepSeek-V3 -> ``Experts``'
+    ``(w_gate, w_up, w_down)``.
+
+    transformers computes ``gate, up = F.linear(x, gate_up_proj[e]).chunk(2, -1)`` and
+    ``F.linear(h, down_proj[e])``, i.e. x @ W^T with [gate; up] stacked along the rows:
+    gate_up_proj (E, 2F, D) -> w_gate, w_up (E, D, F); down_proj (E, D, F) -> w_down (E, F, D).
+    """
+    gate, up = gate_up_proj.chunk(2, dim=1)  # (E, F, D) each: the first F rows are the gate
+    return gate.transpose(1, 2), up.transpose(1, 2), down_proj.transpose(1, 2)
 
 
 def _copy(param: torch.Tensor, value: torch.Tensor) -> None:
@@ -109,11 +116,11 @@ def _softmax_family(block: nn.Module, *, normalize: bool, shared: bool = False) 
                              shared_d_ff=block.shared_expert.gate_proj.out_features)
     layer = SparseMoE(d_model, two_f // 2, num_experts, block.gate.top_k, normalize=normalize,
                       **shared_kwargs)
-    w_gate, w_up = _split_concatenated(experts.gate_up_proj)
+    w_gate, w_up, w_down = mixtral_expert_weights(experts.gate_up_proj, experts.down_proj)
     _copy(layer.router.weight, block.gate.weight)
     _copy(layer.experts.w_gate, w_gate)
     _copy(layer.experts.w_up, w_up)
-    _copy(layer.experts.w_down, experts.down_proj.transpose(1, 2))  # (E, D, F) -> (E, F, D)
+    _copy(layer.experts.w_down, w_down)
     if shared:
         _copy_shared(layer.shared_experts, block.shared_expert)
         _copy(layer.shared_gate.weight, block.shared_expert_gate.weight)
@@ -143,12 +150,12 @@ def _deepseek_v3(block: nn.Module) -> SparseMoE:
                       normalize=gate.norm_topk_prob, scaling_factor=gate.routed_scaling_factor,
                       num_groups=gate.num_group, topk_groups=gate.topk_group,
                       num_shared_experts=num_shared)
-    w_gate, w_up = _split_concatenated(experts.gate_up_proj)
+    w_gate, w_up, w_down = mixtral_expert_weights(experts.gate_up_proj, experts.down_proj)
     _copy(layer.router.weight, gate.weight)
     _copy(layer.router.score_correction_bias, gate.e_score_correction_bias)
     _copy(layer.experts.w_gate, w_gate)
     _copy(layer.experts.w_up, w_up)
-    _copy(layer.experts.w_down, experts.down_proj.transpose(1, 2))
+    _copy(layer.experts.w_down, w_down)
     if num_shared:
         _copy_shared(layer.shared_experts, block.shared_experts, parts=num_shared)
     return layer
