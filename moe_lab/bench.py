@@ -52,7 +52,7 @@ class BenchResult:
     ratio_to_dense_limit: float
 
 
-# The three target shapes of DESIGN.md section 5 first, then E from 4 to 64 and K from 1 to 8.
+# The three target shapes (README, Benchmark) first, then E from 4 to 64 and K from 1 to 8.
 FULL_SHAPES = (
     BenchShape(4096, 512, 1024, 8, 2),
     BenchShape(4096, 512, 256, 64, 8),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from lesson_sources import lesson_solution
 
 from moe_lab.checks.balance import (
     check_bias_update,
@@ -17,15 +18,7 @@ from moe_lab.checks.combine import check_combine_loop, check_gate_weights, check
 # ---------------------------------------------------------------- lesson 03 solutions and bugs
 
 
-def combine_loop_solution(x, plan, experts):
-    y = torch.zeros_like(x)
-    for e in range(experts.num_experts):
-        token_idx, slot = torch.where((plan.topk_idx == e) & plan.keep)
-        if token_idx.numel() == 0:
-            continue
-        h = experts.forward_expert(x[token_idx], e)
-        y.index_add_(0, token_idx, h * plan.topk_weights[token_idx, slot].unsqueeze(-1))
-    return y
+combine_loop_solution = lesson_solution("03", "combine_loop")  # the lesson's own solution cell
 
 
 def combine_loop_no_weights(x, plan, experts):
@@ -60,11 +53,7 @@ def combine_loop_overwrites(x, plan, experts):
     return y
 
 
-def scatter_combine_solution(h_sorted, sort_order, topk_weights, num_tokens):
-    top_k = topk_weights.shape[1]
-    weight = topk_weights.reshape(-1)[sort_order].unsqueeze(-1)
-    y = h_sorted.new_zeros(num_tokens, h_sorted.shape[1])
-    return y.index_add(0, sort_order // top_k, h_sorted * weight)
+scatter_combine_solution = lesson_solution("03", "scatter_combine")  # the lesson's own solution cell
 
 
 def scatter_combine_no_weights(h_sorted, sort_order, topk_weights, num_tokens):
@@ -84,9 +73,7 @@ def scatter_combine_unsorted_weights(h_sorted, sort_order, topk_weights, num_tok
     return y.index_add(0, sort_order // topk_weights.shape[1], h_sorted * weight)
 
 
-def gate_weights_solution(router_logits, top_k):
-    topk_logits, topk_idx = torch.topk(router_logits, top_k, dim=-1)
-    return topk_idx, torch.softmax(topk_logits, dim=-1)
+gate_weights_solution = lesson_solution("03", "gate_weights")  # the lesson's own solution cell
 
 
 def gate_weights_detached(router_logits, top_k):
@@ -108,12 +95,7 @@ def gate_weights_no_softmax(router_logits, top_k):
 # ---------------------------------------------------------------- lesson 04 solutions and bugs
 
 
-def switch_loss_solution(router_probs, topk_idx):
-    num_tokens, num_experts = router_probs.shape
-    counts = torch.bincount(topk_idx.reshape(-1), minlength=num_experts)
-    f = counts.float() / topk_idx.numel()
-    p = router_probs.mean(dim=0)
-    return num_experts * torch.sum(f * p)
+switch_loss_solution = lesson_solution("04", "switch_loss")  # the lesson's own solution cell
 
 
 def _topk_weight_matrix(router_probs, topk_idx):
@@ -152,8 +134,7 @@ def switch_loss_detached(router_probs, topk_idx):
     return switch_loss_solution(router_probs.detach(), topk_idx)
 
 
-def z_loss_solution(router_logits):
-    return torch.logsumexp(router_logits, dim=-1).square().mean()
+z_loss_solution = lesson_solution("04", "z_loss")  # the lesson's own solution cell
 
 
 def z_loss_no_square(router_logits):
@@ -172,10 +153,7 @@ def z_loss_square_of_mean(router_logits):
     return torch.logsumexp(router_logits, dim=-1).mean() ** 2
 
 
-def model_balance_loss_solution(per_layer_probs, per_layer_idx):
-    from moe_lab import average_over_layers, load_balancing_loss
-    return average_over_layers([load_balancing_loss(p, i)
-                                for p, i in zip(per_layer_probs, per_layer_idx, strict=True)])
+model_balance_loss_solution = lesson_solution("04", "model_balance_loss")  # the lesson's own solution cell
 
 
 def model_balance_loss_pooled(per_layer_probs, per_layer_idx):
@@ -189,9 +167,7 @@ def model_balance_loss_summed(per_layer_probs, per_layer_idx):
                for p, i in zip(per_layer_probs, per_layer_idx, strict=True))
 
 
-def bias_update_solution(bias, tokens_per_expert, gamma):
-    load = tokens_per_expert.float()
-    return bias + gamma * torch.sign(load.mean() - load)
+bias_update_solution = lesson_solution("04", "bias_update")  # the lesson's own solution cell
 
 
 def bias_update_flipped(bias, tokens_per_expert, gamma):

@@ -2,16 +2,14 @@
 
 import pytest
 import torch
+from lesson_sources import lesson_solution
 
 from moe_lab.checks.efficiency import check_sort_by_expert
 from moe_lab.checks.parallel import check_local_expert_order, check_send_splits
 
 # --- lesson 06: sort_by_expert(topk_idx, num_experts) -> (order, tokens_per_expert) ----------
 
-def sort_by_expert_solution(topk_idx, num_experts):
-    flat_expert = topk_idx.reshape(-1)  # (N*K,)
-    order = torch.argsort(flat_expert, stable=True)  # (N*K,)
-    return order, torch.bincount(flat_expert, minlength=num_experts)
+sort_by_expert_solution = lesson_solution("06", "sort_by_expert")  # the lesson's own solution cell
 
 
 def sort_by_expert_unstable(topk_idx, num_experts):  # also correct: any grouping works
@@ -51,9 +49,7 @@ def sort_stub(topk_idx, num_experts):
 
 # --- lesson 07: send_splits(topk_idx, num_experts, world_size) -> (W,) ------------------------
 
-def send_splits_solution(topk_idx, num_experts, world_size):
-    owner = topk_idx.reshape(-1) // (num_experts // world_size)  # (N*K,)
-    return torch.bincount(owner, minlength=world_size)
+send_splits_solution = lesson_solution("07", "my_send_splits")  # the lesson's own solution cell
 
 
 def send_splits_round_robin(topk_idx, num_experts, world_size):
@@ -79,11 +75,7 @@ def send_splits_stub(topk_idx, num_experts, world_size):
 
 # --- lesson 07: local_expert_order(recv_counts) -> (R,) --------------------------------------
 
-def local_order_solution(recv_counts):
-    world_size, local_experts = recv_counts.shape
-    chunk_expert = torch.arange(local_experts).repeat(world_size)  # (W * E_local,)
-    expert_of_row = chunk_expert.repeat_interleave(recv_counts.reshape(-1))  # (R,)
-    return torch.argsort(expert_of_row, stable=True)
+local_order_solution = lesson_solution("07", "my_local_expert_order")  # the lesson's own solution cell
 
 
 def local_order_arrival(recv_counts):

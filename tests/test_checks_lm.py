@@ -4,18 +4,14 @@ import math
 
 import pytest
 import torch
+from lesson_sources import lesson_solution
 
-from moe_lab import average_over_layers, load_balancing_loss
 from moe_lab.checks.lm import check_average_aux_loss, check_mutual_information
 
 # ---------------------------------------------------------------- averaged aux loss
 
 
-def aux_solution(router_probs_per_layer, topk_idx_per_layer, mask=None):
-    """The package's answer (the notebook's own solution cell is checked by nbval)."""
-    return average_over_layers([load_balancing_loss(p, i, mask)
-                                for p, i in zip(router_probs_per_layer, topk_idx_per_layer,
-                                                strict=True)])
+aux_solution = lesson_solution("05", "model_aux_loss")  # the lesson's own solution cell
 
 
 def aux_summed(probs, idx, mask=None):
@@ -70,12 +66,7 @@ def test_aux_stub_is_not_implemented(capsys):
 # ---------------------------------------------------------------- mutual information
 
 
-def mi_solution(counts):
-    p = counts / counts.sum()  # (L, E)
-    p_l = p.sum(dim=1, keepdim=True)  # (L, 1)
-    p_e = p.sum(dim=0, keepdim=True)  # (1, E)
-    nz = p > 0
-    return (p[nz] * torch.log2(p[nz] / (p_l * p_e)[nz])).sum()
+mi_solution = lesson_solution("05", "mutual_info")  # the lesson's own solution cell
 
 
 def mi_nats(counts):

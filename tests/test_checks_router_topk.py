@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from lesson_sources import lesson_solution
 
 from moe_lab.checks.router import check_jitter, check_noisy_topk_logits, check_router_probs
 from moe_lab.checks.topk import (
@@ -20,9 +21,7 @@ from moe_lab.checks.topk import (
 # ------------------------------------------------------------------ lesson 01: router probs
 
 
-def router_probs_solution(x, weight):
-    router_logits = x.float() @ weight.float().T
-    return torch.softmax(router_logits, dim=-1)
+router_probs_solution = lesson_solution("01", "router_probs")  # the lesson's own solution cell
 
 
 def router_probs_double_softmax(x, weight):
@@ -48,12 +47,7 @@ def router_probs_no_transpose(x, weight):
 # ------------------------------------------------------------------ lesson 01: noisy top-k
 
 
-def noisy_solution(x, w_gate, w_noise, training):
-    router_logits = x @ w_gate.T
-    if not training:
-        return router_logits
-    noise_std = F.softplus(x @ w_noise.T)
-    return router_logits + torch.randn_like(router_logits) * noise_std
+noisy_solution = lesson_solution("01", "noisy_topk_logits")  # the lesson's own solution cell
 
 
 def noisy_on_in_eval(x, w_gate, w_noise, training):
@@ -79,10 +73,7 @@ def noisy_unit_std(x, w_gate, w_noise, training):
 # ------------------------------------------------------------------ lesson 01: jitter
 
 
-def jitter_solution(x, eps, training):
-    if not training:
-        return x
-    return x * torch.empty_like(x).uniform_(1 - eps, 1 + eps)
+jitter_solution = lesson_solution("01", "jitter")  # the lesson's own solution cell
 
 
 def jitter_on_in_eval(x, eps, training):
@@ -104,10 +95,7 @@ def jitter_never(x, eps, training):
 # ------------------------------------------------------------------ lesson 02: top-k
 
 
-def topk_solution(router_logits, top_k):
-    router_probs = torch.softmax(router_logits, dim=-1)
-    topk_probs, topk_idx = torch.topk(router_probs, top_k, dim=-1)
-    return topk_idx, topk_probs / topk_probs.sum(dim=-1, keepdim=True)
+topk_solution = lesson_solution("02", "route_topk")  # the lesson's own solution cell
 
 
 def topk_solution_softmax_of_topk_logits(router_logits, top_k):
@@ -140,8 +128,7 @@ def topk_swapped(router_logits, top_k):
     return weights, idx
 
 
-def tokens_per_expert_solution(topk_idx, num_experts):
-    return torch.bincount(topk_idx.reshape(-1), minlength=num_experts)
+tokens_per_expert_solution = lesson_solution("02", "tokens_per_expert")  # the lesson's own solution cell
 
 
 def tokens_per_expert_no_minlength(topk_idx, num_experts):
@@ -156,8 +143,7 @@ def tokens_per_expert_one_hot_wrong_axis(topk_idx, num_experts):
     return F.one_hot(topk_idx, num_experts).sum(0)  # (K, E)
 
 
-def capacity_solution(capacity_factor, num_tokens, top_k, num_experts):
-    return math.ceil(capacity_factor * num_tokens * top_k / num_experts)
+capacity_solution = lesson_solution("02", "capacity")  # the lesson's own solution cell
 
 
 def capacity_floor(capacity_factor, num_tokens, top_k, num_experts):
@@ -185,10 +171,7 @@ def _positions(flat_expert, num_experts):
     return (one_hot.cumsum(0) - 1)[torch.arange(flat_expert.numel()), flat_expert]  # (M,)
 
 
-def keep_mask_solution(topk_idx, num_experts, capacity):
-    num_tokens, top_k = topk_idx.shape
-    position = _positions(topk_idx.reshape(-1), num_experts)
-    return (position < capacity).view(num_tokens, top_k)
+keep_mask_solution = lesson_solution("02", "keep_mask")  # the lesson's own solution cell
 
 
 def keep_mask_le(topk_idx, num_experts, capacity):

@@ -1,4 +1,4 @@
-"""The way through the package goes one direction (DESIGN.md section 3): the core imports no
+"""The way through the package goes one direction (docs/architecture.md, section 2): the core imports no
 plotting, widgets, checks or training; figures know no widget; nothing imports a notebook."""
 
 import ast

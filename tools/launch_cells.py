@@ -1,6 +1,6 @@
-"""Put the launch cells at the top of every lesson: an "Open in Colab" badge and a setup cell
-that installs the package only when running in Google Colab. The repository is named here, once;
-run this after changing it (and after adding a lesson), then regenerate the outputs:
+"""Put the launch cells at the top of every lesson source: an "Open in Colab" badge and a setup
+cell that installs the package only when running in Google Colab. The repository is named here,
+once; run this after changing it (and after adding a lesson), then regenerate the notebooks:
 
     python tools/launch_cells.py && python tools/run_notebooks.py
 """
@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 import nbformat
+
+from lessons import lesson_sources, read_source, write_source
 
 REPOSITORY = "moe-lab/moe-lab"  # owner/name on GitHub: the one place the URL is set
 BRANCH = "main"
@@ -32,8 +34,7 @@ if "google.colab" in sys.modules:
                     "moe-lab @ git+https://github.com/{REPOSITORY}@{BRANCH}"], check=True)
     from google.colab import output
 
-    output.enable_custom_widget_manager()
-'''
+    output.enable_custom_widget_manager()'''
 
 
 def colab_url(notebook: str) -> str:
@@ -51,19 +52,21 @@ def badge_markdown(notebook: str) -> str:
             f"[![Binder](https://mybinder.org/badge_logo.svg)]({binder_url(notebook)})")
 
 
-def add_launch_cells(path: Path) -> None:
-    nb = nbformat.read(path, as_version=4)
+def add_launch_cells(source: Path) -> None:
+    """Put the two launch cells first in a lesson source (``lessons/NN_name.py``)."""
+    nb = read_source(source)
+    notebook = source.stem + ".ipynb"
     launch = [c for c in nb.cells if TAG in c.metadata.get("tags", [])]
-    if [c.source for c in launch] == [badge_markdown(path.name), SETUP_CODE] \
+    if [c.source for c in launch] == [badge_markdown(notebook), SETUP_CODE] \
             and nb.cells[:2] == launch:
-        return  # already in place: leave the file (and its cell ids) untouched
+        return  # already in place: leave the file untouched
     nb.cells = [c for c in nb.cells if TAG not in c.metadata.get("tags", [])]
-    badge = nbformat.v4.new_markdown_cell(badge_markdown(path.name))
+    badge = nbformat.v4.new_markdown_cell(badge_markdown(notebook))
     setup = nbformat.v4.new_code_cell(SETUP_CODE)
     for cell in (badge, setup):
         cell.metadata["tags"] = [TAG]
     nb.cells[:0] = [badge, setup]
-    nbformat.write(nb, path)
+    write_source(nb, source)
 
 
 README_BADGES = re.compile(r"<!-- launch-badges -->.*?<!-- /launch-badges -->", re.S)
@@ -80,9 +83,9 @@ def update_readme(path: Path = ROOT / "README.md") -> None:
 
 
 def main() -> int:
-    for path in sorted((ROOT / "notebooks").glob("[0-9]*.ipynb")):
-        add_launch_cells(path)
-        print(f"launch cells: {path.name}")
+    for source in lesson_sources():
+        add_launch_cells(source)
+        print(f"launch cells: {source.name}")
     update_readme()
     return 0
 

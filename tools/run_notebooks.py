@@ -1,13 +1,14 @@
-"""Execute lessons in place so their stored outputs are their own (the outputs nbval compares).
+"""Regenerate lessons: each source becomes its notebook, executed, with its own outputs stored.
 
-    python tools/run_notebooks.py                      # every notebooks/[0-9]*.ipynb
-    python tools/run_notebooks.py notebooks/03_*.ipynb # some of them
-    python tools/run_notebooks.py --check              # run, report, but do not write
+    python tools/run_notebooks.py                            # every lesson
+    python tools/run_notebooks.py lessons/03_weighted_sum.py # one (a notebook path works too)
+    python tools/run_notebooks.py --check lessons/03_*.py    # run and report, write nothing
 
-For each notebook it prints the wall time and the kernel's peak memory: the largest sum of the
-resident memory of the kernel and every process it started (lesson 07's ranks), sampled every
-0.1 s. It strips widget state (``metadata.widgets``, megabytes per FigureWidget) and writes the
-notebook back.
+The cells come from the text source ``lessons/NN_name.py`` (tools/lessons.py); the notebook
+``notebooks/NN_name.ipynb`` is rebuilt from it, so a notebook never drifts from its source. For
+each lesson it prints the wall time and the kernel's peak memory: the largest sum of the resident
+memory of the kernel and every process it started (lesson 07's ranks), sampled every 0.1 s. It
+strips widget state (``metadata.widgets``, megabytes per widget) before writing.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import nbformat
 import psutil
 from nbclient import NotebookClient
 
-ROOT = Path(__file__).resolve().parents[1]
+from lessons import lesson_sources, notebook_of, read_source, source_of
 
 
 class PeakMemory:
@@ -59,8 +60,10 @@ def strip_widget_state(nb: nbformat.NotebookNode) -> None:
         cell.metadata.pop("execution", None)
 
 
-def run_notebook(path: Path, *, write: bool, timeout: int) -> tuple[float, float]:
-    nb = nbformat.read(path, as_version=4)
+def run_lesson(source: Path, *, write: bool, timeout: int) -> tuple[float, float]:
+    """Build the notebook from its source, execute it in a fresh kernel, write it."""
+    nb = read_source(source)
+    path = notebook_of(source)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()
@@ -75,14 +78,18 @@ def run_notebook(path: Path, *, write: bool, timeout: int) -> tuple[float, float
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("notebooks", nargs="*", type=Path)
+    parser.add_argument("lessons", nargs="*", type=Path,
+                        help="lesson sources (lessons/NN_*.py) or their notebooks; default: all")
     parser.add_argument("--check", action="store_true", help="run and report, do not write")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
     args = parser.parse_args(argv)
-    paths = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
-    for path in paths:
-        seconds, peak_mb = run_notebook(path, write=not args.check, timeout=args.timeout)
-        print(f"{path.name}: {seconds:6.1f} s, kernel + workers peak RSS {peak_mb:7.1f} MB", flush=True)
+    sources = [source_of(p) if p.suffix == ".ipynb" else p.resolve() for p in args.lessons]
+    for source in sources or lesson_sources():
+        if not source.exists():
+            parser.error(f"no lesson source {source}")
+        seconds, peak_mb = run_lesson(source, write=not args.check, timeout=args.timeout)
+        print(f"{source.stem}: {seconds:6.1f} s, kernel + workers peak RSS {peak_mb:7.1f} MB",
+              flush=True)
     return 0
 
 
