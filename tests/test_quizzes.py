@@ -1,0 +1,255 @@
+"""The quiz files (moe_lab/quizzes/NN.yaml): every file loads and validates, computed answers
+equal the package's exact values, broken files are refused naming the file and the question,
+and grading marks right, wrong and unreadable answers."""
+
+import copy
+import json
+import re
+from fnmatch import fnmatch
+from pathlib import Path
+
+import pytest
+
+from moe_lab.quizzes import (
+    LANGUAGES,
+    QuizFormatError,
+    grade,
+    load_all,
+    load_quiz,
+    parse_number,
+    parse_quiz,
+    quiz_files,
+)
+from moe_lab.quizzes import answers as computed
+
+ROOT = Path(__file__).resolve().parents[1]
+FILES = quiz_files()
+
+
+def headings(lesson: str) -> set[str]:
+    """The markdown headings of a lesson (its text source if there is one, else its notebook)."""
+    source = next(iter((ROOT / "lessons").glob(f"{lesson}.py")), None)
+    if source is not None:
+        lines = [line[2:] for line in source.read_text(encoding="utf-8").splitlines()
+                 if line.startswith("# #")]
+    else:
+        cells = json.loads((ROOT / "notebooks" / f"{lesson}.ipynb").read_text(encoding="utf-8"))
+        lines = [line for cell in cells["cells"] if cell["cell_type"] == "markdown"
+                 for line in "".join(cell["source"]).splitlines()]
+    return {line.lstrip("#").strip() for line in lines if line.startswith("#")}
+
+
+def test_there_are_quiz_files_and_the_package_ships_them():
+    assert FILES, "no quiz files"
+    # the package-data line of pyproject.toml (tomllib needs Python 3.11; the course runs on 3.10)
+    line = re.search(r'^moe_lab = \[(.*)\]$', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    package_data = re.findall(r'"([^"]+)"', line)
+    for path in FILES + [ROOT / "moe_lab" / "quizzes" / "README.md"]:
+        relative = path.relative_to(ROOT / "moe_lab").as_posix()
+        assert any(fnmatch(relative, pattern) for pattern in package_data), relative
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_every_file_validates_in_both_languages(path):
+    quiz = load_quiz(path)
+    assert path.stem == quiz.lesson[:2]
+    assert (ROOT / "notebooks" / f"{quiz.lesson}.ipynb").is_file() or \
+        (ROOT / "lessons" / f"{quiz.lesson}.py").is_file(), quiz.lesson
+    if quiz.lesson[:2] != "10":
+        assert 4 <= len(quiz.questions) <= 8, len(quiz.questions)
+    for question in quiz.questions:
+        for lang in LANGUAGES:
+            assert question.prompt.get(lang) and question.explanation.get(lang)
+        if question.kind == "choice":
+            assert question.answer in [o.id for o in question.options]
+        elif question.kind == "numeric":
+            # a right answer, typed as the learner would, is marked right; a far one wrong
+            assert grade(question, repr(question.answer)).correct is True
+            assert grade(question, repr(question.answer * 2 + 1)).correct is False
+        else:
+            assert question.answer.en and question.answer.ko
+        # "{answer}" is filled in for numeric questions and means nothing elsewhere
+        assert "{answer}" not in question.prompt.en + question.prompt.ko + \
+            question.explanation.en + question.explanation.ko, question.id
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_see_links_point_at_a_heading_of_a_lesson(path):
+    for question in load_quiz(path).questions:
+        for point in question.key_points:
+            if point.see is None:
+                continue
+            lesson, heading = point.see.split("#", 1)
+            assert heading in headings(lesson), f"{question.id}: {point.see}"
+
+
+def test_quizzes_mix_the_three_kinds_over_the_course():
+    kinds = {q.kind for quiz in load_all() for q in quiz.questions}
+    assert kinds == {"choice", "numeric", "short"}
+
+
+# ---- computed answers: the package's exact values at known points -------------------------
+
+@pytest.mark.parametrize("num_experts,top_k", [(2, 1), (8, 1), (8, 2), (64, 8), (3, 2)])
+def test_uniform_aux_loss_is_one(num_experts, top_k):
+    assert computed.aux_loss_at_uniform_routing(num_experts, top_k) == pytest.approx(1.0)
+    assert computed.hf_mixtral_aux_loss_at_uniform_routing(num_experts, top_k) == \
+        pytest.approx(top_k)
+
+
+@pytest.mark.parametrize("num_experts", [2, 8, 64])
+def test_collapsed_aux_loss_is_e(num_experts):
+    assert computed.aux_loss_at_collapse(num_experts) == pytest.approx(num_experts)
+
+
+def test_other_computed_answers_at_known_points():
+    import math
+    assert computed.z_loss_of_constant_logits(8) == pytest.approx(math.log(8) ** 2)
+    assert computed.capacity(1.25, 4096, 2, 8) == 1280  # ceil(1.25 * 4096 * 2 / 8)
+    assert computed.capacity(1.0, 10, 1, 4) == 3  # ceil(2.5)
+    assert computed.expert_params(4096, 14336) == 3 * 4096 * 14336
+    assert computed.mixtral_params_billions("total") == 46.7  # Jiang et al. 2024
+    assert computed.mixtral_params_billions("active") == 12.9
+    with pytest.raises(ValueError, match="which"):
+        computed.mixtral_params_billions("stored")
+
+
+# ---- broken files are refused ---------------------------------------------------------------
+
+GOOD = {
+    "lesson": "04_load_balancing",
+    "title": {"en": "t", "ko": "제목"},
+    "questions": [
+        {"id": "c", "kind": "choice", "prompt": {"en": "p", "ko": "문"},
+         "options": [{"id": "a", "en": "A", "ko": "가"}, {"id": "b", "en": "B", "ko": "나"}],
+         "answer": "a", "explanation": {"en": "e", "ko": "설"}},
+        {"id": "n", "kind": "numeric", "prompt": {"en": "p", "ko": "문"},
+         "answer": {"compute": "moe_lab.compute_capacity",
+                    "args": {"capacity_factor": 1.0, "num_tokens": 10, "top_k": 1,
+                             "num_experts": 4}},
+         "explanation": {"en": "e", "ko": "설"}},
+        {"id": "s", "kind": "short", "prompt": {"en": "p", "ko": "문"},
+         "answer": {"en": "m", "ko": "모"}, "explanation": {"en": "e", "ko": "설"}},
+    ],
+}
+
+
+def broken(edit):
+    raw = copy.deepcopy(GOOD)
+    edit(raw)
+    return raw
+
+
+def test_the_good_example_parses_and_computes_through_a_dotted_name():
+    quiz = parse_quiz(GOOD)
+    numeric = quiz.question("n")
+    assert numeric.answer == 3.0
+    assert numeric.answer_source.startswith("moe_lab.compute_capacity(")
+
+
+def test_answer_placeholder_is_the_computed_value():
+    raw = copy.deepcopy(GOOD)
+    raw["questions"][1]["explanation"] = {"en": "C = {answer} slots", "ko": "C = {answer}개"}
+    raw["questions"][1]["answer"]["args"]["num_tokens"] = 4000  # ceil(4000 / 4) = 1000
+    numeric = parse_quiz(raw).question("n")
+    assert numeric.explanation == type(numeric.explanation)(en="C = 1,000 slots", ko="C = 1,000개")
+
+
+BROKEN = [
+    ("missing ko", lambda r: r["questions"][0]["prompt"].pop("ko"), r"question 0 \(c\).*\['ko'\]"),
+    ("empty en", lambda r: r["questions"][2]["answer"].update(en="  "), r"\(s\) answer.*\['en'\]"),
+    ("no explanation", lambda r: r["questions"][1].pop("explanation"), r"\(n\): missing explanation"),
+    ("answer not an option", lambda r: r["questions"][0].update(answer="z"), "not among the options"),
+    ("one option", lambda r: r["questions"][0]["options"].pop(), "at least two options"),
+    ("repeated option ids", lambda r: r["questions"][0]["options"][1].update(id="a"), "repeat"),
+    ("option lacks ko", lambda r: r["questions"][0]["options"][1].pop("ko"), r"option b"),
+    ("unknown kind", lambda r: r["questions"][0].update(kind="essay"), "kind must be one of"),
+    ("typo key", lambda r: r["questions"][0].update(explaination={}), "unknown keys"),
+    ("repeated ids", lambda r: r["questions"][1].update(id="c"), "question ids repeat"),
+    ("not a number", lambda r: r["questions"][1].update(answer="1.0"), "finite number"),
+    ("nan", lambda r: r["questions"][1].update(answer=float("nan")), "finite number"),
+    ("bool", lambda r: r["questions"][1].update(answer=True), "finite number"),
+    ("unknown function", lambda r: r["questions"][1]["answer"].update(compute="no_such"), "no function"),
+    ("outside the package", lambda r: r["questions"][1]["answer"].update(compute="os.getcwd"),
+     "moe_lab function"),
+    ("bad args", lambda r: r["questions"][1]["answer"]["args"].update(top_k="x"), "raised"),
+    ("negative tolerance", lambda r: r["questions"][1].update(tolerance=-1), "tolerance must be"),
+    ("options on numeric", lambda r: r["questions"][1].update(options=[]), "only a choice"),
+    ("bad see", lambda r: r["questions"][2].update(key_points=[{"en": "k", "ko": "요", "see": "04"}]),
+     "NN_slug#Heading"),
+    ("no questions", lambda r: r.update(questions=[]), "non-empty list"),
+    ("bad lesson", lambda r: r.update(lesson="load_balancing"), "NN_slug"),
+    ("no title", lambda r: r.pop("title"), "title"),
+]
+
+
+@pytest.mark.parametrize("edit,match", [(e, m) for _, e, m in BROKEN], ids=[b[0] for b in BROKEN])
+def test_broken_quizzes_are_refused_naming_the_question(edit, match):
+    with pytest.raises(QuizFormatError, match=match):
+        parse_quiz(broken(edit))
+
+
+def test_file_named_for_another_lesson_is_refused(tmp_path):
+    import yaml
+    path = tmp_path / "03.yaml"
+    path.write_text(yaml.safe_dump(GOOD, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(QuizFormatError, match="named NN.yaml"):
+        load_quiz(path)
+    with pytest.raises(TypeError, match="lesson must be"):
+        load_quiz(4.0)
+    with pytest.raises(FileNotFoundError, match="no quiz file"):
+        load_quiz(99)
+
+
+# ---- grading --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,value", [("1", 1.0), (" 2e-3 ", 2e-3), ("1,024", 1024.0),
+                                        ("-0.5", -0.5), (".5", 0.5), ("", None), ("nan", None),
+                                        ("1/2", None), ("inf", None), ("one", None)])
+def test_parse_number(text, value):
+    assert parse_number(text) == value
+
+
+def test_grading_marks_right_wrong_and_unreadable():
+    quiz = parse_quiz(GOOD)
+    choice, numeric, short = quiz.questions
+    assert grade(choice, "a").correct is True and not grade(choice, "a").show_explanation
+    wrong = grade(choice, "b")
+    assert wrong.correct is False and wrong.show_explanation
+    assert grade(choice, None).correct is None
+    with pytest.raises(ValueError, match="option ids"):
+        grade(choice, "z")
+    assert grade(numeric, "3").correct is True
+    assert grade(numeric, "3.5").correct is False
+    assert grade(numeric, "three").correct is None
+    assert grade(short, "   ").correct is None and not grade(short, "").show_explanation
+    assert grade(short, "my answer").show_explanation
+
+
+# ---- lesson 10: the starting card's questions ------------------------------------------------
+
+def test_lesson_10_quotes_the_card_questions_and_answers_as_its_quiz_holds_them():
+    source = ROOT / "lessons" / "10_review_and_interview.py"
+    text = source.read_text(encoding="utf-8")
+    markdown = "\n".join(line[2:] for line in text.splitlines() if line.startswith("# "))
+    card = load_quiz(10)
+    assert len(card.questions) == 3
+    for question in card.questions:
+        assert question.kind == "short" and len(question.key_points) >= 3
+        # verbatim Korean: as a question in section 1 and in the <details> of section 5
+        assert markdown.count(question.prompt.ko) >= 2, question.id
+        assert question.answer.ko in markdown and question.prompt.en in markdown, question.id
+        assert all(point.see for point in question.key_points), question.id
+
+
+def test_review_draws_one_marked_question_per_lesson():
+    from moe_lab.quizzes import review_questions
+    review = review_questions(seed=0)
+    lessons = [quiz.lesson[:2] for quiz in load_all() if quiz.lesson[:2] != "10"]
+    assert [q.id.split(":")[0] for q in review] == lessons
+    assert all(q.kind in ("choice", "numeric") and q.prompt.en.startswith(f"[{q.id[:2]}] ")
+               for q in review)
+    assert review_questions(seed=0) == review  # seeded: the same every run
+    assert len(review_questions(per_lesson=2)) == 2 * len(lessons)
+    with pytest.raises(ValueError, match="per_lesson"):
+        review_questions(per_lesson=0)
