@@ -180,6 +180,12 @@ def load_imbalance(routing: ModelRouting, domains: tuple[str, ...] = COMMON_DOMA
     return rows
 
 
+def max_over_mean_at(model: str, domain: str, layer: int) -> float:
+    """Max/mean load of a shipped model ("olmoe" or "mistral") at one layer on one domain."""
+    routing = load_real_routing()[model]
+    return max_over_mean_load(routing.expert_counts[domain][routing.layer_index(layer)])
+
+
 def domain_specialisation(routing: ModelRouting, layer: int,
                           domains: tuple[str, ...] = COMMON_DOMAINS) -> torch.Tensor:
     """(D, E): the % of each domain's tokens that chose each expert at that layer (OLMoE paper,

@@ -52,7 +52,7 @@ def _grouped_choice(scores: torch.Tensor, top_k: int, num_groups: int, topk_grou
 
 
 GROUP_CASES = ((24, 16, 4, 4, 2), (32, 12, 3, 3, 1), (16, 32, 8, 8, 4), (9, 8, 2, 2, 1),
-               (10, 8, 1, 3, 1))  # (N, E, G, K, topk_groups); the last: no limit at all
+               (1, 8, 4, 2, 2), (10, 8, 1, 3, 1))  # (N, E, G, K, topk_groups); last: no limit
 
 
 @checker("check_group_limited_topk")
@@ -104,7 +104,7 @@ def check_group_limited_topk(fn: Callable[[torch.Tensor, int, int, int], object]
 
 # ----------------------------------------------------------------------------- Llama 4
 
-INPUT_CASES = ((10, 8, 12, 4, 1), (12, 8, 16, 6, 2), (7, 4, 8, 4, 3))  # (N, D, F, E, K)
+INPUT_CASES = ((10, 8, 12, 4, 1), (12, 8, 16, 6, 2), (7, 4, 8, 4, 3), (1, 8, 12, 4, 2))  # (N, D, F, E, K)
 
 
 @checker("check_input_weighted_combine")
@@ -130,11 +130,12 @@ def check_input_weighted_combine(fn: Callable[..., object]) -> None:
                                 layer.experts, case)
         expect_close(got.detach() if isinstance(got, torch.Tensor) else got, expected.detach(),
                      f"{case}: y")
-        if not got.requires_grad:
+        if got.requires_grad:
+            got.square().sum().backward()
+        if weights.grad is None:
             raise CheckFailed(f"{case}: y does not depend on topk_weights in autograd: the router "
                               "learns through them, so keep them in the graph (no .detach(), "
                               ".item() or torch.no_grad()).")
-        got.square().sum().backward()
         expected_grad = torch.autograd.grad(expected.square().sum(), routing.topk_weights)[0]
         expect_close(weights.grad, expected_grad, f"{case}: the gradient of topk_weights",
                      hint="the weight multiplies the expert's input, inside the expert.")
