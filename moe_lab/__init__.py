@@ -27,6 +27,9 @@ Where each piece is introduced in the course (the core first, then what stands o
     specialisation  language x expert counts, mutual information           notebooks/05
     bench         ``python -m moe_lab.bench``                  notebooks/06
     parallel      expert parallelism over torch.distributed    notebooks/07
+    interop       transformers MoE blocks -> SparseMoE          notebooks/09
+    real_routing  OLMoE / Mixtral expert counts, their stats  notebooks/09
+    placement     experts on devices: packing, replication    notebooks/09
     viz, widgets  figures from plain data; live widgets on top of them
     checks        the exercise checkers, ``moe_lab.checks.check_*``
 
