@@ -218,6 +218,19 @@ FAMILIES = (
 SUPPORTED_BLOCKS = tuple(f.block for f in FAMILIES)
 
 
+SUPPORTED_MAJOR = 5  # transformers>=5.0,<6: the fused expert tensors read below
+
+
+def _require_supported_transformers() -> None:
+    """A clear error on a transformers whose blocks store experts differently (4.x: a ModuleList)."""
+    import transformers  # lesson 09 only
+
+    major = int(transformers.__version__.split(".")[0])
+    if major != SUPPORTED_MAJOR:
+        raise ImportError(f"moe_lab.interop reads transformers {SUPPORTED_MAJOR}.x blocks, found "
+                          f"transformers {transformers.__version__}: pip install 'transformers>=5,<6'")
+
+
 def family_of(block: object) -> Family:
     """The family of a transformers MoE block; a TypeError naming what was given otherwise."""
     for family in FAMILIES:
@@ -236,6 +249,7 @@ def from_transformers(block: nn.Module) -> SparseMoE:
     block's output on x of shape (B, T, D), ``layer(x).router.topk_idx`` the experts it chose.
     """
     family = family_of(block)
+    _require_supported_transformers()
     with torch.no_grad():
         layer = family.convert(block)
     dtype = next(block.parameters()).dtype
@@ -280,6 +294,12 @@ class Conventions:
     weights_on: str
 
 
+def _activation_name(experts: Experts) -> str:
+    name = {"swiglu": "SwiGLU", "clamped_swiglu": f"clamped SwiGLU (limit {experts.swiglu_limit:g})"}
+    biases = " + biases" if experts.b_up is not None else ""
+    return name.get(experts.activation, experts.activation) + biases
+
+
 def conventions(block: nn.Module) -> Conventions:
     """The conventions of a block, read off the options of its converted layer."""
     family, layer = family_of(block), from_transformers(block)
@@ -299,9 +319,7 @@ def conventions(block: nn.Module) -> Conventions:
         group_limit=(f"best {router.topk_groups} of {router.num_groups} groups"
                      if router.num_groups > 1 else "-"),
         shared_expert=shared,
-        activation={"swiglu": "SwiGLU", "clamped_swiglu": f"clamped SwiGLU (limit {experts.swiglu_limit:g})"
-                    + (" + biases" if experts.b_up is not None else "")}.get(experts.activation,
-                                                                            experts.activation),
+        activation=_activation_name(experts),
         weights_on="expert input" if layer.weight_inputs else "expert output",
     )
 
@@ -336,7 +354,8 @@ def tiny_block(family: str, *, d_model: int = 16, seed: int = 0, scale: float = 
     names = {f.name: f for f in FAMILIES}
     if family not in names:
         raise ValueError(f"family must be one of {tuple(names)}, got {family!r}")
-    import transformers  # lesson 09 only
+    _require_supported_transformers()
+    import transformers
 
     config_name, defaults = _TINY[family]
     # the eager experts (the per-expert loop read in the sources) unless the caller picks another

@@ -153,3 +153,14 @@ def test_non_silu_experts_are_refused():
 def test_tiny_block_checks_the_family():
     with pytest.raises(ValueError, match="family"):
         tiny_block("Switch")
+
+
+def test_an_unsupported_transformers_is_named(monkeypatch):
+    import transformers
+
+    block = tiny_block("OLMoE")
+    monkeypatch.setattr(transformers, "__version__", "4.57.1")
+    with pytest.raises(ImportError, match="4.57.1"):
+        from_transformers(block)
+    with pytest.raises(ImportError, match="transformers>=5"):
+        tiny_block("OLMoE")
