@@ -14,24 +14,18 @@ converter reads the fused expert tensors of the 5.x blocks (``experts.gate_up_pr
 
 The seven families, as read in transformers 5.24.0 (``models/<name>/modeling_<name>.py``):
 
-==========  ======================  ========================================================
-family      block                   conventions
-==========  ======================  ========================================================
-Mixtral     MixtralSparseMoeBlock   softmax, top-k, renormalise; SwiGLU
-Qwen2-MoE   Qwen2MoeSparseMoeBlock  softmax, top-k, renormalise iff ``norm_topk_prob``;
-                                    + one shared expert scaled by sigmoid(x w_sg)
-Qwen3-MoE   Qwen3MoeSparseMoeBlock  as Qwen2-MoE without the shared expert
-OLMoE       OlmoeSparseMoeBlock     softmax, top-k, ``norm_topk_prob`` (False in OLMoE-1B-7B)
-DeepSeek-V3 DeepseekV3MoE           sigmoid; ``e_score_correction_bias`` for the choice only;
-                                    group-limited top-k (``n_group``, ``topk_group``; group
-                                    score = sum of its top-2); renormalise;
-                                    x ``routed_scaling_factor``; + ``n_shared_experts``
-gpt-oss     GptOssMLP               logits with a bias; top-k of the logits, softmax over the
-                                    K (= softmax, top-k, renormalise); clamped SwiGLU with
-                                    biases, gate/up interleaved in ``gate_up_proj``
-Llama 4     Llama4TextMoe           top-k of the logits, sigmoid of those (no renormalising);
-                                    the score scales the expert's INPUT; + one shared expert
-==========  ======================  ========================================================
+- Mixtral (``MixtralSparseMoeBlock``): softmax, top-k, renormalise; SwiGLU experts.
+- Qwen2-MoE (``Qwen2MoeSparseMoeBlock``): softmax, top-k, renormalise iff ``norm_topk_prob``;
+  plus one shared expert of its own width scaled by sigmoid(x w_sg).
+- Qwen3-MoE (``Qwen3MoeSparseMoeBlock``): as Qwen2-MoE, without the shared expert.
+- OLMoE (``OlmoeSparseMoeBlock``): softmax, top-k, ``norm_topk_prob`` (False by default in ``OlmoeConfig``).
+- DeepSeek-V3 (``DeepseekV3MoE``): sigmoid scores; ``e_score_correction_bias`` for the choice
+  only; group-limited top-k (``n_group``, ``topk_group``; a group scores the sum of its top-2);
+  renormalise; times ``routed_scaling_factor``; plus ``n_shared_experts`` ungated shared experts.
+- gpt-oss (``GptOssMLP``): logits with a bias; top-k of the logits, softmax over the K (= softmax,
+  top-k, renormalise); clamped SwiGLU with biases, gate and up interleaved in ``gate_up_proj``.
+- Llama 4 (``Llama4TextMoe``): top-k of the logits, sigmoid of those (no renormalising); the score
+  scales the expert's INPUT; plus one ungated shared expert.
 
 Not converted (say so rather than guess): training-time noise (Mixtral's ``router_jitter_noise``
 multiplies the whole block input; our jitter touches the router only), so parity is in
