@@ -535,8 +535,12 @@ for domain in COMMON_DOMAINS:
 # NBVAL_IGNORE_OUTPUT
 from moe_lab.widgets.real_routing import RealRoutingExplorer
 
-explorer = RealRoutingExplorer(real, model="olmoe", view="co-activation")
+explorer = RealRoutingExplorer(real, model="olmoe", view="domain specialisation")
 explorer
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+RealRoutingExplorer(real, model="olmoe", view="co-activation")
 
 # %% [markdown]
 # How much the earlier layer's choice tells about the later one, in bits (mutual information of

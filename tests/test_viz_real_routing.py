@@ -17,16 +17,17 @@ def test_specialisation_table_is_the_share_per_domain(real):
     table = real_routing_table(real["mistral"], "domain specialisation", 2)
     assert torch.tensor(table.z).shape == (5, 8) and table.reference == 25.0
     torch.testing.assert_close(torch.tensor(table.z, dtype=torch.float64),
-                               domain_specialisation(real["mistral"], 15))
+                               domain_specialisation(real["mistral"], 15), atol=5e-3, rtol=0)
     # each domain's row sums to 100 K percent
-    torch.testing.assert_close(torch.tensor(table.z).sum(1), torch.full((5,), 200.0, dtype=torch.float32))
+    torch.testing.assert_close(torch.tensor(table.z).sum(1), torch.full((5,), 200.0), atol=0.05, rtol=0)
     assert "layer 15" in table.title
 
 
 def test_coactivation_table(real):
     table = real_routing_table(real["olmoe"], "co-activation", 0)
     assert len(table.z) == 64 and len(table.z[0]) == 64 and table.reference == 1 / 64
-    torch.testing.assert_close(torch.tensor(table.z, dtype=torch.float64), coactivation(real["olmoe"], 0))
+    torch.testing.assert_close(torch.tensor(table.z, dtype=torch.float64), coactivation(real["olmoe"], 0),
+                               atol=5e-5, rtol=0)
     assert table.row_labels[0] == "L0 E0" and table.column_labels[-1] == "L7 E63"
     figure = real_routing_figure(table)
     assert figure.data[0].type == "heatmap" and figure.layout.title.text == table.title

@@ -22,11 +22,16 @@ class RealRoutingTable:
     """z: rows x columns of values; reference: the uniform-routing value (a dashed colour bar
     tick); labels and title say what was drawn."""
 
-    z: list[list[float]]
+    z: list[list[float]]          # rounded: % to 2 decimals, probabilities to 4
     row_labels: list[str]
     column_labels: list[str]
     reference: float
     title: str
+
+
+def _rounded(values, digits: int) -> list[list[float]]:
+    """Fewer digits than float64 carries: a 64 x 64 heatmap's JSON shrinks fourfold."""
+    return [[round(v, digits) for v in row] for row in values.tolist()]
 
 
 def real_routing_table(routing: ModelRouting, view: str, index: int) -> RealRoutingTable:
@@ -38,14 +43,14 @@ def real_routing_table(routing: ModelRouting, view: str, index: int) -> RealRout
     if view == "domain specialisation":
         layer = routing.layers[index]
         share = domain_specialisation(routing, layer)  # (D, E) %
-        return RealRoutingTable(share.tolist(), list(COMMON_DOMAINS), experts,
+        return RealRoutingTable(_rounded(share, 2), list(COMMON_DOMAINS), experts,
                                 100.0 * routing.top_k / routing.num_experts,
                                 f"{routing.model}, layer {layer}: % of each domain's tokens per "
                                 f"expert (uniform {100.0 * routing.top_k / routing.num_experts:g} %)")
     a, b = routing.crosslayer_pairs[index]
     table = coactivation(routing, index)  # (E, E)
-    return RealRoutingTable(table.tolist(), [f"L{a} {e}" for e in experts], [f"L{b} {e}" for e in experts],
-                            1.0 / routing.num_experts,
+    return RealRoutingTable(_rounded(table, 4), [f"L{a} {e}" for e in experts],
+                            [f"L{b} {e}" for e in experts], 1.0 / routing.num_experts,
                             f"{routing.model}: P(expert at layer {b} | expert at layer {a}), same slot "
                             f"(uniform {1.0 / routing.num_experts:.3g})")
 
