@@ -161,10 +161,8 @@ def _gpt_oss(block: nn.Module) -> SparseMoE:
     router, experts = block.router, block.experts
     num_experts, d_model, two_f = experts.gate_up_proj.shape
     layer = SparseMoE(d_model, two_f // 2, num_experts, router.top_k, normalize=True,
-                      router_bias=True)
-    # gpt-oss's experts: the clamped SwiGLU with its constants, and biases
-    layer.experts = Experts(num_experts, d_model, two_f // 2, activation="clamped_swiglu", bias=True,
-                            swiglu_alpha=experts.alpha, swiglu_limit=experts.limit)
+                      router_bias=True, activation="clamped_swiglu", expert_bias=True,
+                      swiglu_alpha=experts.alpha, swiglu_limit=experts.limit)
     _copy(layer.router.weight, router.weight)
     _copy(layer.router.bias, router.bias)
     # gate_up_proj (E, D, 2F) is used as x @ W: gate = columns 0, 2, 4, ..., up = 1, 3, 5, ...

@@ -26,7 +26,7 @@ widget) can compute the auxiliary losses (:mod:`moe_lab.losses`) and see what wa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -60,6 +60,42 @@ class MoEOutput:
         return int(self.dropped.sum())
 
 
+@dataclass(frozen=True)
+class SparseMoEConfig:
+    """SparseMoE's constructor arguments, stored by the layer: ``SparseMoE.from_config(moe.config)``
+    builds the same layer (then ``load_state_dict`` copies its weights), e.g. on every rank of
+    :mod:`moe_lab.parallel`. ``dispatch``, ``capacity_factor`` and ``weight_inputs`` follow the
+    layer's attributes of those names when they are changed (lesson 03 does)."""
+
+    d_model: int
+    d_ff: int
+    num_experts: int
+    top_k: int
+    dispatch: str = "sorted"
+    capacity_factor: float | None = None
+    activation: str = "swiglu"
+    normalize: bool = True
+    noise: str | None = None
+    router_dtype: torch.dtype = torch.float32
+    scoring: str = "softmax"
+    router_bias: bool = False
+    scaling_factor: float = 1.0
+    num_groups: int = 1
+    topk_groups: int = 1
+    expert_bias: bool = False
+    swiglu_alpha: float = 1.702
+    swiglu_limit: float = 7.0
+    weight_inputs: bool = False
+    num_shared_experts: int = 0
+    shared_d_ff: int | None = None
+    shared_gate: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        """The keyword arguments of ``SparseMoE(**config.to_dict())`` (plain values: saves and
+        loads with ``torch.load(weights_only=True)``)."""
+        return asdict(self)
+
+
 class SparseMoE(nn.Module):
     """A top-k Mixture-of-Experts feed-forward layer.
 
@@ -72,6 +108,7 @@ class SparseMoE(nn.Module):
         router_bias, scaling_factor, num_groups, topk_groups: the router's ``bias``,
             ``scaling_factor`` and group limit (:class:`TopKRouter`; gpt-oss, DeepSeek-V3).
         expert_bias: biases in the experts (:class:`Experts`, gpt-oss).
+        swiglu_alpha, swiglu_limit: the constants of ``activation="clamped_swiglu"`` (gpt-oss).
         weight_inputs: the K weights scale the experts' inputs instead of their outputs (Llama 4).
         num_shared_experts: K_s experts of width F (or ``shared_d_ff``) that run on every token
             (DeepSeekMoE), stored as an :class:`Experts` bank ``shared_experts`` (None when K_s = 0).
@@ -99,6 +136,8 @@ class SparseMoE(nn.Module):
         topk_groups: int = 1,
         expert_bias: bool = False,
         weight_inputs: bool = False,
+        swiglu_alpha: float = 1.702,
+        swiglu_limit: float = 7.0,
         num_shared_experts: int = 0,
         shared_d_ff: int | None = None,
         shared_gate: bool = False,
@@ -109,15 +148,14 @@ class SparseMoE(nn.Module):
         check_positive_int("num_experts", num_experts)
         check_top_k(top_k, num_experts)
         check_choice("dispatch", dispatch, DISPATCH_FUNCTIONS)
-        self.capacity_factor = check_positive_float(
-            "capacity_factor", capacity_factor, allow_none=True)
+        capacity_factor = check_positive_float("capacity_factor", capacity_factor, allow_none=True)
         self.d_model, self.d_ff, self.num_experts, self.top_k = d_model, d_ff, num_experts, top_k
-        self.dispatch, self.weight_inputs = dispatch, bool(weight_inputs)
         self.router = TopKRouter(d_model, num_experts, top_k, normalize=normalize, noise=noise,
                                  router_dtype=router_dtype, scoring=scoring, bias=router_bias,
                                  scaling_factor=scaling_factor, num_groups=num_groups,
                                  topk_groups=topk_groups)
-        self.experts = Experts(num_experts, d_model, d_ff, activation=activation, bias=expert_bias)
+        self.experts = Experts(num_experts, d_model, d_ff, activation=activation, bias=expert_bias,
+                               swiglu_alpha=swiglu_alpha, swiglu_limit=swiglu_limit)
         self.num_shared_experts = check_nonnegative_int("num_shared_experts", num_shared_experts)
         self.shared_d_ff = d_ff if shared_d_ff is None else check_positive_int("shared_d_ff", shared_d_ff)
         self.shared_experts = (Experts(num_shared_experts, d_model, self.shared_d_ff, activation=activation)
@@ -125,6 +163,48 @@ class SparseMoE(nn.Module):
         if shared_gate and not num_shared_experts:
             raise ValueError("shared_gate=True needs num_shared_experts >= 1, got 0")
         self.shared_gate = nn.Linear(d_model, 1, bias=False) if shared_gate else None
+        self.config = SparseMoEConfig(
+            d_model=d_model, d_ff=d_ff, num_experts=num_experts, top_k=top_k, dispatch=dispatch,
+            capacity_factor=capacity_factor, activation=activation, normalize=normalize,
+            noise=noise, router_dtype=router_dtype, scoring=scoring, router_bias=bool(router_bias),
+            scaling_factor=float(scaling_factor), num_groups=num_groups, topk_groups=topk_groups,
+            expert_bias=bool(expert_bias), swiglu_alpha=float(swiglu_alpha),
+            swiglu_limit=float(swiglu_limit), weight_inputs=bool(weight_inputs),
+            num_shared_experts=num_shared_experts, shared_d_ff=shared_d_ff,
+            shared_gate=bool(shared_gate))
+
+    @classmethod
+    def from_config(cls, config: SparseMoEConfig) -> SparseMoE:
+        """A new layer with ``config``'s arguments (fresh weights)."""
+        if not isinstance(config, SparseMoEConfig):
+            raise TypeError(f"config must be a SparseMoEConfig, got {type(config).__name__}")
+        return cls(**config.to_dict())
+
+    @property
+    def dispatch(self) -> str:
+        return self.config.dispatch
+
+    @dispatch.setter
+    def dispatch(self, dispatch: str) -> None:
+        check_choice("dispatch", dispatch, DISPATCH_FUNCTIONS)
+        self.config = replace(self.config, dispatch=dispatch)
+
+    @property
+    def capacity_factor(self) -> float | None:
+        return self.config.capacity_factor
+
+    @capacity_factor.setter
+    def capacity_factor(self, capacity_factor: float | None) -> None:
+        capacity_factor = check_positive_float("capacity_factor", capacity_factor, allow_none=True)
+        self.config = replace(self.config, capacity_factor=capacity_factor)
+
+    @property
+    def weight_inputs(self) -> bool:
+        return self.config.weight_inputs
+
+    @weight_inputs.setter
+    def weight_inputs(self, weight_inputs: bool) -> None:
+        self.config = replace(self.config, weight_inputs=bool(weight_inputs))
 
     def extra_repr(self) -> str:
         text = (f"dispatch={self.dispatch!r}, capacity_factor={self.capacity_factor}, "

@@ -164,3 +164,14 @@ def test_an_unsupported_transformers_is_named(monkeypatch):
         from_transformers(block)
     with pytest.raises(ImportError, match="transformers>=5"):
         tiny_block("OLMoE")
+
+
+@pytest.mark.parametrize("family", [f.name for f in FAMILIES])
+def test_converted_layers_rebuild_from_their_config(family):
+    """parallel's ranks rebuild a layer from layer.config: every convention must be in it."""
+    layer = from_transformers(tiny_block(family, swiglu_limit=1.0) if family == "gpt-oss"
+                              else tiny_block(family))
+    rebuilt = SparseMoE.from_config(layer.config)
+    rebuilt.load_state_dict(layer.state_dict())
+    x = torch.randn(9, 16)
+    torch.testing.assert_close(rebuilt.eval()(x).y, layer.eval()(x).y, rtol=0, atol=0)
