@@ -5,6 +5,8 @@ weighting. Each against a plain loop, outputs and gradients, under every dispatc
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from moe_lab import SparseMoE, TopKRouter
 from moe_lab.dispatch import DISPATCH_STRATEGIES
@@ -34,6 +36,22 @@ def test_group_limited_selection_matches_a_loop(num_experts, num_groups, topk_gr
     idx, _ = topk_routing(scores, top_k, num_groups=num_groups, topk_groups=topk_groups)
     assert sorted(map(sorted, idx.tolist())) == sorted(
         loop_group_limited_topk(scores, top_k, num_groups, topk_groups))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 12), st.integers(1, 4), st.integers(2, 4), st.data())
+def test_group_limited_selection_property(num_tokens, num_groups, group_size, data):
+    """Over shapes: the choice matches the loop, and every chosen expert lies in a kept group."""
+    num_experts = num_groups * group_size
+    topk_groups = data.draw(st.integers(1, num_groups))
+    top_k = data.draw(st.integers(1, topk_groups * group_size))
+    scores = torch.randn(num_tokens, num_experts, generator=torch.Generator().manual_seed(num_tokens))
+    idx, _ = topk_routing(scores, top_k, num_groups=num_groups, topk_groups=topk_groups)
+    assert idx.shape == (num_tokens, top_k)
+    assert sorted(map(sorted, idx.tolist())) == sorted(
+        loop_group_limited_topk(scores, top_k, num_groups, topk_groups))
+    groups_used = [len(set((row // group_size).tolist())) for row in idx]
+    assert all(g <= topk_groups for g in groups_used)
 
 
 def test_group_limit_changes_the_choice_at_a_known_point():
