@@ -152,7 +152,7 @@ for name, (gap, same, conv) in parity.items():
 
 # %% [markdown]
 # Seven blocks, one class: every row is a `SparseMoE` with a few options set (read them with
-# `print(from_transformers(block))`). The tests (`tests/test_interop.py`) repeat this at 19
+# `print(from_transformers(block))`). The tests (`tests/test_interop.py`) repeat this at several
 # configurations and two seeds, and compare the gradients with respect to $x$ too.
 #
 # Two conventions deserve a closer look, because a reimplementation that gets them wrong still
