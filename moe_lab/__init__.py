@@ -35,6 +35,9 @@ Where each piece is introduced in the course (the core first, then what stands o
     parallel      expert parallelism over torch.distributed    notebooks/07
     syncs         count host syncs (CPU waits for the GPU)     issue 14
     gpu_check     ``python -m moe_lab.gpu_check``: the whole course on a GPU
+    interop       transformers MoE blocks -> SparseMoE          notebooks/09
+    real_routing  OLMoE / Mixtral expert counts, their stats  notebooks/09
+    placement     experts on devices: packing, replication    notebooks/09
     viz, widgets  figures from plain data; live widgets on top of them
     checks        the exercise checkers, ``moe_lab.checks.check_*``
 

@@ -7,6 +7,12 @@ For SwiGLU (Shazeer 2020; Mixtral, Qwen-MoE, DeepSeek) expert e computes
 with W_gate, W_up of shape (E, D, F) and W_down of shape (E, F, D). GELU and ReLU experts use
 only W_up and W_down: h = act(x W_up[e]) W_down[e].
 
+gpt-oss (OpenAI 2025, its model card and reference code) uses a clamped SwiGLU with biases
+(``activation="clamped_swiglu", bias=True``): with g = min(x W_gate + b_gate, limit) and
+u = clamp(x W_up + b_up, -limit, limit),
+
+    h = ((u + 1) * g * sigmoid(alpha * g)) W_down[e] + b_down[e]        (alpha 1.702, limit 7)
+
 The weights are stacked along a leading expert axis so that one kernel can run many experts:
 :meth:`Experts.forward_grouped` (contiguous segments, grouped GEMM), :meth:`Experts.forward_padded`
 (a (E, C, D) batch, bmm) and :meth:`Experts.forward_all` (every expert on every token).
@@ -27,16 +33,24 @@ from moe_lab.validation import (
     check_float_tensor,
     check_last_dim,
     check_matches_weights,
+    check_positive_float,
     check_positive_int,
 )
 
-ACTIVATIONS = ("swiglu", "gelu", "relu")
+ACTIVATIONS = ("swiglu", "gelu", "relu", "clamped_swiglu")
+GATED_ACTIVATIONS = ("swiglu", "clamped_swiglu")  # those with a W_gate
 
 
-def _activate(activation: str, gate: torch.Tensor | None, up: torch.Tensor) -> torch.Tensor:
+def _activate(activation: str, gate: torch.Tensor | None, up: torch.Tensor, *,
+              alpha: float = 1.702, limit: float = 7.0) -> torch.Tensor:
     if activation == "swiglu":
         # silu(x W_gate) * (x W_up)
         return F.silu(gate) * up
+    if activation == "clamped_swiglu":
+        # g = min(gate, limit), u = clamp(up, -limit, limit):  (u + 1) * g * sigmoid(alpha * g)
+        gate = gate.clamp(max=limit)
+        up = up.clamp(min=-limit, max=limit)
+        return (up + 1) * (gate * torch.sigmoid(alpha * gate))
     if activation == "gelu":
         return F.gelu(up)
     return F.relu(up)
@@ -106,6 +120,8 @@ class Experts(nn.Module):
     """E feed-forward experts with stacked weights.
 
     SwiGLU: ``w_gate`` (E, D, F), ``w_up`` (E, D, F), ``w_down`` (E, F, D). GELU/ReLU: no ``w_gate``.
+    With ``bias=True`` also ``b_gate`` (E, F) (gated activations), ``b_up`` (E, F), ``b_down`` (E, D).
+    ``swiglu_alpha`` and ``swiglu_limit`` are the constants of ``"clamped_swiglu"`` (gpt-oss).
 
     Not called directly: use one of the ``forward_*`` methods below (or :class:`SparseMoE`).
     Each checks its input first: a float tensor with last dimension D, on the weights' device,
@@ -113,29 +129,51 @@ class Experts(nn.Module):
     """
 
     def __init__(self, num_experts: int, d_model: int, d_ff: int, *,
-                 activation: str = "swiglu") -> None:
+                 activation: str = "swiglu", bias: bool = False,
+                 swiglu_alpha: float = 1.702, swiglu_limit: float = 7.0) -> None:
         super().__init__()
         check_positive_int("num_experts", num_experts)
         check_positive_int("d_model", d_model)
         check_positive_int("d_ff", d_ff)
         check_choice("activation", activation, ACTIVATIONS)
+        check_positive_float("swiglu_alpha", swiglu_alpha)
+        check_positive_float("swiglu_limit", swiglu_limit)
         self.num_experts, self.d_model, self.d_ff = num_experts, d_model, d_ff
         self.activation = activation
+        self.swiglu_alpha, self.swiglu_limit = float(swiglu_alpha), float(swiglu_limit)
 
         def init(fan_in: int, *shape: int) -> nn.Parameter:  # nn.Linear's default bound
             bound = 1.0 / math.sqrt(fan_in)
             return nn.Parameter(torch.empty(*shape).uniform_(-bound, bound))
 
-        if activation == "swiglu":
+        gated = activation in GATED_ACTIVATIONS
+        if gated:
             self.w_gate = init(d_model, num_experts, d_model, d_ff)
         else:
             self.register_parameter("w_gate", None)
         self.w_up = init(d_model, num_experts, d_model, d_ff)
         self.w_down = init(d_ff, num_experts, d_ff, d_model)
+        self.register_parameter("b_gate", init(d_model, num_experts, d_ff) if bias and gated else None)
+        self.register_parameter("b_up", init(d_model, num_experts, d_ff) if bias else None)
+        self.register_parameter("b_down", init(d_ff, num_experts, d_model) if bias else None)
 
     def extra_repr(self) -> str:
-        return (f"num_experts={self.num_experts}, d_model={self.d_model}, d_ff={self.d_ff}, "
+        text = (f"num_experts={self.num_experts}, d_model={self.d_model}, d_ff={self.d_ff}, "
                 f"activation={self.activation!r}")
+        return text + (", bias=True" if self.b_up is not None else "")
+
+    def _ffn(self, x: torch.Tensor, matmul, pick_bias) -> torch.Tensor:
+        """h = act(x W_gate + b_gate, x W_up + b_up) W_down + b_down, with ``matmul(h, W)`` doing
+        the stacked-weight product of a layout and ``pick_bias(b)`` giving each row its expert's
+        bias (never called without biases)."""
+        def project(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+            out = matmul(h, weight)
+            return out if bias is None else out + pick_bias(bias).to(out.dtype)
+
+        gate = project(x, self.w_gate, self.b_gate) if self.w_gate is not None else None  # (.., F)
+        up = project(x, self.w_up, self.b_up)  # (.., F)
+        h = _activate(self.activation, gate, up, alpha=self.swiglu_alpha, limit=self.swiglu_limit)
+        return project(h, self.w_down, self.b_down)  # (.., D)
 
     def forward(self, *args: object, **kwargs: object) -> torch.Tensor:
         raise TypeError("Experts is not called directly: it needs to know which expert gets "
@@ -158,9 +196,7 @@ class Experts(nn.Module):
         self._check_rows("x", x, None)
         if isinstance(e, bool) or not isinstance(e, int) or not 0 <= e < self.num_experts:
             raise ValueError(f"e must be an expert id in [0, {self.num_experts}), got {e!r}")
-        gate = x @ self.w_gate[e] if self.w_gate is not None else None  # (n, F)
-        up = x @ self.w_up[e]  # (n, F)
-        return _activate(self.activation, gate, up) @ self.w_down[e]  # (n, D)
+        return self._ffn(x, lambda h, w: h @ w[e], lambda b: b[e])  # (..., D)
 
     def forward_grouped(self, x_sorted: torch.Tensor, counts: list[int]) -> torch.Tensor:
         """All experts at once on rows sorted by expert: x_sorted (M, D), counts E ints -> (M, D).
@@ -169,11 +205,12 @@ class Experts(nn.Module):
         self._check_rows("x_sorted", x_sorted, 2)
         counts = check_counts("counts", counts, self.num_experts, x_sorted.shape[0])
         offsets = torch.tensor(counts, device=x_sorted.device).cumsum(0).to(torch.int32)  # (E,)
-        gate = (grouped_matmul(x_sorted, self.w_gate, counts, offsets)
-                if self.w_gate is not None else None)  # (M, F)
-        up = grouped_matmul(x_sorted, self.w_up, counts, offsets)  # (M, F)
-        h = _activate(self.activation, gate, up)  # (M, F)
-        return grouped_matmul(h, self.w_down, counts, offsets)  # (M, D)
+
+        def bias_of_rows(bias: torch.Tensor) -> torch.Tensor:  # (E, A) -> (M, A): b[expert of row]
+            return torch.repeat_interleave(bias, torch.tensor(counts, device=bias.device), dim=0)
+
+        return self._ffn(x_sorted, lambda h, w: grouped_matmul(h, w, counts, offsets),
+                         bias_of_rows)  # (M, D)
 
     def forward_padded(self, x_padded: torch.Tensor) -> torch.Tensor:
         """A capacity-padded batch, one row block per expert: (E, C, D) -> (E, C, D) with bmm."""
@@ -181,9 +218,7 @@ class Experts(nn.Module):
         if x_padded.shape[0] != self.num_experts:
             raise ValueError(f"x_padded must have shape (E={self.num_experts}, C, D), got "
                              f"{tuple(x_padded.shape)}")
-        gate = torch.bmm(x_padded, self.w_gate) if self.w_gate is not None else None  # (E, C, F)
-        up = torch.bmm(x_padded, self.w_up)  # (E, C, F)
-        return torch.bmm(_activate(self.activation, gate, up), self.w_down)  # (E, C, D)
+        return self._ffn(x_padded, torch.bmm, lambda b: b.unsqueeze(1))  # (E, C, D)
 
     def forward_all(self, x: torch.Tensor) -> torch.Tensor:
         """Every expert on every token (the dense reference): x (N, D) -> (E, N, D)."""

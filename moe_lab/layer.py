@@ -10,7 +10,16 @@ routed sum:
 
 (the residual u_t of the paper's equation is added by the transformer block, not here). One
 shared expert of width m * F computes exactly what m shared experts of width F compute together
-(split its hidden units), so Qwen2-MoE's single wide shared expert is ``num_shared_experts=m``.
+(split its hidden units), so a single wide shared expert is ``num_shared_experts=m`` (DeepSeek-V3),
+or one expert with ``shared_d_ff=m * F``, any width (Qwen2-MoE).
+
+With a shared expert gate (Qwen2-MoE), the shared sum is scaled by sigmoid(x_n w_sg), one
+scalar per token. With ``weight_inputs=True`` (Llama 4: the router's score scales what the
+expert reads) the routed sum is
+
+    y_n = sum_k Expert_{topk_idx[n, k]}(topk_weights[n, k] * x_n)
+
+which differs for any non-linear expert (lesson 09 shows by how much for SwiGLU).
 
 The layer returns the routing alongside the output so that the caller (the model, a lesson, a
 widget) can compute the auxiliary losses (:mod:`moe_lab.losses`) and see what was dropped.
@@ -57,8 +66,8 @@ class MoEOutput:
 class SparseMoEConfig:
     """SparseMoE's constructor arguments, stored by the layer: ``SparseMoE.from_config(moe.config)``
     builds the same layer (then ``load_state_dict`` copies its weights), e.g. on every rank of
-    :mod:`moe_lab.parallel`. ``dispatch`` and ``capacity_factor`` follow the layer's attributes
-    of those names when they are changed (lesson 03 does)."""
+    :mod:`moe_lab.parallel`. ``dispatch``, ``capacity_factor`` and ``weight_inputs`` follow the
+    layer's attributes of those names when they are changed (lesson 03 does)."""
 
     d_model: int
     d_ff: int
@@ -71,7 +80,17 @@ class SparseMoEConfig:
     noise: str | None = None
     router_dtype: torch.dtype = torch.float32
     scoring: str = "softmax"
+    router_bias: bool = False
+    scaling_factor: float = 1.0
+    num_groups: int = 1
+    topk_groups: int = 1
+    expert_bias: bool = False
+    swiglu_alpha: float = 1.702
+    swiglu_limit: float = 7.0
+    weight_inputs: bool = False
     num_shared_experts: int = 0
+    shared_d_ff: int | None = None
+    shared_gate: bool = False
 
     def to_dict(self) -> dict[str, object]:
         """The keyword arguments of ``SparseMoE(**config.to_dict())`` (plain values: saves and
@@ -88,11 +107,20 @@ class SparseMoE(nn.Module):
         capacity_factor: None for dropless; otherwise C = ceil(capacity_factor * N * K / E).
         activation: ``"swiglu"``, ``"gelu"`` or ``"relu"``.
         normalize, noise, router_dtype, scoring: passed to :class:`TopKRouter`.
-        num_shared_experts: K_s experts of width F that run on every token (DeepSeekMoE), stored
-            as an :class:`Experts` bank ``shared_experts`` (None when K_s = 0).
+        router_bias, scaling_factor, num_groups, topk_groups: the router's ``bias``,
+            ``scaling_factor`` and group limit (:class:`TopKRouter`; gpt-oss, DeepSeek-V3).
+        expert_bias: biases in the experts (:class:`Experts`, gpt-oss).
+        swiglu_alpha, swiglu_limit: the constants of ``activation="clamped_swiglu"`` (gpt-oss).
+        weight_inputs: the K weights scale the experts' inputs instead of their outputs (Llama 4).
+        num_shared_experts: K_s experts of width F (or ``shared_d_ff``) that run on every token
+            (DeepSeekMoE), stored as an :class:`Experts` bank ``shared_experts`` (None when K_s = 0).
+        shared_gate: scale the shared sum by sigmoid(x w_sg), ``shared_gate`` an ``nn.Linear(D, 1)``
+            (Qwen2-MoE's ``shared_expert_gate``).
 
-    ``dispatch``, ``capacity_factor`` and ``top_k`` may be reassigned after construction; each
-    assignment is validated like the constructor argument.
+    ``dispatch``, ``capacity_factor``, ``top_k`` and ``weight_inputs`` may be reassigned after
+    construction; each assignment is validated like the constructor argument. ``config`` holds
+    every constructor argument (:class:`SparseMoEConfig`), so ``SparseMoE.from_config`` rebuilds
+    the layer.
 
     x must be on the weights' device and, outside ``torch.autocast``, in the weights' dtype:
     a float64, float16 or bfloat16 x into a float32 layer raises one TypeError naming both
@@ -115,7 +143,17 @@ class SparseMoE(nn.Module):
         noise: str | None = None,
         router_dtype: torch.dtype = torch.float32,
         scoring: str = "softmax",
+        router_bias: bool = False,
+        scaling_factor: float = 1.0,
+        num_groups: int = 1,
+        topk_groups: int = 1,
+        expert_bias: bool = False,
+        weight_inputs: bool = False,
+        swiglu_alpha: float = 1.702,
+        swiglu_limit: float = 7.0,
         num_shared_experts: int = 0,
+        shared_d_ff: int | None = None,
+        shared_gate: bool = False,
     ) -> None:
         super().__init__()
         check_positive_int("d_model", d_model)
@@ -127,16 +165,28 @@ class SparseMoE(nn.Module):
         check_nonnegative_int("num_shared_experts", num_shared_experts)
         self.d_model, self.d_ff, self.num_experts = d_model, d_ff, num_experts
         self.router = TopKRouter(d_model, num_experts, top_k, normalize=normalize, noise=noise,
-                                 router_dtype=router_dtype, scoring=scoring)
-        self.experts = Experts(num_experts, d_model, d_ff, activation=activation)
+                                 router_dtype=router_dtype, scoring=scoring, bias=router_bias,
+                                 scaling_factor=scaling_factor, num_groups=num_groups,
+                                 topk_groups=topk_groups)
+        self.experts = Experts(num_experts, d_model, d_ff, activation=activation, bias=expert_bias,
+                               swiglu_alpha=swiglu_alpha, swiglu_limit=swiglu_limit)
         self.num_shared_experts = num_shared_experts
-        self.shared_experts = (Experts(num_shared_experts, d_model, d_ff, activation=activation)
-                               if num_shared_experts else None)
+        self.shared_d_ff = d_ff if shared_d_ff is None else check_positive_int("shared_d_ff",
+                                                                               shared_d_ff)
+        self.shared_experts = (Experts(num_shared_experts, d_model, self.shared_d_ff,
+                                       activation=activation) if num_shared_experts else None)
+        if shared_gate and not num_shared_experts:
+            raise ValueError("shared_gate=True needs num_shared_experts >= 1, got 0")
+        self.shared_gate = nn.Linear(d_model, 1, bias=False) if shared_gate else None
         self.config = SparseMoEConfig(
             d_model=d_model, d_ff=d_ff, num_experts=num_experts, top_k=top_k, dispatch=dispatch,
             capacity_factor=capacity_factor, activation=activation, normalize=normalize,
-            noise=noise, router_dtype=router_dtype, scoring=scoring,
-            num_shared_experts=num_shared_experts)
+            noise=noise, router_dtype=router_dtype, scoring=scoring, router_bias=bool(router_bias),
+            scaling_factor=float(scaling_factor), num_groups=num_groups, topk_groups=topk_groups,
+            expert_bias=bool(expert_bias), swiglu_alpha=float(swiglu_alpha),
+            swiglu_limit=float(swiglu_limit), weight_inputs=bool(weight_inputs),
+            num_shared_experts=num_shared_experts, shared_d_ff=shared_d_ff,
+            shared_gate=bool(shared_gate))
 
     @classmethod
     def from_config(cls, config: SparseMoEConfig) -> SparseMoE:
@@ -163,9 +213,18 @@ class SparseMoE(nn.Module):
         capacity_factor = check_positive_float("capacity_factor", capacity_factor, allow_none=True)
         self.config = replace(self.config, capacity_factor=capacity_factor)
 
+    @property
+    def weight_inputs(self) -> bool:
+        return self.config.weight_inputs
+
+    @weight_inputs.setter
+    def weight_inputs(self, weight_inputs: bool) -> None:
+        self.config = replace(self.config, weight_inputs=bool(weight_inputs))
+
     def extra_repr(self) -> str:
-        return (f"dispatch={self.dispatch!r}, capacity_factor={self.capacity_factor}, "
+        text = (f"dispatch={self.dispatch!r}, capacity_factor={self.capacity_factor}, "
                 f"num_shared_experts={self.num_shared_experts}")
+        return text + (", weight_inputs=True" if self.weight_inputs else "")
 
     @property
     def top_k(self) -> int:
@@ -191,12 +250,39 @@ class SparseMoE(nn.Module):
         check_matches_weights("x", x, self.experts.w_up)
         x_flat = x.reshape(-1, self.d_model)  # (N, D)
         routing = self.router(x_flat)
-        plan = make_routing_plan(routing.topk_idx, routing.topk_weights, self.num_experts,
-                                 self.capacity(x_flat.shape[0]), check_range=False)
-        y = DISPATCH_FUNCTIONS[self.dispatch](x_flat, plan, self.experts)  # (N, D)
+        if self.weight_inputs:
+            y, plan = self._route_weighted_inputs(x_flat, routing)  # (N, D)
+        else:
+            plan = make_routing_plan(routing.topk_idx, routing.topk_weights, self.num_experts,
+                                     self.capacity(x_flat.shape[0]), check_range=False)
+            y = DISPATCH_FUNCTIONS[self.dispatch](x_flat, plan, self.experts)  # (N, D)
         if self.shared_experts is not None:
-            # y_n += sum_s Shared_s(x_n): every shared expert on every token, unweighted
-            y = y + self.shared_experts.forward_all(x_flat).sum(0).to(y.dtype)  # (N, D)
+            y = y + self._shared(x_flat).to(y.dtype)  # (N, D)
         # under autocast the experts compute in bf16/fp16; the layer answers in x's dtype
         return MoEOutput(y=y.to(x.dtype).view(x.shape), router=routing,
-                         tokens_per_expert=plan.tokens_per_expert, dropped=~plan.keep)
+                         tokens_per_expert=plan.tokens_per_expert,
+                         dropped=~plan.keep.view(routing.topk_idx.shape))
+
+    def _shared(self, x: torch.Tensor) -> torch.Tensor:
+        """The shared experts on every token: x (N, D) -> (N, D)."""
+        # s_n = sum_s Shared_s(x_n): every shared expert on every token, unweighted
+        shared = self.shared_experts.forward_all(x).sum(0)  # (N, D)
+        if self.shared_gate is not None:
+            # s_n <- sigmoid(x_n w_sg) * s_n   (Qwen2-MoE)
+            shared = torch.sigmoid(self.shared_gate(x)) * shared  # (N, 1) * (N, D)
+        return shared
+
+    def _route_weighted_inputs(self, x: torch.Tensor, routing: RouterOutput):
+        """Llama 4's order: every (token, slot) becomes its own row w_{n,k} x_n with weight 1 and
+        one expert, run by the same dispatch; the K outputs of a token are then summed. Capacity
+        ranks the rows in (token, slot) order, as the ordinary path does."""
+        num_tokens, top_k = routing.topk_idx.shape
+        # row (n, k) = w_{n,k} * x_n
+        rows = (x.unsqueeze(1) * routing.topk_weights.to(x.dtype).unsqueeze(-1))  # (N, K, D)
+        rows = rows.reshape(num_tokens * top_k, self.d_model)  # (N*K, D)
+        plan = make_routing_plan(routing.topk_idx.reshape(-1, 1),
+                                 rows.new_ones(num_tokens * top_k, 1), self.num_experts,
+                                 self.capacity(num_tokens))
+        h = DISPATCH_FUNCTIONS[self.dispatch](rows, plan, self.experts)  # (N*K, D)
+        # y_n = sum_k Expert_{i_k}(w_{n,k} x_n)
+        return h.view(num_tokens, top_k, self.d_model).sum(dim=1), plan  # (N, D)

@@ -1,16 +1,25 @@
 """The router (gating network): tokens -> logits -> probabilities -> top-k choice. Lessons 01-02.
 
-    router_logits = x W^T                                   (N, E)
+    router_logits = x W^T (+ b)                             (N, E)    (b: bias=True, gpt-oss)
     router_probs  = softmax(router_logits)                  (N, E)    ("softmax" scoring)
                   = sigmoid(router_logits)                  (N, E)    ("sigmoid" scoring, DeepSeek-V3)
     topk_idx      = argtopk_K(router_probs + score_correction_bias)   (N, K)
-    topk_weights  = router_probs[topk_idx]  (/ their sum when normalize=True)
+                    (within the topk_groups best of num_groups expert groups, DeepSeek-V3)
+    topk_weights  = router_probs[topk_idx]  (/ their sum when normalize=True) * scaling_factor
 
 With softmax scoring, renormalising the top-k probabilities equals a softmax over the top-k
 logits (the Mixtral way); with normalize=False the weights are the raw probabilities (Switch
 top-1, Qwen ``norm_topk_prob=False``). The bias only changes which experts are chosen, never the
 weights (DeepSeek-V3, Wang et al. 2024, "auxiliary-loss-free load balancing"); it is a buffer,
 updated outside autograd by :class:`moe_lab.balancing.BiasBalancer`.
+
+The real models' conventions are options of this one router (lesson 09, :mod:`moe_lab.interop`):
+
+- top-k then softmax over the K logits (gpt-oss) is softmax, top-k, renormalise (``normalize=True``);
+- top-k of the logits then sigmoid (Llama 4) is ``scoring="sigmoid", normalize=False``;
+- DeepSeek-V3 (arXiv:2412.19437, eqs. 15-16 and section 2.1.2): sigmoid scores, the selection
+  bias, group-limited selection (``num_groups``, ``topk_groups``), renormalised weights times
+  ``scaling_factor`` (its ``routed_scaling_factor``).
 
 Noise (training only, off in ``eval()``):
 
@@ -36,7 +45,9 @@ from moe_lab.validation import (
     check_choice,
     check_float_tensor,
     check_fraction,
+    check_groups,
     check_last_dim,
+    check_positive_float,
     check_positive_int,
     check_top_k,
 )
@@ -61,18 +72,39 @@ class RouterOutput:
     topk_weights: torch.Tensor
 
 
+def limit_to_top_groups(scores_for_choice: torch.Tensor, num_groups: int,
+                        topk_groups: int) -> torch.Tensor:
+    """Group-limited routing (DeepSeek-V3, arXiv:2412.19437, section 2.1.2; DeepSeek-V2's
+    device-limited routing): the E experts form ``num_groups`` equal groups; a group's score is
+    the sum of its two highest scores; only the ``topk_groups`` best groups stay eligible, the
+    other experts' scores become -inf. (N, E) -> (N, E).
+    """
+    num_tokens, num_experts = scores_for_choice.shape
+    grouped = scores_for_choice.view(num_tokens, num_groups, num_experts // num_groups)  # (N, G, E/G)
+    # group_score_g = sum of the top-2 scores of group g  (top-1 when a group holds one expert)
+    group_scores = grouped.topk(min(2, grouped.shape[-1]), dim=-1).values.sum(dim=-1)  # (N, G)
+    group_idx = group_scores.topk(topk_groups, dim=-1).indices  # (N, topk_groups)
+    group_mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter(1, group_idx, True)  # (N, G)
+    expert_mask = group_mask.unsqueeze(-1).expand_as(grouped).reshape(num_tokens, num_experts)  # (N, E)
+    return scores_for_choice.masked_fill(~expert_mask, float("-inf"))  # (N, E)
+
+
 def topk_routing(
     router_probs: torch.Tensor,
     top_k: int,
     *,
     normalize: bool = True,
     selection_bias: torch.Tensor | None = None,
+    scaling_factor: float = 1.0,
+    num_groups: int = 1,
+    topk_groups: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Choose K experts per token and their weights: returns ``(topk_idx, topk_weights)``.
 
-    The bias (if any) is added for the choice only; the weights are gathered from the unbiased
-    probabilities and, with ``normalize``, divided by their sum. router_probs is (..., E), top_k
-    in [1, E], selection_bias (E,).
+    The bias (if any) is added for the choice only; with ``num_groups > 1`` the choice is limited
+    to the ``topk_groups`` best groups (:func:`limit_to_top_groups`); the weights are gathered
+    from the unbiased probabilities, with ``normalize`` divided by their sum, then multiplied by
+    ``scaling_factor``. router_probs is (..., E), top_k in [1, E], selection_bias (E,).
     """
     check_float_tensor("router_probs", router_probs)
     if router_probs.dim() < 1:
@@ -84,11 +116,16 @@ def topk_routing(
             raise ValueError(f"selection_bias must have shape (E={router_probs.shape[-1]},), "
                              f"got {tuple(selection_bias.shape)}")
     scores_for_choice = router_probs if selection_bias is None else router_probs + selection_bias
+    if num_groups > 1:
+        scores_for_choice = limit_to_top_groups(scores_for_choice, num_groups, topk_groups)  # (N, E)
     topk_idx = torch.topk(scores_for_choice, top_k, dim=-1).indices  # (N, K)
     topk_weights = router_probs.gather(-1, topk_idx)  # (N, K)
     if normalize:
         # w_k = p_k / sum_j p_j  over the K chosen experts
         topk_weights = topk_weights / topk_weights.sum(dim=-1, keepdim=True).clamp_min(1e-20)
+    if scaling_factor != 1.0:
+        # w_k <- routed_scaling_factor * w_k  (DeepSeek-V3)
+        topk_weights = topk_weights * scaling_factor
     return topk_idx, topk_weights
 
 
@@ -104,6 +141,12 @@ class TopKRouter(nn.Module):
         router_dtype: dtype of the router matmul and softmax (float32 unless demonstrating why).
         scoring: ``"softmax"`` or ``"sigmoid"`` (DeepSeek-V3).
         jitter_eps: half-width of the multiplicative jitter.
+        bias: a learned logit bias ``bias`` (E,), as in ``nn.Linear(D, E, bias=True)`` (gpt-oss).
+        scaling_factor: multiplies the K weights after normalisation (DeepSeek-V3's
+            ``routed_scaling_factor``).
+        num_groups, topk_groups: group-limited selection (DeepSeek-V3's ``n_group``,
+            ``topk_group``); E must divide into ``num_groups`` groups and K fit in the
+            ``topk_groups`` chosen ones. 1, 1: no limit.
     """
 
     def __init__(
@@ -117,6 +160,10 @@ class TopKRouter(nn.Module):
         router_dtype: torch.dtype = torch.float32,
         scoring: str = "softmax",
         jitter_eps: float = 1e-2,
+        bias: bool = False,
+        scaling_factor: float = 1.0,
+        num_groups: int = 1,
+        topk_groups: int = 1,
     ) -> None:
         super().__init__()
         check_positive_int("d_model", d_model)
@@ -125,14 +172,22 @@ class TopKRouter(nn.Module):
         check_choice("noise", noise, NOISE_TYPES)
         check_choice("scoring", scoring, SCORING_TYPES)
         check_fraction("jitter_eps", jitter_eps)  # u ~ U(1 - eps, 1 + eps) must stay > 0
+        check_positive_float("scaling_factor", scaling_factor)
+        check_groups(num_groups, topk_groups, num_experts, top_k)
         if not isinstance(router_dtype, torch.dtype) or not router_dtype.is_floating_point:
             raise TypeError(f"router_dtype must be a floating torch.dtype, got {router_dtype!r}")
         self.d_model, self.num_experts, self.top_k = d_model, num_experts, top_k
         self.normalize, self.noise, self.scoring = bool(normalize), noise, scoring
         self.router_dtype, self.jitter_eps = router_dtype, float(jitter_eps)
+        self.scaling_factor = float(scaling_factor)
+        self.num_groups, self.topk_groups = num_groups, topk_groups
 
         bound = 1.0 / math.sqrt(d_model)  # nn.Linear's default initialisation
         self.weight = nn.Parameter(torch.empty(num_experts, d_model).uniform_(-bound, bound))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(num_experts).uniform_(-bound, bound))
+        else:
+            self.register_parameter("bias", None)
         if noise == "noisy_topk":
             self.noise_weight = nn.Parameter(torch.zeros(num_experts, d_model))  # W_noise
         else:
@@ -141,10 +196,17 @@ class TopKRouter(nn.Module):
         self.register_buffer("score_correction_bias", torch.zeros(num_experts))
 
     def extra_repr(self) -> str:
-        return (
+        text = (
             f"d_model={self.d_model}, num_experts={self.num_experts}, top_k={self.top_k}, "
             f"normalize={self.normalize}, noise={self.noise}, scoring={self.scoring!r}"
         )
+        if self.bias is not None:
+            text += ", bias=True"
+        if self.scaling_factor != 1.0:
+            text += f", scaling_factor={self.scaling_factor}"
+        if self.num_groups > 1:
+            text += f", num_groups={self.num_groups}, topk_groups={self.topk_groups}"
+        return text
 
     # K and the jitter width may be changed after construction (lessons do): validated here
     @property
@@ -175,7 +237,8 @@ class TopKRouter(nn.Module):
         if self.training and self.noise == "jitter":
             # x <- x * u,  u ~ U(1 - eps, 1 + eps)
             x = x * torch.empty_like(x).uniform_(1 - self.jitter_eps, 1 + self.jitter_eps)
-        router_logits = F.linear(x, self.weight.to(self.router_dtype))  # (N, E)
+        bias = None if self.bias is None else self.bias.to(self.router_dtype)
+        router_logits = F.linear(x, self.weight.to(self.router_dtype), bias)  # (N, E)
         if self.training and self.noise == "noisy_topk":
             # H(x) = x W_g + eps * softplus(x W_noise),  eps ~ N(0, 1)
             noise_std = F.softplus(F.linear(x, self.noise_weight.to(self.router_dtype)))  # (N, E)
@@ -197,7 +260,9 @@ class TopKRouter(nn.Module):
             router_probs = torch.sigmoid(router_logits)  # (N, E)
         bias = self.score_correction_bias.to(router_probs.dtype)
         topk_idx, topk_weights = topk_routing(
-            router_probs, top_k, normalize=self.normalize, selection_bias=bias
+            router_probs, top_k, normalize=self.normalize, selection_bias=bias,
+            scaling_factor=self.scaling_factor, num_groups=self.num_groups,
+            topk_groups=self.topk_groups,
         )
         return RouterOutput(
             logits=router_logits.float(),

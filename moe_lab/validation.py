@@ -38,6 +38,22 @@ def check_top_k(top_k: object, num_experts: int) -> int:
     return top_k  # type: ignore[return-value]
 
 
+def check_groups(num_groups: object, topk_groups: object, num_experts: int, top_k: int) -> None:
+    """Group-limited routing: E splits into num_groups equal groups, 1 <= topk_groups <= num_groups,
+    and the K experts fit in the topk_groups chosen groups."""
+    check_positive_int("num_groups", num_groups)
+    check_positive_int("topk_groups", topk_groups)
+    if num_experts % num_groups:
+        raise ValueError(f"num_groups must divide num_experts={num_experts}, got num_groups={num_groups}")
+    if topk_groups > num_groups:
+        raise ValueError(f"topk_groups must be between 1 and num_groups={num_groups}, got {topk_groups}")
+    eligible = topk_groups * (num_experts // num_groups)
+    if num_groups > 1 and top_k > eligible:
+        raise ValueError(f"top_k={top_k} does not fit in topk_groups={topk_groups} of the "
+                         f"num_groups={num_groups} groups of {num_experts // num_groups} experts "
+                         f"({eligible} eligible)")
+
+
 def check_choice(name: str, value: object, allowed: Iterable[object]) -> object:
     allowed = tuple(allowed)
     if value not in allowed:

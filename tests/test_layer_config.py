@@ -16,7 +16,9 @@ from moe_lab.parallel import _layer_config
 # every constructor argument away from its default, so one the config forgets shows up
 CUSTOM = dict(d_model=12, d_ff=20, num_experts=6, top_k=3, dispatch="padded",
               capacity_factor=1.5, activation="gelu", normalize=False, noise="jitter",
-              router_dtype=torch.float64, scoring="sigmoid", num_shared_experts=2)
+              router_dtype=torch.float64, scoring="sigmoid", router_bias=True, scaling_factor=2.0,
+              num_groups=3, topk_groups=2, expert_bias=True, weight_inputs=True, swiglu_alpha=1.5,
+              swiglu_limit=3.0, num_shared_experts=2, shared_d_ff=10, shared_gate=True)
 
 
 def constructor_arguments() -> dict[str, inspect.Parameter]:

@@ -224,3 +224,32 @@ def test_grading_marks_right_wrong_and_unreadable():
     assert grade(numeric, "three").correct is None
     assert grade(short, "   ").correct is None and not grade(short, "").show_explanation
     assert grade(short, "my answer").show_explanation
+
+
+# ---- lesson 10: the starting card's questions ------------------------------------------------
+
+def test_lesson_10_quotes_the_card_questions_and_answers_as_its_quiz_holds_them():
+    source = ROOT / "lessons" / "10_review_and_interview.py"
+    text = source.read_text(encoding="utf-8")
+    markdown = "\n".join(line[2:] for line in text.splitlines() if line.startswith("# "))
+    card = load_quiz(10)
+    assert len(card.questions) == 3
+    for question in card.questions:
+        assert question.kind == "short" and len(question.key_points) >= 3
+        # verbatim Korean: as a question in section 1 and in the <details> of section 5
+        assert markdown.count(question.prompt.ko) >= 2, question.id
+        assert question.answer.ko in markdown and question.prompt.en in markdown, question.id
+        assert all(point.see for point in question.key_points), question.id
+
+
+def test_review_draws_one_marked_question_per_lesson():
+    from moe_lab.quizzes import review_questions
+    review = review_questions(seed=0)
+    lessons = [quiz.lesson[:2] for quiz in load_all() if quiz.lesson[:2] != "10"]
+    assert [q.id.split(":")[0] for q in review] == lessons
+    assert all(q.kind in ("choice", "numeric") and q.prompt.en.startswith(f"[{q.id[:2]}] ")
+               for q in review)
+    assert review_questions(seed=0) == review  # seeded: the same every run
+    assert len(review_questions(per_lesson=2)) == 2 * len(lessons)
+    with pytest.raises(ValueError, match="per_lesson"):
+        review_questions(per_lesson=0)

@@ -18,6 +18,8 @@ implementation.
     lesson 07  parallel.py    check_send_splits, check_local_expert_order
     lesson 08  beyond_topk.py check_fine_grained_layout, check_expert_choice_select,
                               check_soft_moe_weights
+    lesson 09  real_models.py check_group_limited_topk, check_input_weighted_combine,
+                              check_convert_mixtral_experts, check_greedy_packing
 """
 
 from moe_lab.checks.balance import (
@@ -36,6 +38,12 @@ from moe_lab.checks.core import CheckFailed, CheckResult, checker, expect_close
 from moe_lab.checks.efficiency import check_sort_by_expert
 from moe_lab.checks.lm import check_average_aux_loss, check_mutual_information
 from moe_lab.checks.parallel import check_local_expert_order, check_send_splits
+from moe_lab.checks.real_models import (
+    check_convert_mixtral_experts,
+    check_greedy_packing,
+    check_group_limited_topk,
+    check_input_weighted_combine,
+)
 from moe_lab.checks.router import check_jitter, check_noisy_topk_logits, check_router_probs
 from moe_lab.checks.topk import (
     check_capacity,
@@ -53,7 +61,11 @@ __all__ = [
     "check_combine_loop",
     "check_expert_choice_select",
     "check_fine_grained_layout",
+    "check_convert_mixtral_experts",
     "check_gate_weights",
+    "check_greedy_packing",
+    "check_group_limited_topk",
+    "check_input_weighted_combine",
     "check_jitter",
     "check_keep_mask",
     "check_local_expert_order",

@@ -5,6 +5,7 @@ The format is described in ``moe_lab/quizzes/README.md`` and :mod:`moe_lab.quizz
 """
 
 from moe_lab.quizzes.grading import Grade, grade, parse_number
+from moe_lab.quizzes.review import review_questions
 from moe_lab.quizzes.schema import (
     LANGUAGES,
     KeyPoint,
@@ -20,4 +21,5 @@ from moe_lab.quizzes.schema import (
 )
 
 __all__ = ["LANGUAGES", "Grade", "KeyPoint", "Option", "Question", "Quiz", "QuizFormatError", "Text",
-           "grade", "load_all", "load_quiz", "parse_number", "parse_quiz", "quiz_files"]
+           "grade", "load_all", "load_quiz", "parse_number", "parse_quiz", "quiz_files",
+           "review_questions"]

@@ -25,6 +25,8 @@ LABELS = {
     "show_answer": Text(en="Answer and explanation", ko="정답과 해설"),
     "computed": Text(en="computed by", ko="계산:"),
     "language": Text(en="Language", ko="언어"),
+    "review_title": Text(en="Mixed review: one question from every lesson",
+                         ko="종합 복습: 강의마다 한 문제"),
 }
 LANGUAGE_NAMES = {"en": "English", "ko": "한국어"}
 

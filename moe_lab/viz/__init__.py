@@ -22,4 +22,5 @@ Where each figure is used (a lesson calls it directly, or through the widget in 
                               profile_figure, memory_figure
     lesson 07  parallel.py    tokens_sent_table, tokens_sent_figure, exchange_cost_table,
                               exchange_cost_figure
+    lesson 09  real_routing.py  real_routing_table, real_routing_figure  [RealRoutingExplorer]
 """

@@ -1,0 +1,177 @@
+"""moe_lab.interop.from_transformers: each family's converted layer equals the transformers block
+(outputs, chosen experts, gradients with respect to x) in fp32 to 1e-5, at several small
+configurations; anything else is refused with a TypeError naming what it got."""
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("transformers")
+
+from moe_lab import SparseMoE  # noqa: E402
+from moe_lab.dispatch import DISPATCH_STRATEGIES  # noqa: E402
+from moe_lab.interop import (  # noqa: E402
+    FAMILIES,
+    block_output,
+    block_topk_idx,
+    conventions,
+    family_of,
+    from_transformers,
+    tiny_block,
+)
+
+CONFIGS = [
+    ("Mixtral", dict()),
+    ("Mixtral", dict(num_local_experts=4, num_experts_per_tok=1, intermediate_size=8)),
+    ("Mixtral", dict(num_local_experts=6, num_experts_per_tok=6, experts_implementation="batched_mm")),
+    ("Mixtral", dict(experts_implementation="grouped_mm")),
+    ("Qwen2-MoE", dict()),
+    ("Qwen2-MoE", dict(norm_topk_prob=True, shared_expert_intermediate_size=24, num_experts=16,
+                       num_experts_per_tok=4)),
+    ("Qwen3-MoE", dict()),
+    ("Qwen3-MoE", dict(norm_topk_prob=False, num_experts=16, num_experts_per_tok=8)),
+    ("OLMoE", dict()),
+    ("OLMoE", dict(norm_topk_prob=True, num_experts=4, num_experts_per_tok=3)),
+    ("DeepSeek-V3", dict()),
+    ("DeepSeek-V3", dict(n_routed_experts=16, n_group=4, topk_group=1, num_experts_per_tok=2,
+                         n_shared_experts=1, routed_scaling_factor=1.0)),
+    ("DeepSeek-V3", dict(n_routed_experts=12, n_group=3, topk_group=2, num_experts_per_tok=5,
+                         norm_topk_prob=False, n_shared_experts=3)),
+    ("DeepSeek-V3", dict(n_group=1, topk_group=1, num_experts_per_tok=3)),
+    ("gpt-oss", dict()),
+    ("gpt-oss", dict(num_experts_per_tok=1, swiglu_limit=1.0)),
+    ("gpt-oss", dict(num_local_experts=4, num_experts_per_tok=4, intermediate_size=8)),
+    ("Llama 4", dict()),
+    ("Llama 4", dict(num_experts_per_tok=2, num_local_experts=4, intermediate_size=12)),
+]
+
+
+def _ids(case):
+    family, config = case
+    return family + ("[" + ",".join(f"{k}={v}" for k, v in config.items()) + "]" if config else "")
+
+
+@pytest.mark.parametrize("case", CONFIGS, ids=[_ids(c) for c in CONFIGS])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_converted_layer_equals_the_block(case, seed):
+    family, config = case
+    block = tiny_block(family, seed=seed, **config)
+    layer = from_transformers(block)
+    x = torch.randn(3, 7, 16, generator=torch.Generator().manual_seed(seed + 10), requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+
+    expected = block_output(block, x_ref)
+    out = layer(x)
+    torch.testing.assert_close(out.y, expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(out.router.topk_idx.sort(dim=-1).values, block_topk_idx(block, x))
+
+    grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(seed))
+    expected.backward(grad)
+    out.y.backward(grad)
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dispatch", DISPATCH_STRATEGIES)
+@pytest.mark.parametrize("family", [f.name for f in FAMILIES])
+def test_every_dispatch_matches_the_block(family, dispatch):
+    block = tiny_block(family, seed=3)
+    layer = from_transformers(block)
+    layer.dispatch = dispatch
+    x = torch.randn(2, 5, 16)
+    torch.testing.assert_close(layer(x).y, block_output(block, x), atol=1e-5, rtol=1e-5)
+
+
+def test_the_tests_exercise_each_convention():
+    """The parity above would be weak if a convention never changed anything at these sizes."""
+    x = torch.randn(40, 16)
+    # gpt-oss: the clamp bites (some gate pre-activations exceed the limit)
+    block = tiny_block("gpt-oss", swiglu_limit=1.0)
+    pre = x @ block.experts.gate_up_proj[0] + block.experts.gate_up_proj_bias[0]
+    assert (pre[:, ::2] > 1.0).any() and (pre[:, 1::2].abs() > 1.0).any()
+    # DeepSeek-V3: the group limit and the selection bias each change some token's choice
+    block = tiny_block("DeepSeek-V3")
+    layer = from_transformers(block)
+    chosen = layer.router(x).topk_idx.sort(-1).values
+    layer.router.num_groups = 1
+    assert not torch.equal(layer.router(x).topk_idx.sort(-1).values, chosen)
+    layer.router.num_groups = 4
+    layer.router.score_correction_bias.zero_()
+    assert not torch.equal(layer.router(x).topk_idx.sort(-1).values, chosen)
+    # Llama 4: weighting the input is not weighting the output
+    layer = from_transformers(tiny_block("Llama 4"))
+    y = layer(x).y
+    layer.weight_inputs = False
+    assert (layer(x).y - y).abs().max() > 1e-2
+
+
+def test_layer_follows_the_blocks_dtype_and_mode():
+    block = tiny_block("Mixtral").double().train()
+    layer = from_transformers(block)
+    assert layer.router.weight.dtype == torch.float64 and layer.training
+    x = torch.randn(2, 3, 16, dtype=torch.float64)
+    # both take the softmax in float32 (ours: router_dtype; Mixtral: router_logits.float())
+    torch.testing.assert_close(layer(x).y, block_output(block, x), atol=1e-6, rtol=1e-6)
+
+
+def test_conventions_table_rows():
+    rows = {f.name: conventions(tiny_block(f.name)) for f in FAMILIES}
+    assert rows["DeepSeek-V3"].scoring == "sigmoid" and rows["DeepSeek-V3"].scaling == "x 2.5"
+    assert rows["DeepSeek-V3"].group_limit == "best 2 of 4 groups"
+    assert rows["DeepSeek-V3"].bias == "selection bias"
+    assert rows["gpt-oss"].bias == "logit bias" and rows["gpt-oss"].activation.startswith("clamped")
+    assert rows["Llama 4"].weights_on == "expert input" and rows["Llama 4"].normalisation == "none"
+    assert rows["Qwen2-MoE"].shared_expert == "1 x F=40, sigmoid gate"
+    assert rows["Mixtral"].shared_expert == "-" and rows["Mixtral"].normalisation == "top-k sum to 1"
+
+
+def test_mixtral_decoder_layer_and_lookalikes_are_refused_by_name():
+    import transformers
+    from transformers.models.mixtral.modeling_mixtral import MixtralDecoderLayer
+
+    decoder_layer = MixtralDecoderLayer(transformers.MixtralConfig(
+        hidden_size=16, intermediate_size=24, num_local_experts=4, num_attention_heads=2,
+        num_key_value_heads=1), layer_idx=0)
+
+    class MixtralSparseMoeBlock(nn.Module):  # same name, not transformers' class
+        pass
+
+    cases = [(decoder_layer, "MixtralDecoderLayer"), (nn.Linear(4, 4), "torch.nn.modules.linear.Linear"),
+             (SparseMoE(8, 16, 4, 2), "moe_lab.layer.SparseMoE"), ("Mixtral", "builtins.str"),
+             (None, "NoneType"), (MixtralSparseMoeBlock(), "test_interop")]
+    for thing, name in cases:
+        with pytest.raises(TypeError, match=name):
+            from_transformers(thing)
+    with pytest.raises(TypeError, match="MixtralSparseMoeBlock"):  # lists what it takes
+        family_of(3)
+
+
+def test_non_silu_experts_are_refused():
+    with pytest.raises(ValueError, match="SiLU"):
+        from_transformers(tiny_block("Mixtral", hidden_act="gelu"))
+
+
+def test_tiny_block_checks_the_family():
+    with pytest.raises(ValueError, match="family"):
+        tiny_block("Switch")
+
+
+def test_an_unsupported_transformers_is_named(monkeypatch):
+    import transformers
+
+    block = tiny_block("OLMoE")
+    monkeypatch.setattr(transformers, "__version__", "4.57.1")
+    with pytest.raises(ImportError, match="4.57.1"):
+        from_transformers(block)
+    with pytest.raises(ImportError, match="transformers>=5"):
+        tiny_block("OLMoE")
+
+
+@pytest.mark.parametrize("family", [f.name for f in FAMILIES])
+def test_converted_layers_rebuild_from_their_config(family):
+    """parallel's ranks rebuild a layer from layer.config: every convention must be in it."""
+    layer = from_transformers(tiny_block(family, swiglu_limit=1.0) if family == "gpt-oss"
+                              else tiny_block(family))
+    rebuilt = SparseMoE.from_config(layer.config)
+    rebuilt.load_state_dict(layer.state_dict())
+    x = torch.randn(9, 16)
+    torch.testing.assert_close(rebuilt.eval()(x).y, layer.eval()(x).y, rtol=0, atol=0)
