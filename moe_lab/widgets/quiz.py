@@ -100,7 +100,8 @@ class QuizWidget(widgets.VBox):
 
     def _repr_mimebundle_(self, **kwargs: object) -> dict[str, object] | None:
         """The widget view, and the static quiz as HTML for front ends that draw no widget."""
-        bundle = super()._repr_mimebundle_(**kwargs)
+        base = getattr(super(), "_repr_mimebundle_", None)  # ipywidgets 7 (Colab) displays otherwise
+        bundle = base(**kwargs) if base is not None else None
         if bundle is None:
             return None
         return {"text/html": self._static, **bundle}
