@@ -47,12 +47,13 @@ def _view(v):
         out["right"] = next(o.text.en for o in q.options if o.id == q.answer)
         out["wrong"] = next(o.text.en for o in q.options if o.id != q.answer)
     elif q.kind == "numeric":
-        out["right"], out["wrong"] = repr(q.answer), repr(q.answer * 3 + 7)
+        typed = lambda x: str(int(x)) if float(x).is_integer() else repr(x)  # as a learner types it
+        out["right"], out["wrong"] = typed(q.answer), typed(q.answer * 3 + 7)
     else:
         out["right"] = q.answer.en
     return out
-print(_json.dumps({_q.title.en: {"lang": _q.language.value, "views": [_view(_v) for _v in _q.views]}
-                   for _q in _quizzes}))
+print(_json.dumps({_q.title.en: {"lang": _q.language.value, "titles": {"en": _q.title.en, "ko": _q.title.ko},
+                                 "views": [_view(_v) for _v in _q.views]} for _q in _quizzes}))
 """
 
 
@@ -60,19 +61,26 @@ def plain(text: str) -> str:
     return " ".join(text.split())
 
 
-def quiz_box(page, title: str):
-    """The quiz whose heading is ``title`` (English)."""
-    return page.locator(".moe-quiz").filter(has=page.locator("h4", has_text=title)).first
+def quiz_box(page, titles: dict[str, str]):
+    """The quiz whose heading is one of ``titles`` (its English and Korean title), so the
+    locator keeps finding it after the language switch."""
+    either = re.compile("|".join(re.escape(t) for t in titles.values()))
+    return page.locator(".moe-quiz").filter(has=page.locator("h4", has_text=either)).first
 
 
-def save_quiz_image(box) -> None:
-    box.scroll_into_view_if_needed()
+def save_quiz_image(page, box, max_height: int = 620) -> None:
+    """The top of the quiz (heading, switch, first questions), cropped, as quiz.png."""
+    box.evaluate("el => el.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(300)  # let JupyterLab settle the scroll
+    bbox = box.bounding_box()
+    clip = {"x": bbox["x"], "y": max(bbox["y"], 0), "width": bbox["width"],
+            "height": min(bbox["height"], max_height)}
     targets = [ARTIFACTS / "quiz.png"]
     if os.environ.get("MOE_LAB_DOCS_IMG"):
         targets.append(Path(os.environ["MOE_LAB_DOCS_IMG"]) / "quiz.png")
     for path in targets:
         path.parent.mkdir(parents=True, exist_ok=True)
-        box.screenshot(path=str(path), animations="disabled")
+        page.screenshot(path=str(path), clip=clip, animations="disabled")
         print(f"saved {path} ({path.stat().st_size / 1e3:.0f} kB)")
 
 
@@ -84,7 +92,7 @@ def test_quiz_marks_explains_and_switches_language(lab) -> None:
         review_title = next(t for t in quizzes if t.startswith("Mixed review"))
         card_title = next(t for t in quizzes if t.startswith("The starting card"))
         review, card = quizzes[review_title]["views"], quizzes[card_title]["views"]
-        box = quiz_box(page, review_title)
+        box = quiz_box(page, quizzes[review_title]["titles"])
         questions = box.locator(".moe-quiz-question")
         assert questions.count() == len(review)
         meter.reset()
@@ -121,7 +129,7 @@ def test_quiz_marks_explains_and_switches_language(lab) -> None:
             "the kernel's quiz did not record the right answers the page shows as marked"
 
         # The card's quiz: write an answer, reveal the model answer and the linked checklist.
-        card_box = quiz_box(page, card_title)
+        card_box = quiz_box(page, quizzes[card_title]["titles"])
         first = card_box.locator(".moe-quiz-question").first
         first.locator("textarea").fill("More parameters at the same active compute.")
         first.locator("button").click()
@@ -148,7 +156,15 @@ def test_quiz_marks_explains_and_switches_language(lab) -> None:
                 mark = questions.nth(i).locator(".moe-quiz-right").inner_text()
                 assert "정답" in mark, "the mark did not follow the language switch"
         lesson.wait_kernel_idle()
-        save_quiz_image(box)
+
+        # For the picture: the first question marked right, a wrong option explained.
+        question = questions.nth(j)
+        question.locator("label", has_text=review[j]["wrong"]).first.click()
+        question.locator("button").click()
+        question.locator(".moe-quiz-explanation").wait_for(state="visible")
+        answers += 2
+        lesson.wait_kernel_idle()
+        save_quiz_image(page, box)
         assert lesson.kernel_json(QUIZ_QUERY)[review_title]["lang"] == "en"
 
         print(f"{QUIZ_LESSON}: {answers} interactions: kernel websocket {meter.summary()}, "

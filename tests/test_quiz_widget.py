@@ -52,8 +52,8 @@ def test_feedback_right_is_marked_wrong_shows_explanation():
     question = QUIZ.question("why-f-times-p")
     right = feedback_html(question, grade(question, "a"), "en")
     wrong = feedback_html(question, grade(question, "b"), "en")
-    assert "✅" in right and "Why" not in right
-    assert "❌" in wrong and "argmax/top-k is piecewise constant" in wrong
+    assert "✓" in right and "Why" not in right
+    assert "✗" in wrong and "argmax/top-k is piecewise constant" in wrong
     assert "해설" in feedback_html(question, grade(question, "b"), "ko")
 
 
@@ -67,10 +67,10 @@ def test_widget_marks_right_and_explains_wrong():
     numeric = first("numeric")
     numeric.input.value = "7"
     numeric.button.click()
-    assert "❌" in numeric.feedback.value and "Why" in numeric.feedback.value
+    assert "✗" in numeric.feedback.value and "Why" in numeric.feedback.value
     numeric.input.value = "1.0"
     numeric.button.click()
-    assert "✅" in numeric.feedback.value and "Why" not in numeric.feedback.value
+    assert "✓" in numeric.feedback.value and "Why" not in numeric.feedback.value
     numeric.input.value = "one"
     numeric.button.click()
     assert "number" in numeric.feedback.value
@@ -80,7 +80,7 @@ def test_widget_choice_and_short_answer():
     choice = first("choice")
     choice.input.value = choice.question.answer
     choice.button.click()
-    assert "✅" in choice.feedback.value
+    assert "✓" in choice.feedback.value
     short = first("short")
     short.button.click()
     assert "Write an answer first" in short.feedback.value
