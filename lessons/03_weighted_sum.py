@@ -324,7 +324,7 @@ from moe_lab.widgets.explorer import RoutingExplorer
 moe_lab.seed_everything(0)
 embedding = nn.Embedding(256, 32)  # one vector per byte
 moe = SparseMoE(d_model=32, d_ff=64, num_experts=8, top_k=2)
-route_fn = byte_router_fn(embedding, moe.router)  # (text, top_k, noise) -> RoutingTable
+route_fn = byte_router_fn(embedding, moe.router)  # (text, top_k, noise) -> TextRouting
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -332,7 +332,8 @@ explorer = RoutingExplorer(route_fn, num_experts=8, text="Mixture of experts: ì 
 explorer
 
 # %% [markdown]
-# The figure is drawn from a plain `RoutingTable`, the same one `route_text` returns (the widget's
+# The figure is drawn from a plain `TextRouting` (the package's `moe_lab.text_routing.TextRouting`,
+# the one result type of routing a text), the same one `route_text` returns (the widget's
 # `current_table()`). Here it is for a fixed sentence, the top expert of every token:
 
 # %%

@@ -92,6 +92,7 @@ from moe_lab.specialisation import (
 from moe_lab.tokenizer import ByteTokenizer
 from moe_lab.train import (
     BASE_TRAIN,
+    GPU_RESULTS_DIR,
     LESSON05_RUNS,
     RESULTS_DIR,
     OnStep,
@@ -301,6 +302,28 @@ for name in ("dense", "moe", "dense_total"):
           f"{last['val_loss']:>9.3f} {last['wall_time']:>8.0f}")
 gap = logs["dense"]["evals"][-1]["val_loss"] - logs["moe"]["evals"][-1]["val_loss"]
 print(f"MoE - dense at equal active compute: {-gap:+.3f} nats/byte")
+
+# %% [markdown]
+# The same seven runs in bf16 on a GPU are written to `moe_lab/results/lesson05_gpu/` by
+# `python -m moe_lab.gpu_check` (the command that checks the whole course on a GPU). When they are
+# recorded, this cell prints them beside the CPU runs.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+gpu_logs = {name: load_log(name, GPU_RESULTS_DIR) for name in LESSON05_RUNS
+            if (GPU_RESULTS_DIR / f"{name}.json").is_file()}
+if not gpu_logs:
+    print("No GPU training logs are recorded yet (no moe_lab/results/lesson05_gpu/).")
+    print("To produce them, run on an NVIDIA GPU:")
+    print("    python -m moe_lab.gpu_check")
+else:
+    print("recorded with:", next(iter(gpu_logs.values()))["command"])
+    print(f"{'run':>12} {'CPU fp32 val loss':>18} {'train s':>8} {'GPU bf16 val loss':>18} "
+          f"{'train s':>8}")
+    for name, gpu_log in gpu_logs.items():
+        cpu_last, gpu_last = logs[name]["evals"][-1], gpu_log["evals"][-1]
+        print(f"{name:>12} {cpu_last['val_loss']:>18.3f} {cpu_last['wall_time']:>8.0f} "
+              f"{gpu_last['val_loss']:>18.3f} {gpu_last['wall_time']:>8.0f}")
 
 # %%
 # NBVAL_IGNORE_OUTPUT

@@ -58,7 +58,7 @@ from moe_lab.viz.efficiency import (
 )
 
 moe_lab.print_environment()
-HAS_GPU = torch.cuda.is_available()
+HAS_GPU = moe_lab.pick_device().type == "cuda"  # MOE_LAB_DEVICE=cpu keeps a GPU out of it
 
 
 # %% [markdown]
@@ -367,10 +367,13 @@ else:
 # Results recorded on an NVIDIA GPU live in `moe_lab/results/bench_gpu.json`, written by
 #
 # ```
-# python -m moe_lab.bench --json moe_lab/results/bench_gpu.json
+# python -m moe_lab.gpu_check
 # ```
 #
-# with the device, torch version and date inside. Only numbers from such a run are shown here.
+# (the command that checks the whole course on a GPU; `python -m moe_lab.bench --json
+# moe_lab/results/bench_gpu.json` writes the bench alone), with the device, torch version and date
+# inside. Only numbers from such a run are shown here, beside the CPU run recorded in
+# `moe_lab/results/bench_cpu.json`.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -380,12 +383,16 @@ recorded = load_recorded_bench(RECORDED_GPU_RESULTS)
 if recorded is None:
     print("No GPU results are recorded yet (no moe_lab/results/bench_gpu.json).")
     print("To produce them, run on an NVIDIA GPU:")
-    print("    python -m moe_lab.bench --json moe_lab/results/bench_gpu.json")
+    print("    python -m moe_lab.gpu_check")
 else:
     print("recorded with:", recorded.command)
     print(recorded.environment)
+    cpu_recorded = load_recorded_bench(RECORDED_GPU_RESULTS.with_name("bench_cpu.json"))
+    cpu_by_shape = {row["shape"]: row for row in ratio_table(cpu_recorded.rows)} if cpu_recorded else {}
     for row in ratio_table(recorded.rows):
-        print(row)
+        print("GPU", row)
+        if row["shape"] in cpu_by_shape:
+            print("CPU", cpu_by_shape[row["shape"]])
     display(ratio_figure(recorded.rows, title=f"recorded on {recorded.environment.get('gpu', 'GPU')}"
                          f" ({recorded.environment.get('dtype', '')}): time / dense limit"))
 

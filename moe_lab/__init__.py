@@ -21,12 +21,15 @@ Where each piece is introduced in the course (the core first, then what stands o
     device        pick_device, seed_everything                 notebooks/00
     params        total vs active parameters and FLOPs         notebooks/00
     tokenizer     ByteTokenizer (UTF-8 bytes)                  notebooks/03, 05
+    text_routing  route_text, TextRouting: a text's routing    notebooks/01, 02, 03, 05
     toy, stats    the toy task and the per-step routing stats  notebooks/04
     model, data   a tiny MoE transformer, the multilingual corpus          notebooks/05
     train         training loop, ``python -m moe_lab.train``               notebooks/05
     specialisation  language x expert counts, mutual information           notebooks/05
     bench         ``python -m moe_lab.bench``                  notebooks/06
     parallel      expert parallelism over torch.distributed    notebooks/07
+    syncs         count host syncs (CPU waits for the GPU)     issue 14
+    gpu_check     ``python -m moe_lab.gpu_check``: the whole course on a GPU
     viz, widgets  figures from plain data; live widgets on top of them
     checks        the exercise checkers, ``moe_lab.checks.check_*``
 

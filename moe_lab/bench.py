@@ -163,6 +163,21 @@ def environment(device: torch.device, dtype: torch.dtype) -> dict[str, str]:
     }
 
 
+def results_payload(results: Sequence[BenchResult], env: dict[str, str],
+                    command: str) -> dict[str, object]:
+    """The JSON of a bench run: where it ran, the command that made it, one row per timing
+    (with its ratio to the dense limit and, where the shape has a loop timing, to loop)."""
+    loop_ms = {r.shape: r.median_ms for r in results if r.strategy == "loop"}
+    rows = []
+    for r in results:
+        row = {**asdict(r.shape), "strategy": r.strategy, "median_ms": r.median_ms,
+               "ratio_to_dense_limit": r.ratio_to_dense_limit}
+        if r.shape in loop_ms:
+            row["ratio_to_loop"] = r.median_ms / loop_ms[r.shape]
+        rows.append(row)
+    return {"environment": env, "command": command, "results": rows}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m moe_lab.bench",
                                      description=__doc__.splitlines()[0])
@@ -186,15 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = run_bench(shapes, strategies, dtype=dtype, device=device, repeats=repeats)
     print(format_results(results))
     if args.json:
-        payload = {
-            "environment": env,
-            "command": "python -m moe_lab.bench " + " ".join(argv if argv is not None
-                                                              else sys.argv[1:]),
-            "results": [{**asdict(r.shape), "strategy": r.strategy, "median_ms": r.median_ms,
-                         "ratio_to_dense_limit": r.ratio_to_dense_limit} for r in results],
-        }
+        command = "python -m moe_lab.bench " + " ".join(argv if argv is not None else sys.argv[1:])
         with open(args.json, "w") as f:
-            json.dump(payload, f, indent=1)
+            json.dump(results_payload(results, env, command), f, indent=1)
         print(f"saved {args.json}")
     return 0
 

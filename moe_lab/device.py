@@ -1,19 +1,41 @@
-"""Where the course runs: pick a device, seed everything, print an environment summary. Lesson 00."""
+"""Where the course runs: pick a device, seed everything, print an environment summary. Lesson 00.
+
+Two environment variables, for running the lessons somewhere on purpose (``python -m
+moe_lab.gpu_check`` sets them for each lesson it executes):
+
+- ``MOE_LAB_DEVICE`` (``cpu``, ``cuda``, ...): the device :func:`pick_device` answers when not
+  told otherwise, so every lesson that asks it runs there.
+- ``MOE_LAB_PEAK_MEMORY_FILE``: a path; after every notebook cell, the kernel writes its peak
+  memory there as JSON (``torch.cuda.max_memory_allocated`` can only be read inside the process
+  that allocated, so the kernel has to report it itself).
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import random
+import sys
 
 import numpy as np
 import torch
 
+DEVICE_ENV = "MOE_LAB_DEVICE"
+PEAK_MEMORY_ENV = "MOE_LAB_PEAK_MEMORY_FILE"
+
 
 def pick_device(prefer: str | None = None) -> torch.device:
-    """cuda if present, else mps (Apple), else cpu. ``prefer`` forces one (``"cpu"`` ...)."""
+    """``prefer`` if given, else ``$MOE_LAB_DEVICE`` if set, else cuda if present, else mps
+    (Apple), else cpu."""
     if prefer is not None:
         return torch.device(prefer)
+    if os.environ.get(DEVICE_ENV):
+        device = torch.device(os.environ[DEVICE_ENV])
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"{DEVICE_ENV}={os.environ[DEVICE_ENV]!r} asks for CUDA, which this "
+                             "machine does not have; unset it or set it to 'cpu'")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -46,9 +68,43 @@ def environment_summary(device: torch.device | str | None = None) -> dict[str, s
         summary["gpu"] = props.name
         summary["gpu_memory_gb"] = f"{props.total_memory / 2**30:.1f}"
         summary["bf16_supported"] = str(torch.cuda.is_bf16_supported())
+        summary["cuda"] = str(torch.version.cuda)
     return summary
 
 
 def print_environment() -> None:
     for key, value in environment_summary().items():
         print(f"{key:>14}: {value}")
+
+
+def peak_memory() -> dict[str, float | None]:
+    """This process's peak memory so far, in MB: ``cuda_max_allocated_mb`` (None when CUDA was
+    never used here) and ``max_rss_mb`` (resident set size, None where not measurable)."""
+    cuda_mb = (torch.cuda.max_memory_allocated() / 2**20
+               if torch.cuda.is_available() and torch.cuda.is_initialized() else None)
+    try:
+        import resource  # POSIX only
+
+        max_rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux
+        rss_mb = max_rss_kb / (2**20 if sys.platform == "darwin" else 2**10)  # bytes on macOS
+    except ImportError:
+        rss_mb = None
+    return {"cuda_max_allocated_mb": cuda_mb, "max_rss_mb": rss_mb}
+
+
+def _report_peak_memory_after_each_cell() -> None:
+    """When ``$MOE_LAB_PEAK_MEMORY_FILE`` is set inside a Jupyter kernel, write
+    :func:`peak_memory` to it after every cell (the last write is the lesson's peak)."""
+    path = os.environ.get(PEAK_MEMORY_ENV)
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    if not path or shell is None:
+        return
+
+    def write(*_: object) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(peak_memory(), f)
+
+    shell.events.register("post_run_cell", write)
+
+
+_report_peak_memory_after_each_cell()

@@ -8,7 +8,7 @@ widget) can compute the auxiliary losses (:mod:`moe_lab.losses`) and see what wa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -39,6 +39,31 @@ class MoEOutput:
     @property
     def num_dropped(self) -> int:
         return int(self.dropped.sum())
+
+
+@dataclass(frozen=True)
+class SparseMoEConfig:
+    """SparseMoE's constructor arguments, stored by the layer: ``SparseMoE.from_config(moe.config)``
+    builds the same layer (then ``load_state_dict`` copies its weights), e.g. on every rank of
+    :mod:`moe_lab.parallel`. ``dispatch`` and ``capacity_factor`` follow the layer's attributes
+    of those names when they are changed (lesson 03 does)."""
+
+    d_model: int
+    d_ff: int
+    num_experts: int
+    top_k: int
+    dispatch: str = "sorted"
+    capacity_factor: float | None = None
+    activation: str = "swiglu"
+    normalize: bool = True
+    noise: str | None = None
+    router_dtype: torch.dtype = torch.float32
+    scoring: str = "softmax"
+
+    def to_dict(self) -> dict[str, object]:
+        """The keyword arguments of ``SparseMoE(**config.to_dict())`` (plain values: saves and
+        loads with ``torch.load(weights_only=True)``)."""
+        return asdict(self)
 
 
 class SparseMoE(nn.Module):
@@ -73,13 +98,40 @@ class SparseMoE(nn.Module):
         check_positive_int("num_experts", num_experts)
         check_top_k(top_k, num_experts)
         check_choice("dispatch", dispatch, DISPATCH_FUNCTIONS)
-        self.capacity_factor = check_positive_float(
-            "capacity_factor", capacity_factor, allow_none=True)
+        capacity_factor = check_positive_float("capacity_factor", capacity_factor, allow_none=True)
         self.d_model, self.d_ff, self.num_experts, self.top_k = d_model, d_ff, num_experts, top_k
-        self.dispatch = dispatch
         self.router = TopKRouter(d_model, num_experts, top_k, normalize=normalize, noise=noise,
                                  router_dtype=router_dtype, scoring=scoring)
         self.experts = Experts(num_experts, d_model, d_ff, activation=activation)
+        self.config = SparseMoEConfig(
+            d_model=d_model, d_ff=d_ff, num_experts=num_experts, top_k=top_k, dispatch=dispatch,
+            capacity_factor=capacity_factor, activation=activation, normalize=normalize,
+            noise=noise, router_dtype=router_dtype, scoring=scoring)
+
+    @classmethod
+    def from_config(cls, config: SparseMoEConfig) -> SparseMoE:
+        """A new layer with ``config``'s arguments (fresh weights)."""
+        if not isinstance(config, SparseMoEConfig):
+            raise TypeError(f"config must be a SparseMoEConfig, got {type(config).__name__}")
+        return cls(**config.to_dict())
+
+    @property
+    def dispatch(self) -> str:
+        return self.config.dispatch
+
+    @dispatch.setter
+    def dispatch(self, dispatch: str) -> None:
+        check_choice("dispatch", dispatch, DISPATCH_FUNCTIONS)
+        self.config = replace(self.config, dispatch=dispatch)
+
+    @property
+    def capacity_factor(self) -> float | None:
+        return self.config.capacity_factor
+
+    @capacity_factor.setter
+    def capacity_factor(self, capacity_factor: float | None) -> None:
+        capacity_factor = check_positive_float("capacity_factor", capacity_factor, allow_none=True)
+        self.config = replace(self.config, capacity_factor=capacity_factor)
 
     def extra_repr(self) -> str:
         return f"dispatch={self.dispatch!r}, capacity_factor={self.capacity_factor}"

@@ -30,7 +30,8 @@ def _check_probs(router_probs: object) -> torch.Tensor:
 
 
 def load_balancing_loss(router_probs: torch.Tensor, topk_idx: torch.Tensor,
-                        mask: torch.Tensor | None = None) -> torch.Tensor:
+                        mask: torch.Tensor | None = None, *,
+                        check_range: bool = True) -> torch.Tensor:
     """Switch Transformer auxiliary loss (Fedus et al. 2021, eq. 4), for any K.
 
         loss = E * sum_i f_i * P_i
@@ -40,10 +41,14 @@ def load_balancing_loss(router_probs: torch.Tensor, topk_idx: torch.Tensor,
     Exactly 1.0 when routing is uniform, whatever K; E when every token goes to one expert with
     probability 1. Hugging Face's Mixtral ``load_balancing_loss_func`` sums f over the K slots
     separately, which is K times this value.
+
+    ``check_range=False`` skips the check that every id lies in [0, E), which reads the ids'
+    min and max on the host (two syncs on a GPU): for ids straight from a router, as in
+    :class:`moe_lab.model.TinyLM`. Types and shapes are checked either way.
     """
     router_probs = _check_probs(router_probs)
     num_tokens, num_experts = router_probs.shape
-    check_index_tensor("topk_idx", topk_idx, num_tokens, num_experts)
+    check_index_tensor("topk_idx", topk_idx, num_tokens, num_experts if check_range else None)
     mask = check_mask(mask, num_tokens)
     # expert_mask[n, i] = number of the token's K choices that are expert i
     expert_mask = torch.zeros_like(router_probs).scatter_add(

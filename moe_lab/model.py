@@ -28,10 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moe_lab import text_routing
 from moe_lab.experts import Experts
 from moe_lab.layer import SparseMoE
 from moe_lab.losses import average_over_layers, load_balancing_loss, router_z_loss
 from moe_lab.routing import RouterOutput
+from moe_lab.text_routing import TextRouting
 from moe_lab.tokenizer import ByteTokenizer
 from moe_lab.validation import check_choice, check_positive_float, check_positive_int, check_top_k
 
@@ -132,7 +134,8 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, seq, d_model = x.shape
-        q, k, v = self.qkv(x).view(batch, seq, 3, self.n_heads, -1).unbind(2)  # (B, T, H, D/H)
+        d_head = d_model // self.n_heads  # explicit, so T = 0 reshapes too
+        q, k, v = self.qkv(x).view(batch, seq, 3, self.n_heads, d_head).unbind(2)  # (B, T, H, D/H)
         # softmax(q k^T / sqrt(d_head) + causal mask) v
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                            is_causal=True)  # (B, H, T, D/H)
@@ -217,8 +220,10 @@ class TinyLM(nn.Module):
         aux_loss = z_loss = None
         if routing:
             # LB = mean over layers of E * sum_i f_i P_i ;  Z = mean over layers of mean_n z_n^2
+            # (the router's ids need no range check: it would cost two host syncs per layer)
             aux_loss = average_over_layers(
-                [load_balancing_loss(r.router.probs, r.topk_idx, mask) for r in routing])
+                [load_balancing_loss(r.router.probs, r.topk_idx, mask, check_range=False)
+                 for r in routing])
             z_loss = average_over_layers([router_z_loss(r.router.logits, mask) for r in routing])
         loss = lm_loss = None
         if targets is not None:
@@ -242,7 +247,10 @@ class TinyLM(nn.Module):
         if input_ids.shape[1] > self.config.max_seq_len:
             raise ValueError(f"input_ids is {input_ids.shape[1]} tokens long, more than "
                              f"max_seq_len={self.config.max_seq_len}")
-        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.config.vocab_size):
+        # one host sync for the range check (an id out of range would stop a GPU with a
+        # device-side assert inside the embedding)
+        if input_ids.numel() and not bool(((input_ids >= 0)
+                                           & (input_ids < self.config.vocab_size)).all()):
             raise ValueError(f"input_ids must lie in [0, vocab_size={self.config.vocab_size})")
         for name, value in (("targets", targets), ("attention_mask", attention_mask)):
             if value is not None and (not isinstance(value, torch.Tensor)
@@ -250,37 +258,21 @@ class TinyLM(nn.Module):
                 raise ValueError(f"{name} must be a tensor of shape {tuple(input_ids.shape)}")
 
 
-@dataclass(frozen=True)
-class TextRouting:
-    """The routing of one text: pieces (one printable label per byte token), and per MoE layer
-    topk_idx (T, K) and topk_weights (T, K); total_tokens > T when the text was cut."""
-
-    pieces: list[str]
-    topk_idx: list[torch.Tensor]
-    topk_weights: list[torch.Tensor]
-    total_tokens: int
-
-
-@torch.no_grad()
 def route_text(model: TinyLM, text: str, tokenizer: ByteTokenizer | None = None) -> TextRouting:
     """Run ``text`` through the model (eval mode, its first max_seq_len bytes) and return each
-    MoE layer's expert choice per byte token. Empty text gives empty tensors."""
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
-    if model.config.ffn != "moe":
-        raise ValueError("route_text needs a model with ffn='moe'")
-    tokenizer = tokenizer or ByteTokenizer()
-    all_ids = tokenizer.encode_tensor(text)
-    ids = all_ids[:model.config.max_seq_len]  # (T,)
-    pieces = tokenizer.pieces(text)[:model.config.max_seq_len]
-    k = model.config.top_k
-    if ids.numel() == 0:
-        empty = [torch.zeros(0, k, dtype=torch.long)] * model.config.n_layers
-        return TextRouting([], empty, [torch.zeros(0, k)] * model.config.n_layers, 0)
+    MoE layer's routing of the byte tokens (:func:`moe_lab.text_routing.route_text`). Empty text
+    gives empty tables. The model's training mode is restored, even when routing fails."""
+    if not isinstance(model, TinyLM) or model.config.ffn != "moe":
+        raise ValueError("route_text needs a TinyLM with ffn='moe'")
+    device = next(model.parameters()).device
+
+    def route_ids(ids: torch.Tensor) -> list[RouterOutput]:  # ids: (T,)
+        return [r.router for r in model(ids.unsqueeze(0).to(device)).routing]
+
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    out = model(ids.unsqueeze(0).to(device))
-    model.train(was_training)
-    return TextRouting(pieces, [r.topk_idx.cpu() for r in out.routing],
-                       [r.topk_weights.cpu() for r in out.routing], len(all_ids))
+    try:
+        return text_routing.route_text(text, route_ids, max_tokens=model.config.max_seq_len,
+                                       tokenizer=tokenizer)
+    finally:
+        model.train(was_training)

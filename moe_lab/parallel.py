@@ -9,7 +9,9 @@ DeepSpeed-MoE, GShard):
 1. route:      topk_idx (n, K) on each rank; sort the n*K assignments by expert.
 2. counts:     tokens_per_expert (E,) is exchanged with one ``all_to_all_single`` of equal
                chunks: rank r learns recv_counts[s, e] = rows source s sends to its expert e.
-               ``.tolist()`` of the counts is a host sync: the sizes must be known on the CPU.
+               Reading them (``.tolist()``) is the exchange's one host sync: the split sizes
+               of the next collective must be known on the CPU. Everything else about the
+               counts is Python arithmetic on lists the host already holds.
 3. dispatch:   the sorted rows go out with ``all_to_all_single`` and uneven split sizes
                send_splits[d] = sum_{e owned by d} tokens_per_expert[e].
 4. regroup:    received rows come grouped by source rank; a stable sort by local expert makes
@@ -106,23 +108,24 @@ def send_splits(topk_idx: torch.Tensor, num_experts: int, world_size: int) -> to
     return splits_from_counts(tokens_per_expert, world_size)  # (W,)
 
 
-def local_expert_order(recv_counts: torch.Tensor) -> torch.Tensor:
+def local_expert_order(recv_counts: torch.Tensor, num_rows: int | None = None) -> torch.Tensor:
     """Order that makes each local expert's received rows contiguous.
 
     recv_counts (W, E_local): rows from source rank s for local expert e. The received rows are
     laid out source by source, and within a source expert by expert. Returns (R,) indices such
     that ``x_recv[order]`` is grouped by local expert, sources in rank order within an expert
-    (a stable sort by local expert: Megatron's ``sort_chunks_by_idxs``).
+    (a stable sort by local expert: Megatron's ``sort_chunks_by_idxs``). ``num_rows`` = R, when
+    the caller knows it, spares a host sync on a GPU (the length of the row labels).
     """
-    if recv_counts.dim() != 2:
-        raise ValueError(f"recv_counts must have shape (W, E_local), got {tuple(recv_counts.shape)}")
+    if not isinstance(recv_counts, torch.Tensor) or recv_counts.dim() != 2:
+        raise ValueError(f"recv_counts must be a tensor of shape (W, E_local), got "
+                         f"{tuple(getattr(recv_counts, 'shape', ()))}")
     world_size, local_experts = recv_counts.shape
     chunk_expert = torch.arange(local_experts, device=recv_counts.device).repeat(world_size)
-    local_expert_of_row = chunk_expert.repeat_interleave(recv_counts.reshape(-1))  # (R,)
-    # the same stable sort by expert as the single-process routing plan, with K = 1
-    plan = make_routing_plan(local_expert_of_row.unsqueeze(1),
-                             torch.ones(local_expert_of_row.shape[0], 1), local_experts)
-    return plan.sort_order  # (R,)
+    local_expert_of_row = chunk_expert.repeat_interleave(recv_counts.reshape(-1),
+                                                         output_size=num_rows)  # (R,)
+    # the stable sort by expert of the single-process routing plan (make_routing_plan), K = 1
+    return torch.argsort(local_expert_of_row, stable=True)  # (R,)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,21 +190,26 @@ class RemoteExperts(nn.Module):
         self.last_exchange: ExchangeStats | None = None
 
     def forward_grouped(self, x_sorted: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """x_sorted (M, D) sorted by global expert, counts E ints -> expert outputs (M, D)."""
+        """x_sorted (M, D) sorted by global expert, counts E ints -> expert outputs (M, D).
+
+        One host sync: reading the received counts. ``counts`` are already Python ints."""
         world_size, local_experts = self.world_size, self.local_experts_per_rank
+        # send_splits[d] = sum_{e owned by d} tokens_per_expert[e], from the host's counts
+        send = [sum(counts[d * local_experts:(d + 1) * local_experts]) for d in range(world_size)]
         tokens_per_expert = torch.tensor(counts, device=x_sorted.device)  # (E,)
         # 2. count exchange: chunk d of tokens_per_expert (experts of rank d) goes to rank d
         recv_counts = torch.empty_like(tokens_per_expert)  # (W * E_local,)
         dist.all_to_all_single(recv_counts, tokens_per_expert, group=self.group)
-        recv_counts = recv_counts.view(world_size, local_experts)  # (W, E_local)
-        send = splits_from_counts(tokens_per_expert, world_size).tolist()  # W ints (host sync)
-        recv = recv_counts.sum(dim=1).tolist()  # W ints (host sync)
-        self.last_exchange = ExchangeStats(send, recv, recv_counts.cpu())
+        recv_rows = recv_counts.view(world_size, local_experts).tolist()  # W x E_local ints (host sync)
+        recv = [sum(row) for row in recv_rows]  # W ints: rows from each source rank
+        local_counts = [sum(column) for column in zip(*recv_rows, strict=True)]  # E_local ints
+        self.last_exchange = ExchangeStats(send, recv, torch.tensor(recv_rows))
         # 3. dispatch: rows sorted by expert are also sorted by owner rank
         x_recv = AllToAll.apply(x_sorted, recv, send, self.group)  # (R, D)
         # 4. regroup by local expert, 5. grouped GEMM
-        order = local_expert_order(recv_counts)  # (R,)
-        h_grouped = self.local.forward_grouped(x_recv[order], recv_counts.sum(0).tolist())
+        order = local_expert_order(recv_counts.view(world_size, local_experts),
+                                   num_rows=sum(recv))  # (R,)
+        h_grouped = self.local.forward_grouped(x_recv[order], local_counts)
         # 6. undo the regroup (row order[i] of x_recv is row i of h_grouped), send back
         h_recv = torch.zeros_like(h_grouped).index_copy(0, order, h_grouped)  # (R, D)
         return AllToAll.apply(h_recv, send, recv, self.group)  # (M, D)
@@ -318,6 +326,7 @@ class ExpertParallelResult:
 class _Job:
     world_size: int
     backend: str
+    device_type: str  # "cpu" or "cuda"
     port: int
     timeout_s: float
     fail_rank: int | None
@@ -342,9 +351,10 @@ def _worker(rank: int, job: _Job) -> None:
     if loopback is not None:  # keep gloo's sockets on the loopback too
         os.environ["GLOO_SOCKET_IFNAME"] = loopback
     torch.set_num_threads(1)  # W processes share the cores
-    if job.backend == "nccl":
-        torch.cuda.set_device(rank)
-    device = torch.device("cuda", rank) if job.backend == "nccl" else torch.device("cpu")
+    device = torch.device("cpu")
+    if job.device_type == "cuda":  # NCCL: one GPU per rank; gloo: the ranks may share one
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
     dist.init_process_group(job.backend, init_method=f"tcp://127.0.0.1:{job.port}", rank=rank,
                             world_size=job.world_size,
                             timeout=datetime.timedelta(seconds=job.timeout_s))
@@ -388,11 +398,9 @@ def _run_rank(rank: int, job: _Job, device: torch.device) -> None:
 
 
 def _layer_config(moe: SparseMoE) -> dict[str, object]:
-    """SparseMoE's constructor arguments, so each rank rebuilds the same layer (then its state)."""
-    return {"d_model": moe.d_model, "d_ff": moe.d_ff, "num_experts": moe.num_experts,
-            "top_k": moe.top_k, "dispatch": "sorted", "activation": moe.experts.activation,
-            "normalize": moe.router.normalize, "noise": moe.router.noise,
-            "router_dtype": moe.router.router_dtype, "scoring": moe.router.scoring}
+    """SparseMoE's constructor arguments, so each rank rebuilds the same layer (then its state):
+    the layer's own stored :class:`moe_lab.layer.SparseMoEConfig`."""
+    return moe.config.to_dict()
 
 
 def _first_failure(job_dir: str) -> tuple[int, str] | None:
@@ -446,7 +454,7 @@ def _launch(job: _Job, timeout_s: float) -> None:
 
 def run_expert_parallel(moe: SparseMoE, x: torch.Tensor, grad_y: torch.Tensor | None = None, *,
                         world_size: int = 2, backend: str | None = None,
-                        timeout_s: float = 60.0,
+                        device: str | None = None, timeout_s: float = 60.0,
                         fail_rank: int | None = None) -> ExpertParallelResult:
     """Run ``moe`` expert-parallel over ``world_size`` local processes, forward and backward.
 
@@ -455,7 +463,10 @@ def run_expert_parallel(moe: SparseMoE, x: torch.Tensor, grad_y: torch.Tensor | 
     r * E / W ... (r + 1) * E / W - 1. The loss is sum(y * grad_y) (``grad_y`` defaults to ones),
     so the gradients equal those of ``moe(x).y.backward(grad_y)`` in one process.
 
-    backend: ``"gloo"`` (CPU, default without CUDA) or ``"nccl"`` (one GPU per rank).
+    backend: ``"gloo"`` (default without a GPU per rank) or ``"nccl"`` (one GPU per rank).
+    device: where each rank computes, ``"cpu"`` or ``"cuda"``; default ``"cuda"`` for NCCL and
+    ``"cpu"`` for gloo. gloo also moves CUDA tensors (through host memory), so with fewer GPUs
+    than ranks ``backend="gloo", device="cuda"`` runs every rank on the GPUs there are.
     timeout_s: the whole run, and each collective, must finish within it; otherwise every rank
     is stopped and :class:`ExpertParallelError` is raised. ``fail_rank`` makes that rank raise
     before the exchange (to see what a failure looks like).
@@ -479,6 +490,12 @@ def run_expert_parallel(moe: SparseMoE, x: torch.Tensor, grad_y: torch.Tensor | 
     if backend == "nccl" and torch.cuda.device_count() < world_size:
         raise ValueError(f"backend='nccl' needs one GPU per rank: world_size={world_size}, "
                          f"GPUs={torch.cuda.device_count()}")
+    device = device or ("cuda" if backend == "nccl" else "cpu")
+    check_choice("device", device, ("cpu", "cuda"))
+    if backend == "nccl" and device != "cuda":
+        raise ValueError(f"backend='nccl' computes on CUDA tensors only, got device={device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' needs a CUDA GPU, and this machine has none")
     timeout_s = check_positive_float("timeout_s", timeout_s)
     if fail_rank is not None and not 0 <= fail_rank < world_size:
         raise ValueError(f"fail_rank must be None or in [0, {world_size}), got {fail_rank}")
@@ -490,7 +507,7 @@ def run_expert_parallel(moe: SparseMoE, x: torch.Tensor, grad_y: torch.Tensor | 
                     "state": {k: v.detach().cpu() for k, v in moe.state_dict().items()},
                     "x_shards": x_shards, "grad_shards": grad_shards},
                    Path(job_dir) / "inputs.pt")
-        job = _Job(world_size, backend, free_port(), timeout_s, fail_rank, job_dir)
+        job = _Job(world_size, backend, device, free_port(), timeout_s, fail_rank, job_dir)
         start = time.perf_counter()
         _launch(job, timeout_s)
         seconds = time.perf_counter() - start

@@ -33,6 +33,8 @@ from moe_lab.validation import check_choice, check_positive_int
 
 PRECISIONS = ("fp32", "bf16")
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "lesson05"
+#: the same runs in bf16 on a GPU, written by ``python -m moe_lab.gpu_check`` (when one ran)
+GPU_RESULTS_DIR = RESULTS_DIR.parent / "lesson05_gpu"
 
 
 @dataclass(frozen=True)

@@ -79,3 +79,16 @@ def test_grouped_mm_probe_ignores_the_callers_grad_mode(context):
         assert inside == grouped_mm_supported("cpu", torch.float32)
     finally:
         grouped_mm_supported.cache_clear()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_grouped_mm_probe_leaves_the_random_state_alone(dtype):
+    """A learner's seeded cell gives the same numbers whether or not the probe ran first."""
+    grouped_mm_supported.cache_clear()
+    try:
+        torch.manual_seed(0)
+        before = torch.random.get_rng_state()
+        grouped_mm_supported("cpu", dtype)  # the first call: the probe runs
+        assert torch.equal(torch.random.get_rng_state(), before)
+    finally:
+        grouped_mm_supported.cache_clear()

@@ -10,8 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from moe_lab import TopKRouter, topk_routing
+from moe_lab import RouterOutput, TopKRouter, topk_routing
 from moe_lab.stats import StepStats, max_over_mean_load, router_entropy, step_stats
+from moe_lab.text_routing import TextRouting
+from moe_lab.text_routing import route_text as route_token_ids
 from moe_lab.viz.dashboard import compare_runs_figure, dashboard_data, dashboard_figure
 from moe_lab.viz.explorer import (
     COLUMNS,
@@ -21,7 +23,6 @@ from moe_lab.viz.explorer import (
     explorer_figure,
     explorer_traces,
     route_text,
-    routing_table,
 )
 from moe_lab.widgets.dashboard import TrainingDashboard
 from moe_lab.widgets.explorer import RoutingExplorer
@@ -109,19 +110,28 @@ def test_route_text_rejects_bad_arguments(byte_model):
         route_text("a", embedding, router, top_k=1, noise=-1.0)
 
 
-def test_routing_table_from_several_layers():
-    """What lesson 05 does with a trained model: per-layer (T, K) tensors into one table."""
+def several_layers(probs: torch.Tensor, top_k: int):
+    """A routing callable over L layers of fixed probabilities (L, T_max, E), cut to T tokens."""
+
+    def route_ids(ids: torch.Tensor) -> list[RouterOutput]:
+        layers = []
+        for p in probs[:, :len(ids)]:
+            idx, weights = topk_routing(p, top_k)
+            layers.append(RouterOutput(p.log(), p, idx, weights))
+        return layers
+
+    return route_ids
+
+
+def test_the_explorer_draws_a_several_layer_routing():
+    """What lesson 05 does with a trained model: L layers of one text in one table."""
     probs = torch.softmax(torch.randn(3, 5, 4), dim=-1)  # (L, T, E)
-    idx, weights = zip(*(topk_routing(p, 2) for p in probs), strict=True)
-    table = routing_table(list("abcde"), idx, weights, 4, total_tokens=9)
-    assert (table.num_layers, table.num_tokens, table.top_k) == (3, 5, 2)
+    table = route_token_ids("abcdefghi", several_layers(probs, 2), max_tokens=5)
+    assert RoutingTable is TextRouting  # the explorer's old name still imports
+    assert (table.num_layers, table.num_tokens, table.top_k, table.total_tokens) == (3, 5, 2, 9)
     assert table.truncated and table.layer_names == ("layer 0", "layer 1", "layer 2")
     assert table.tokens_per_expert.sum(-1).tolist() == [10, 10, 10]
-    assert explorer_traces(table, layer=2).top_expert == idx[2][:, 0].tolist()
-    as_dict = table.to_dict()
-    assert as_dict["topk_idx"][1] == idx[1].tolist() and as_dict["total_tokens"] == 9
-    with pytest.raises(ValueError, match="labels"):
-        routing_table(list("abc"), idx, weights, 4)
+    assert explorer_traces(table, layer=2).top_expert == probs[2].argmax(-1).tolist()
     with pytest.raises(ValueError, match="layer"):
         explorer_traces(table, layer=3)
 
@@ -171,12 +181,10 @@ def test_explorer_widget_follows_every_control(byte_model):
 def test_explorer_widget_with_several_layers_and_fixed_k():
     calls = []
 
-    def route_fn(text: str, top_k: int, noise: float) -> RoutingTable:
+    def route_fn(text: str, top_k: int, noise: float) -> TextRouting:
         calls.append(text)
-        labels = list(text)[:10]
-        probs = torch.softmax(torch.arange(len(labels) * 2 * 4.0).view(2, -1, 4).sin(), -1)
-        idx, weights = zip(*(topk_routing(p, 1) for p in probs), strict=True)
-        return routing_table(labels, idx, weights, 4, total_tokens=len(text))
+        probs = torch.softmax(torch.arange(2 * 10 * 4.0).view(2, 10, 4).sin(), -1)  # (L, T, E)
+        return route_token_ids(text, several_layers(probs, 1), max_tokens=10)
 
     explorer = RoutingExplorer(route_fn, num_experts=4, top_k=1, show_top_k=False,
                                show_noise=False)
@@ -192,7 +200,7 @@ def test_explorer_widget_with_several_layers_and_fixed_k():
 def test_explorer_widget_rejects_a_bad_routing_callable():
     with pytest.raises(TypeError, match="route_fn"):
         RoutingExplorer("not callable", num_experts=4)
-    with pytest.raises(TypeError, match="RoutingTable"):
+    with pytest.raises(TypeError, match="TextRouting"):
         RoutingExplorer(lambda text, k, noise: {"labels": []}, num_experts=4)
 
 

@@ -28,6 +28,14 @@ def test_core_imports_no_outer_layer(module):
     assert not [m for m in imports if m.startswith(FORBIDDEN_FOR_CORE)]
 
 
+@pytest.mark.parametrize("module", ["tokenizer", "text_routing"])
+def test_text_routing_is_as_plain_as_the_core(module):
+    """Built on the core, under the model and the figures: routing a text (moe_lab.text_routing)
+    knows no figure, widget, checker, model or training, so each of them can use it."""
+    imports = imported_modules(PACKAGE / f"{module}.py")
+    assert not [m for m in imports if m.startswith(FORBIDDEN_FOR_CORE)]
+
+
 @pytest.mark.parametrize("path", sorted((PACKAGE / "viz").glob("*.py")), ids=lambda p: p.name)
 def test_figures_know_no_widget(path):
     imports = imported_modules(path)

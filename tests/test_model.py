@@ -158,16 +158,37 @@ def test_bad_inputs():
 def test_route_text():
     model = make_model("moe").train()
     routing = route_text(model, "안녕 hi!")
-    assert len(routing.pieces) == len("안녕 hi!".encode()) == 10
-    assert [t.shape for t in routing.topk_idx] == [(10, 2), (10, 2)]
-    torch.testing.assert_close(routing.topk_weights[0].sum(-1), torch.ones(10))
+    assert len(routing.labels) == routing.num_tokens == len("안녕 hi!".encode()) == 10
+    assert routing.topk_idx.shape == (2, 10, 2) and routing.router_probs.shape == (2, 10, 4)
+    torch.testing.assert_close(routing.topk_weights.sum(-1), torch.ones(2, 10))
     assert model.training  # the mode is restored
+    with torch.no_grad():  # the routing is the eval-mode forward pass's, layer by layer
+        expected = model.eval()(torch.tensor([list("안녕 hi!".encode())])).routing
+    model.train()
+    for layer, out in enumerate(expected):
+        assert torch.equal(routing.topk_idx[layer], out.topk_idx)
+        torch.testing.assert_close(routing.router_probs[layer], out.router.probs)
     empty = route_text(model, "")
-    assert empty.pieces == [] and empty.topk_idx[0].shape == (0, 2)
+    assert empty.labels == [] and empty.topk_idx.shape == (2, 0, 2)
     long = route_text(model, "ab" * 20)
-    assert long.topk_idx[0].shape == (16, 2) and long.pieces == ["a", "b"] * 8
-    assert long.total_tokens == 40 and empty.total_tokens == 0
+    assert long.topk_idx.shape == (2, 16, 2) and long.labels == ["a", "b"] * 8
+    assert (long.num_tokens, long.total_tokens, long.truncated) == (16, 40, True)
+    assert empty.total_tokens == 0 and not empty.truncated
     with pytest.raises(ValueError, match="moe"):
         route_text(make_model("dense"), "hi")
     with pytest.raises(TypeError, match="text"):
         route_text(model, None)
+
+
+def test_route_text_restores_the_training_mode_when_routing_fails():
+    model = make_model("moe").train()
+
+    def fail(module, args):
+        assert not module.training  # routed in eval mode
+        raise RuntimeError("boom inside the forward pass")
+
+    hook = model.blocks[1].register_forward_pre_hook(fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        route_text(model, "hi")
+    hook.remove()
+    assert model.training and all(m.training for m in model.modules())

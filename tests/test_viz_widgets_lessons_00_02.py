@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from moe_lab import RouterOutput
 from moe_lab.params import MIXTRAL_8X7B, count_parameters
+from moe_lab.text_routing import route_text
 from moe_lab.viz.capacity import (
     DROPPED,
     KEPT,
@@ -58,8 +59,7 @@ def assert_shows_router_table(widget: RouterHeatmap) -> None:
     routed = ToyByteRouter(seed=0).route(
         widget.text.value, widget.top_k.value, noise=NOISES[widget.noise.value],
         router_dtype=DTYPES[widget.dtype.value], max_tokens=ROUTER_MAX_TOKENS)
-    table = router_heatmap_table(routed.routing, routed.token_labels,
-                                 source_tokens=routed.num_tokens)
+    table = router_heatmap_table(routed)
     figure = shown_figure(widget)
     heatmap, dots = figure["data"]
     assert heatmap["z"] == table.probs
@@ -71,8 +71,8 @@ def assert_shows_router_table(widget: RouterHeatmap) -> None:
 def assert_shows_capacity_table(widget: CapacityGrid) -> None:
     routed = ToyByteRouter(seed=0).route(widget.text.value, widget.top_k.value,
                                          max_tokens=CAPACITY_MAX_TOKENS)
-    table = capacity_grid_table(routed.routing.topk_idx, 8, widget.capacity_factor.value,
-                                routed.token_labels)
+    table = capacity_grid_table(routed.topk_idx[0], 8, widget.capacity_factor.value,
+                                routed.labels)
     figure = shown_figure(widget)
     (grid,) = figure["data"]
     assert grid["z"] == table.grid
@@ -158,34 +158,41 @@ def test_params_calculator_reproduces_mixtral_and_survives_extremes() -> None:
 # ------------------------------------------------------------------ lesson 01: router heatmap
 
 
-def _routing(probs: list[list[float]], top_k: int) -> RouterOutput:
+def _routing(probs: list[list[float]], top_k: int):
+    """A one-layer routing callable over fixed probabilities (T_max, E), cut to T tokens."""
     router_probs = torch.tensor(probs)
     topk_weights, topk_idx = torch.topk(router_probs, top_k, dim=-1)
-    return RouterOutput(logits=router_probs.log(), probs=router_probs, topk_idx=topk_idx,
-                        topk_weights=topk_weights)
+
+    def route_ids(ids: torch.Tensor) -> list[RouterOutput]:
+        t = len(ids)
+        return [RouterOutput(logits=router_probs[:t].log(), probs=router_probs[:t],
+                             topk_idx=topk_idx[:t], topk_weights=topk_weights[:t])]
+
+    return route_ids
 
 
 def test_router_heatmap_table_exact_and_cut() -> None:
-    routing = _routing([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3]], top_k=1)
-    table = router_heatmap_table(routing, ["a", "b", "c"])
-    assert table.topk_idx == [[0], [2], [1]]
+    route_ids = _routing([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3]], top_k=1)
+    table = router_heatmap_table(route_text("abc", route_ids, max_tokens=3))
+    assert table.token_labels == ["a", "b", "c"] and table.topk_idx == [[0], [2], [1]]
     assert table.probs[1] == pytest.approx([0.1, 0.3, 0.6])
-    assert table.num_experts == 3 and table.num_tokens == 3
-    cut = router_heatmap_table(routing, ["a", "b", "c"], max_tokens=2, source_tokens=10)
-    assert cut.token_labels == ["a", "b"] and len(cut.probs) == 2 and cut.num_tokens == 10
+    assert table.num_experts == 3 and table.num_tokens == table.total_tokens == 3
+    assert "first" not in router_heatmap_figure(table).layout.title.text
+    cut = router_heatmap_table(route_text("abcdefghij", route_ids, max_tokens=2))
+    assert cut.token_labels == ["a", "b"] and len(cut.probs) == 2
+    assert (cut.num_tokens, cut.total_tokens) == (2, 10)  # tokens drawn, tokens in the text
     figure = router_heatmap_figure(cut)
     assert "first 2 of 10" in figure.layout.title.text
     assert list(figure.data[1].x) == [0, 2]  # the chosen experts are marked
-    with pytest.raises(ValueError, match="token_labels"):
-        router_heatmap_table(routing, ["a"])
+    with pytest.raises(TypeError, match="routing"):
+        router_heatmap_table(route_ids)
+    with pytest.raises(ValueError, match="layer"):
+        router_heatmap_table(route_text("abc", route_ids, max_tokens=3), layer=1)
 
 
 def test_router_heatmap_table_empty() -> None:
-    one = _routing([[0.25] * 4], top_k=2)
-    empty = RouterOutput(*(t[:0] for t in (one.logits, one.probs, one.topk_idx,
-                                           one.topk_weights)))
-    table = router_heatmap_table(empty, [])
-    assert table.probs == [] and table.num_experts == 4
+    table = router_heatmap_table(route_text("", _routing([[0.25] * 4], top_k=2), max_tokens=3))
+    assert table.probs == [] and table.num_experts == 4 and table.num_tokens == 0
     assert "no tokens" in router_heatmap_figure(table).layout.title.text
 
 

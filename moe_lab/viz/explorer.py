@@ -3,17 +3,18 @@
 
 The interface, in three pieces:
 
-1. :class:`RoutingTable`, plain data: one label per token, and per MoE layer ``topk_idx`` (T, K),
-   ``topk_weights`` (T, K) and ``tokens_per_expert`` (E,), stacked over the L layers. Build one
-   with :func:`routing_table` from per-layer tensors (any model), or with :func:`route_text` for
-   an embedding + router over bytes (lesson 03).
+1. :class:`moe_lab.text_routing.TextRouting` (also importable here as ``RoutingTable``), plain
+   data: one label per token, and per MoE layer ``topk_idx`` (T, K), ``topk_weights`` (T, K),
+   ``router_probs`` (T, E) and ``tokens_per_expert`` (E,), stacked over the L layers. Any model
+   makes one with :func:`moe_lab.text_routing.route_text` from a callable ids -> RouterOutputs;
+   :func:`route_text` here does it for an embedding + router over bytes (lesson 03).
 2. A *routing callable*, what :class:`moe_lab.widgets.explorer.RoutingExplorer` accepts::
 
-       route_fn(text: str, top_k: int, noise: float) -> RoutingTable
+       route_fn(text: str, top_k: int, noise: float) -> TextRouting
 
    It must accept any string (empty, any script, emoji), ignore or honour ``top_k`` (1..E) and
    ``noise`` (>= 0, the std of Gaussian noise added to the router logits) as it can, and cut
-   long texts itself (``RoutingTable.total_tokens`` then says how long the text was, and the
+   long texts itself (``TextRouting.total_tokens`` then says how long the text was, and the
    figure shows a note). A trained model with a fixed K can recompute the top-k of its router
    probabilities with :func:`moe_lab.topk_routing`, or ignore ``top_k`` (hide the slider with
    ``RoutingExplorer(..., show_top_k=False)``). :func:`byte_router_fn` makes one for lesson 03.
@@ -27,7 +28,7 @@ one bar per expert with its load (tokens_per_expert) in the chosen layer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import plotly.graph_objects as go
@@ -35,9 +36,11 @@ import torch
 from plotly.subplots import make_subplots
 from torch import nn
 
-from moe_lab.routing import TopKRouter
+from moe_lab import text_routing
+from moe_lab.routing import RouterOutput, TopKRouter
+from moe_lab.text_routing import TextRouting
 from moe_lab.tokenizer import ByteTokenizer
-from moe_lab.validation import check_positive_int, check_top_k
+from moe_lab.validation import check_top_k
 
 MAX_TOKENS = 96  # tokens drawn; longer texts are cut, and the figure says so
 COLUMNS = 24  # tokens per row of the grid
@@ -51,130 +54,48 @@ def expert_colour(expert: int) -> str:
     return PALETTE[expert % len(PALETTE)]
 
 
-@dataclass(frozen=True)
-class RoutingTable:
-    """The routing of one text, per MoE layer.
-
-    labels:            T printable token labels (``ByteTokenizer.pieces``)
-    topk_idx:          (L, T, K) int64 chosen experts, best first
-    topk_weights:      (L, T, K) float32 their combine weights
-    tokens_per_expert: (L, E) int64 assignments per expert in each layer
-    num_experts:       E
-    total_tokens:      tokens in the whole text (> T when the text was cut)
-    layer_names:       L names, e.g. ("layer 0",)
-    """
-
-    labels: list[str]
-    topk_idx: torch.Tensor
-    topk_weights: torch.Tensor
-    tokens_per_expert: torch.Tensor
-    num_experts: int
-    total_tokens: int
-    layer_names: tuple[str, ...]
-
-    @property
-    def num_layers(self) -> int:
-        return self.topk_idx.shape[0]
-
-    @property
-    def num_tokens(self) -> int:
-        return self.topk_idx.shape[1]
-
-    @property
-    def top_k(self) -> int:
-        return self.topk_idx.shape[2]
-
-    @property
-    def truncated(self) -> bool:
-        return self.total_tokens > self.num_tokens
-
-    def to_dict(self) -> dict[str, object]:
-        """Plain lists and numbers (JSON-ready), e.g. to compare with what a browser shows."""
-        return {
-            "labels": list(self.labels),
-            "topk_idx": self.topk_idx.tolist(),
-            "topk_weights": [[[round(w, 6) for w in row] for row in layer]
-                             for layer in self.topk_weights.tolist()],
-            "tokens_per_expert": self.tokens_per_expert.tolist(),
-            "num_experts": self.num_experts,
-            "total_tokens": self.total_tokens,
-            "layer_names": list(self.layer_names),
-        }
+RoutingTable = TextRouting  # the explorer's name for the one result type (lessons 03, 05)
+RoutingFn = Callable[[str, int, float], TextRouting]
 
 
-RoutingFn = Callable[[str, int, float], RoutingTable]
-
-
-def routing_table(labels: Sequence[str], topk_idx: Sequence[torch.Tensor],
-                  topk_weights: Sequence[torch.Tensor], num_experts: int, *,
-                  total_tokens: int | None = None,
-                  layer_names: Sequence[str] | None = None) -> RoutingTable:
-    """Stack per-layer ``topk_idx`` (T, K) and ``topk_weights`` (T, K) into a RoutingTable and
-    count each layer's tokens_per_expert."""
-    check_positive_int("num_experts", num_experts)
-    if len(topk_idx) == 0 or len(topk_idx) != len(topk_weights):
-        raise ValueError("topk_idx and topk_weights must hold one tensor per layer (at least "
-                         f"one), got {len(topk_idx)} and {len(topk_weights)}")
-    idx = torch.stack([t.detach().cpu().long() for t in topk_idx])  # (L, T, K)
-    weights = torch.stack([w.detach().cpu().float() for w in topk_weights])  # (L, T, K)
-    if idx.dim() != 3 or idx.shape != weights.shape:
-        raise ValueError(f"each layer's topk_idx and topk_weights must be (T, K) of the same "
-                         f"shape, got {tuple(idx.shape[1:])} and {tuple(weights.shape[1:])}")
-    if len(labels) != idx.shape[1]:
-        raise ValueError(f"labels must hold one label per token ({idx.shape[1]}), "
-                         f"got {len(labels)}")
-    if idx.numel() and (idx.min() < 0 or idx.max() >= num_experts):
-        raise ValueError(f"topk_idx values must lie in [0, {num_experts})")
-    names = tuple(layer_names) if layer_names is not None else tuple(
-        f"layer {i}" for i in range(idx.shape[0]))
-    if len(names) != idx.shape[0]:
-        raise ValueError(f"layer_names must hold {idx.shape[0]} names, got {len(names)}")
-    # tokens_per_expert[l, e] = #{(t, k) : topk_idx[l, t, k] = e}
-    tokens_per_expert = torch.stack([torch.bincount(layer.reshape(-1), minlength=num_experts)
-                                     for layer in idx])  # (L, E)
-    return RoutingTable(labels=list(labels), topk_idx=idx, topk_weights=weights,
-                        tokens_per_expert=tokens_per_expert, num_experts=num_experts,
-                        total_tokens=max(idx.shape[1], total_tokens or 0), layer_names=names)
-
-
-@torch.no_grad()
 def route_text(text: str, embedding: nn.Embedding, router: TopKRouter, *, top_k: int,
                noise: float = 0.0, seed: int = 0, max_tokens: int = MAX_TOKENS,
-               tokenizer: ByteTokenizer | None = None) -> RoutingTable:
-    """Route the byte tokens of ``text`` through ``embedding`` and ``router`` (lesson 03).
+               tokenizer: ByteTokenizer | None = None) -> TextRouting:
+    """Route the byte tokens of ``text`` through ``embedding`` and ``router`` (lesson 03), with
+    :func:`moe_lab.text_routing.route_text`.
 
     ``top_k`` overrides the router's K (1..E); ``noise`` is the std of Gaussian noise added to the
     router logits (seeded: the same text and settings give the same picture); only the first
-    ``max_tokens`` tokens are routed.
+    ``max_tokens`` tokens are routed. The router runs in eval mode and is put back as it was.
     """
-    tokenizer = tokenizer or ByteTokenizer()
     check_top_k(top_k, router.num_experts)
-    check_positive_int("max_tokens", max_tokens)
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
         raise ValueError(f"noise must be a number >= 0, got {noise!r}")
-    ids = tokenizer.encode(text)
-    labels = tokenizer.pieces(text)[:max_tokens]
-    token_ids = torch.tensor(ids[:max_tokens], dtype=torch.long)  # (T,)
-    x = embedding(token_ids)  # (T, D)
+
+    def route_ids(token_ids: torch.Tensor) -> list[RouterOutput]:  # token_ids: (T,)
+        x = embedding(token_ids)  # (T, D)
+        router_logits = router(x).logits  # (T, E)
+        if noise > 0:
+            generator = torch.Generator().manual_seed(seed)
+            # logits <- logits + noise * eps,  eps ~ N(0, 1)
+            router_logits = router_logits + noise * torch.randn(
+                router_logits.shape, generator=generator)  # (T, E)
+        return [router.decide(router_logits, top_k)]  # the router's own scoring, bias and K
+
     was_training = router.training
-    router_logits = router.eval()(x).logits  # (T, E)
-    router.train(was_training)
-    if noise > 0:
-        generator = torch.Generator().manual_seed(seed)
-        # logits <- logits + noise * eps,  eps ~ N(0, 1)
-        router_logits = router_logits + noise * torch.randn(
-            router_logits.shape, generator=generator)  # (T, E)
-    routing = router.decide(router_logits, top_k)  # the router's own scoring, bias and K
-    topk_idx, topk_weights = routing.topk_idx, routing.topk_weights
-    return routing_table(labels, [topk_idx], [topk_weights], router.num_experts,
-                         total_tokens=len(ids))
+    router.eval()
+    try:
+        return text_routing.route_text(text, route_ids, max_tokens=max_tokens,
+                                       tokenizer=tokenizer)
+    finally:
+        router.train(was_training)
 
 
 def byte_router_fn(embedding: nn.Embedding, router: TopKRouter, *, seed: int = 0,
                    max_tokens: int = MAX_TOKENS) -> RoutingFn:
-    """A routing callable ``(text, top_k, noise) -> RoutingTable`` for the explorer widget."""
+    """A routing callable ``(text, top_k, noise) -> TextRouting`` for the explorer widget."""
 
-    def route_fn(text: str, top_k: int, noise: float) -> RoutingTable:
+    def route_fn(text: str, top_k: int, noise: float) -> TextRouting:
         return route_text(text, embedding, router, top_k=top_k, noise=noise, seed=seed,
                           max_tokens=max_tokens)
 
@@ -202,7 +123,7 @@ class ExplorerTraces:
     title: str
 
 
-def explorer_traces(table: RoutingTable, layer: int = 0) -> ExplorerTraces:
+def explorer_traces(table: TextRouting, layer: int = 0) -> ExplorerTraces:
     """The plain lists the figure shows for ``layer`` of ``table``."""
     if not 0 <= layer < table.num_layers:
         raise ValueError(f"layer must lie in [0, {table.num_layers}), got {layer}")
@@ -232,7 +153,7 @@ def explorer_traces(table: RoutingTable, layer: int = 0) -> ExplorerTraces:
     )
 
 
-def explorer_figure(table: RoutingTable, layer: int = 0) -> go.Figure:
+def explorer_figure(table: TextRouting, layer: int = 0) -> go.Figure:
     """Token grid (top) and expert load bars (bottom) for ``layer`` of ``table``."""
     figure = make_subplots(rows=2, cols=1, row_heights=[0.62, 0.38], vertical_spacing=0.12,
                            subplot_titles=("tokens, coloured by top expert (opacity = weight)",

@@ -14,8 +14,9 @@ import torch
 from plotly.subplots import make_subplots
 
 from moe_lab.model import TinyLM, route_text
+from moe_lab.text_routing import TextRouting
 from moe_lab.viz.dashboard import LOSS_COLOURS
-from moe_lab.viz.explorer import RoutingFn, RoutingTable, routing_table
+from moe_lab.viz.explorer import RoutingFn
 
 CURVE_AXES = ("step", "wall_time")
 
@@ -130,9 +131,7 @@ def lm_route_fn(model: TinyLM) -> RoutingFn:
     if not isinstance(model, TinyLM) or model.config.ffn != "moe":
         raise ValueError("model must be a TinyLM with ffn='moe'")
 
-    def route_fn(text: str, top_k: int, noise: float) -> RoutingTable:
-        routing = route_text(model, text)
-        return routing_table(routing.pieces, routing.topk_idx, routing.topk_weights,
-                             model.config.num_experts, total_tokens=routing.total_tokens)
+    def route_fn(text: str, top_k: int, noise: float) -> TextRouting:
+        return route_text(model, text)
 
     return route_fn

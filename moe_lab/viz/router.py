@@ -1,6 +1,6 @@
 """The router's per-token probabilities, drawn as a heatmap. Lesson 01.
 
-:func:`router_heatmap_table` turns a :class:`moe_lab.RouterOutput` and one label per token into
+:func:`router_heatmap_table` turns one layer of a :class:`moe_lab.text_routing.TextRouting` into
 plain lists (tested); :func:`router_heatmap_figure` draws it: tokens down, experts across, colour
 = router probability, a marker on each token's chosen experts.
 """
@@ -11,43 +11,43 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from moe_lab.routing import RouterOutput
+from moe_lab.text_routing import TextRouting
 
-MAX_TOKENS = 64  # rows drawn; longer inputs are cut (the figure says so)
+MAX_TOKENS = 64  # rows drawn; longer texts are cut before routing (the figure says so)
 
 
 @dataclass(frozen=True)
 class RouterHeatmapTable:
-    """token_labels: T labels; probs: (T, E); topk_idx, topk_weights: (T, K); num_tokens: the
-    number of tokens before the cut to ``max_tokens``."""
+    """What the heatmap draws for one layer: token_labels: T labels; probs: (T, E); topk_idx,
+    topk_weights: (T, K); total_tokens: the tokens of the whole text (> T when it was cut)."""
 
     token_labels: list[str]
     probs: list[list[float]]
     topk_idx: list[list[int]]
     topk_weights: list[list[float]]
     num_experts: int
-    num_tokens: int
+    total_tokens: int
+
+    @property
+    def num_tokens(self) -> int:
+        """T, the tokens drawn."""
+        return len(self.token_labels)
 
 
-def router_heatmap_table(routing: RouterOutput, token_labels: list[str],
-                         max_tokens: int = MAX_TOKENS, *,
-                         source_tokens: int | None = None) -> RouterHeatmapTable:
-    """Plain lists of the first ``max_tokens`` tokens' probabilities and choices.
-    ``source_tokens``: the length of the text these tokens were cut from, if it was cut."""
-    num_tokens, num_experts = routing.probs.shape
-    if len(token_labels) != num_tokens:
-        raise ValueError(f"token_labels must have one label per token ({num_tokens}), "
-                         f"got {len(token_labels)}")
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-    shown = min(num_tokens, max_tokens)
+def router_heatmap_table(routing: TextRouting, layer: int = 0) -> RouterHeatmapTable:
+    """Plain lists of ``layer``'s probabilities and choices for the tokens of ``routing``."""
+    if not isinstance(routing, TextRouting):
+        raise TypeError(f"routing must be a TextRouting (moe_lab.text_routing), "
+                        f"got {type(routing).__name__}")
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < routing.num_layers:
+        raise ValueError(f"layer must be an int in [0, {routing.num_layers}), got {layer!r}")
     return RouterHeatmapTable(
-        token_labels=list(token_labels[:shown]),
-        probs=routing.probs[:shown].detach().float().tolist(),
-        topk_idx=routing.topk_idx[:shown].tolist(),
-        topk_weights=routing.topk_weights[:shown].detach().float().tolist(),
-        num_experts=num_experts,
-        num_tokens=max(num_tokens, source_tokens or 0),
+        token_labels=list(routing.labels),
+        probs=routing.router_probs[layer].tolist(),
+        topk_idx=routing.topk_idx[layer].tolist(),
+        topk_weights=routing.topk_weights[layer].tolist(),
+        num_experts=routing.num_experts,
+        total_tokens=routing.total_tokens,
     )
 
 
@@ -70,8 +70,8 @@ def router_heatmap_figure(table: RouterHeatmapTable, title: str = "router probab
     ])
     if not rows:
         title = f"{title}: no tokens (type some text)"
-    elif table.num_tokens > len(rows):
-        title = f"{title}: first {len(rows)} of {table.num_tokens} tokens"
+    elif table.total_tokens > table.num_tokens:
+        title = f"{title}: first {table.num_tokens} of {table.total_tokens} tokens"
     figure.update_layout(
         title=title, xaxis=dict(title="expert", tickmode="array", tickvals=experts),
         yaxis=dict(title="token", tickmode="array", tickvals=rows, ticktext=table.token_labels,

@@ -7,4 +7,18 @@ JavaScript bundle over the kernel websocket, and the course keeps each lesson un
 redraw sends only the figure's JSON (a few kB). Every widget keeps the last ``figure`` it drew
 (and its table) for tests and learners, and keeps working on odd input (empty text, unknown
 characters, extreme sliders).
+
+Where each widget is used, and the figure module it draws with (in brackets):
+
+    lesson 00  params.py     ParamsCalculator   [viz/params.py]
+    lesson 01  router.py     RouterHeatmap      [viz/router.py, the toy byte router]
+    lesson 02  capacity.py   CapacityGrid       [viz/capacity.py, the toy byte router]
+    lesson 03  explorer.py   RoutingExplorer    [viz/explorer.py, byte_router_fn]
+    lesson 04  dashboard.py  TrainingDashboard  [viz/dashboard.py]
+    lesson 05  dashboard.py  TrainingDashboard  [viz/dashboard.py]
+    lesson 05  explorer.py   RoutingExplorer    [viz/explorer.py, viz.lm.lm_route_fn]
+
+``_toy.py`` holds :class:`ToyByteRouter`, a fixed, seeded byte embedding and router (lessons
+01-02); ``_output.py`` shows a figure in an Output, and keeps the last figure as a static
+fallback for front ends that draw no widgets.
 """

@@ -4,22 +4,12 @@ gate weights are also fixed and seeded, so the same text always routes the same 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from moe_lab import text_routing
 from moe_lab.routing import RouterOutput, TopKRouter
+from moe_lab.text_routing import TextRouting
 from moe_lab.tokenizer import ByteTokenizer
-
-
-@dataclass(frozen=True)
-class RoutedText:
-    """token_labels: T printable labels; routing: the router's decision for the T tokens;
-    num_tokens: the byte tokens in the whole text (T is cut to ``max_tokens``)."""
-
-    token_labels: list[str]
-    routing: RouterOutput
-    num_tokens: int
 
 
 class ToyByteRouter:
@@ -46,17 +36,17 @@ class ToyByteRouter:
         return router.train(noise is not None)
 
     def route(self, text: str, top_k: int, *, noise: str | None = None,
-              router_dtype: torch.dtype = torch.float32, max_tokens: int = 64) -> RoutedText:
+              router_dtype: torch.dtype = torch.float32, max_tokens: int = 64) -> TextRouting:
         """Tokenise ``text`` (any string, even empty), keep the first ``max_tokens`` bytes and
-        route them. Noise is seeded, so a redraw with the same settings gives the same picture."""
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
-        ids = self.tokenizer.encode(text)
-        labels = self.tokenizer.pieces(text)
-        shown = ids[:max_tokens]
-        x = self.embedding[torch.tensor(shown, dtype=torch.long)]  # (T, D)
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(self.seed)
-            routing = self.router(top_k, noise=noise, router_dtype=router_dtype)(x)
-        return RoutedText(token_labels=labels[:len(shown)], routing=routing,
-                          num_tokens=len(ids))
+        route them (:func:`moe_lab.text_routing.route_text`, one layer). Noise is seeded, so a
+        redraw with the same settings gives the same picture; the caller's random state is
+        left as it was."""
+
+        def route_ids(ids: torch.Tensor) -> list[RouterOutput]:  # ids: (T,)
+            x = self.embedding[ids]  # (T, D)
+            with torch.random.fork_rng(devices=[]):  # the router's init and noise draw here
+                torch.manual_seed(self.seed)
+                return [self.router(top_k, noise=noise, router_dtype=router_dtype)(x)]
+
+        return text_routing.route_text(text, route_ids, max_tokens=max_tokens,
+                                       tokenizer=self.tokenizer)

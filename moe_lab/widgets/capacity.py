@@ -37,10 +37,10 @@ class CapacityGrid(StaticFallback, widgets.VBox):
 
     def update(self) -> None:
         routed = self.toy.route(self.text.value, self.top_k.value, max_tokens=MAX_TOKENS)
-        self.table = capacity_grid_table(routed.routing.topk_idx, self.toy.num_experts,
-                                         self.capacity_factor.value, routed.token_labels)
-        cut = (f" (first {MAX_TOKENS} of {routed.num_tokens} tokens)"
-               if routed.num_tokens > MAX_TOKENS else "")
+        self.table = capacity_grid_table(routed.topk_idx[0], self.toy.num_experts,
+                                         self.capacity_factor.value, routed.labels)
+        cut = (f" (first {routed.num_tokens} of {routed.total_tokens} tokens)"
+               if routed.truncated else "")
         self.drop_rate.value = (f"C = <b>{self.table.capacity}</b> slots per expert; dropped "
                                 f"<b>{self.table.num_dropped}</b> of "
                                 f"{self.table.num_assignments} assignments: drop rate "

@@ -1,7 +1,7 @@
 """The routing explorer: type text, see which experts each token goes to. Lessons 03 and 05.
 
 :class:`RoutingExplorer` wires a Text box, a K slider, a noise slider and (for several layers) a
-layer menu to any *routing callable* ``route_fn(text, top_k, noise) -> RoutingTable`` (the
+layer menu to any *routing callable* ``route_fn(text, top_k, noise) -> TextRouting`` (the
 interface is documented in :mod:`moe_lab.viz.explorer`), and redraws one reused figure (shown in an Output) on
 every keystroke: the figure's traces are updated in place and its JSON is shown in an
 ``ipywidgets.Output`` (see :mod:`moe_lab.widgets._output` for why not a FigureWidget).
@@ -15,7 +15,7 @@ Lesson 05 (a trained model with several MoE layers and a fixed K)::
     explorer = RoutingExplorer(my_route_fn, num_experts=E, top_k=K, show_top_k=False,
                                show_noise=False)
 
-For tests and browser checks: ``current_table()`` is the RoutingTable last drawn,
+For tests and browser checks: ``current_table()`` is the TextRouting last drawn,
 ``figure_data()`` what the figure holds now, ``last_redraw_ms`` the time of the last redraw; the
 controls carry the CSS classes ``moe-explorer-text``, ``moe-explorer-k``, ``moe-explorer-noise``
 and ``moe-explorer-layer``.
@@ -27,12 +27,12 @@ import time
 
 import ipywidgets as widgets
 
+from moe_lab.text_routing import TextRouting
 from moe_lab.threads import torch_threads
 from moe_lab.tokenizer import clean_text
 from moe_lab.validation import check_positive_int, check_top_k
 from moe_lab.viz.explorer import (
     RoutingFn,
-    RoutingTable,
     apply_explorer_traces,
     explorer_figure,
     explorer_traces,
@@ -82,12 +82,13 @@ class RoutingExplorer(StaticFallback, widgets.VBox):
         super().__init__([self.text, widgets.HBox([self.top_k, self.noise, self.layer]),
                           self.output])
 
-    def _route(self) -> RoutingTable:
+    def _route(self) -> TextRouting:
         with torch_threads(self.num_threads):
             table = self.route_fn(self.text.value, int(self.top_k.value),
                                   float(self.noise.value))
-        if not isinstance(table, RoutingTable):
-            raise TypeError(f"route_fn must return a RoutingTable, got {type(table).__name__}")
+        if not isinstance(table, TextRouting):
+            raise TypeError(f"route_fn must return a TextRouting (moe_lab.text_routing), "
+                            f"got {type(table).__name__}")
         return table
 
     def update(self) -> None:
@@ -104,8 +105,8 @@ class RoutingExplorer(StaticFallback, widgets.VBox):
         show_in_output(self.output, self.figure)
         self.last_redraw_ms = (time.perf_counter() - start) * 1e3
 
-    def current_table(self) -> RoutingTable:
-        """The RoutingTable the figure shows now."""
+    def current_table(self) -> TextRouting:
+        """The TextRouting the figure shows now."""
         return self._table
 
     def figure_data(self) -> dict[str, object]:

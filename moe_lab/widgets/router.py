@@ -39,7 +39,6 @@ class RouterHeatmap(StaticFallback, widgets.VBox):
     def update(self) -> None:
         routed = self.toy.route(self.text.value, self.top_k.value, noise=NOISES[self.noise.value],
                                 router_dtype=DTYPES[self.dtype.value], max_tokens=MAX_TOKENS)
-        self.table = router_heatmap_table(routed.routing, routed.token_labels,
-                                          source_tokens=routed.num_tokens)
+        self.table = router_heatmap_table(routed)
         self.figure = router_heatmap_figure(self.table)  # a go.Figure
         show_in_output(self.output, self.figure)

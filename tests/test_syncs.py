@@ -1,0 +1,142 @@
+"""Host syncs: the counter counts what would sync on a GPU, and the counts of the model's
+forward + backward and of the expert-parallel exchange stay where issue 14 left them."""
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from moe_lab import SparseMoE, load_balancing_loss
+from moe_lab.model import ModelConfig, TinyLM
+from moe_lab.parallel import ExpertParallelMoE, free_port
+from moe_lab.syncs import count_host_syncs
+
+
+@pytest.mark.parametrize("make_sync, kind", [
+    (lambda x: x[0].item(), "item"),
+    (lambda x: bool(x[0] > 0), "item"),
+    (lambda x: int(x.argmax()), "item"),
+    (lambda x: x.tolist(), "tolist"),
+    (lambda x: x.cpu(), "cpu"),
+    (lambda x: x.numpy(), "numpy"),
+    (lambda x: torch.where(x > 0), "nonzero"),
+    (lambda x: x[x > 0], "bool_index"),
+    (lambda x: torch.bincount((x > 0).long(), minlength=2), "bincount"),
+    (lambda x: torch.arange(2).repeat_interleave(torch.tensor([1, 2])), "repeat_interleave"),
+    (lambda x: torch.unique(x), "unique"),
+])
+def test_counter_sees_each_kind_of_host_read_once(make_sync, kind):
+    x = torch.randn(6)
+    with count_host_syncs() as syncs:
+        make_sync(x)
+    assert dict(syncs) == {kind: 1}
+
+
+def test_counter_ignores_device_side_work_and_sees_the_backward():
+    x = torch.randn(8, 4, requires_grad=True)
+    with count_host_syncs() as syncs:
+        y = torch.softmax(x @ x.T, dim=-1).topk(2).values  # (8, 2)
+        torch.arange(2).repeat_interleave(torch.tensor([1, 2]), output_size=3)  # size given
+        torch.argsort(x[:, 0], stable=True)
+        y.sum().backward()
+    assert syncs.total == 0
+
+    class SyncsInBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return t * 2
+
+        @staticmethod
+        def backward(ctx, grad):
+            grad.sum().item()
+            return grad * 2
+
+    with count_host_syncs() as syncs:
+        SyncsInBackward.apply(x).sum().backward()
+    assert dict(syncs) == {"item": 1}
+
+
+def test_counter_restores_the_tensor_methods():
+    with count_host_syncs():
+        pass
+    with count_host_syncs() as syncs:
+        pass
+    torch.ones(2).tolist()
+    assert syncs.total == 0
+
+
+def _sorted_layer_syncs() -> dict[str, int]:
+    layer = SparseMoE(16, 32, 8, 2)
+    x = torch.randn(40, 16, requires_grad=True)
+    with count_host_syncs() as syncs:
+        layer(x).y.sum().backward()
+    return dict(syncs)
+
+
+def test_sorted_layer_syncs_are_the_counts_read_for_the_grouped_gemm():
+    # bincount (make_routing_plan) and tolist (dispatch_sorted's E counts): nothing else
+    assert _sorted_layer_syncs() == {"bincount": 1, "tolist": 1}
+
+
+@pytest.mark.parametrize("n_layers", [1, 3])
+def test_tinylm_step_syncs_one_input_check_plus_each_layers_dispatch(n_layers):
+    model = TinyLM(ModelConfig(n_layers=n_layers, max_seq_len=16))
+    ids = torch.randint(0, 256, (2, 16))
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[1, 10:] = False
+    with count_host_syncs() as syncs:
+        out = model(ids, ids, mask)
+        out.loss.backward()
+    per_layer = _sorted_layer_syncs()
+    # before issue 14: + 2 per layer (the range check of topk_idx in load_balancing_loss)
+    # and one more for the input-id range check (min and max read separately)
+    expected = {"item": 1, **{kind: n * n_layers for kind, n in per_layer.items()}}
+    assert dict(syncs) == expected
+
+
+def test_dense_tinylm_syncs_once():
+    model = TinyLM(ModelConfig(ffn="dense", max_seq_len=16))
+    ids = torch.randint(0, 256, (2, 16))
+    with count_host_syncs() as syncs:
+        model(ids, ids).loss.backward()
+    assert dict(syncs) == {"item": 1}
+
+
+def test_load_balancing_loss_range_check_is_two_syncs_and_optional():
+    probs = torch.softmax(torch.randn(10, 4), dim=-1)
+    topk_idx = probs.topk(2).indices
+    with count_host_syncs() as checked:
+        loss = load_balancing_loss(probs, topk_idx)
+    with count_host_syncs() as unchecked:
+        loss_unchecked = load_balancing_loss(probs, topk_idx, check_range=False)
+    assert checked.total == 2 and unchecked.total == 0
+    assert torch.equal(loss, loss_unchecked)
+    with pytest.raises(ValueError, match="topk_idx values must lie in"):
+        load_balancing_loss(probs, topk_idx + 4)
+    with pytest.raises(ValueError, match="topk_idx must have shape"):  # shapes: still checked
+        load_balancing_loss(probs, topk_idx[:5], check_range=False)
+
+
+@pytest.fixture
+def one_rank_group():
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
+                            world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_expert_parallel_exchange_reads_the_counts_once(one_rank_group):
+    moe = SparseMoE(16, 32, 4, 2).eval()
+    layer = ExpertParallelMoE.from_sparse_moe(moe, rank=0, world_size=1)
+    x = torch.randn(10, 16, requires_grad=True)
+    with count_host_syncs() as syncs:
+        out = layer(x)
+        out.y.sum().backward()
+    # the single-process sorted dispatch's syncs, plus one .tolist() of the received counts
+    # (before issue 14: three more .tolist(), a .cpu() and a bincount and repeat_interleave)
+    expected = _sorted_layer_syncs()
+    expected["tolist"] += 1
+    assert dict(syncs) == expected
+    reference = moe(x.detach())
+    torch.testing.assert_close(out.y, reference.y)
+    assert out.exchange.send_splits == [20] and out.exchange.recv_splits == [20]
+    assert out.exchange.recv_counts.tolist() == [moe(x).tokens_per_expert.tolist()]
