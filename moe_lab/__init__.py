@@ -32,6 +32,7 @@ Where each piece is introduced in the course (the core first, then what stands o
     gpu_check     ``python -m moe_lab.gpu_check``: the whole course on a GPU
     viz, widgets  figures from plain data; live widgets on top of them
     checks        the exercise checkers, ``moe_lab.checks.check_*``
+    quizzes       self-check quizzes (``quizzes/NN.yaml``), loader, grading   every lesson; notebooks/10
 
 Layering: the core (routing, experts, dispatch, layer, losses, balancing) imports nothing of
 plotting, widgets, checks or training.
