@@ -121,3 +121,24 @@ def test_widget_bad_input():
         QuizWidget([])
     with pytest.raises(FileNotFoundError):
         QuizWidget(99)
+
+
+def test_questions_share_their_layout_and_style_models():
+    """A quiz opens about 5 widget models per question (its own box, prompt, input, button and
+    feedback), not one Layout and one Style more per control."""
+    import ipywidgets as widgets
+
+    from moe_lab.widgets.quiz import QuestionView
+
+    registry = widgets.widget._instances if hasattr(widgets.widget, "_instances") else widgets.Widget.widgets
+    before = set(registry)
+    quiz = show_quiz(4)
+    opened = len(set(registry) - before)
+    # the quiz's header (its box, heading, language toggle: 10 models with their looks) and at
+    # most 11 shared looks, then 5 per question
+    assert opened <= 10 + 11 + 5 * len(quiz.views), f"{opened} models for {len(quiz.views)} questions"
+    first, second = quiz.views[0], quiz.views[1]
+    assert first.button.layout is second.button.layout and first.button.style is second.button.style
+    assert first.feedback is not second.feedback and first.input is not second.input
+    alone = QuestionView(QUIZ.questions[0], 1, "en")  # without a quiz: its own looks
+    assert alone.prompt.layout is not first.prompt.layout
