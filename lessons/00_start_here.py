@@ -180,8 +180,12 @@ print(f"Mixtral's weights in bf16: {count_parameters(MIXTRAL_8X7B).total * 2 / 2
 # ## 5. Visualise: the parameter calculator
 #
 # Move the sliders: $E$ changes the stored parameters but not the FLOPs; $K$ changes both; the
-# button loads Mixtral 8x7B again. (Attention heads are 128 wide, with a quarter as many key/value
-# heads, as in Mixtral.)
+# buttons load Mixtral 8x7B again, or Qwen3-30B-A3B (128 experts of width 768, top-8: 30.5B
+# stored, 3.3B active). Two settings come from lesson 08: **fine-grained m** cuts every expert
+# into $m$ experts of width $F/m$ and routes $mK$ of them, and **shared S** runs $S$ of them on
+# every token, taken out of the routed budget: total and active parameters stay where they are,
+# only the router grows. (Attention heads are 128 wide, with a quarter as many key/value heads, as
+# in Mixtral, unless a loaded model sets them and $D$ is unchanged.)
 
 # %%
 # NBVAL_IGNORE_OUTPUT

@@ -196,7 +196,8 @@ print(f"aux loss {out.aux_loss.item():.2f} (1.0 = balanced), z loss {out.z_loss.
 #
 # Write `model_aux_loss(router_probs_per_layer, topk_idx_per_layer, mask)`: lists of $(N, E)$ and
 # $(N, K)$ tensors, one per layer, and a mask $(N,)$ (True = real token, or None). Return
-# $\frac{1}{L}\sum_l E \sum_i f^{(l)}_i P^{(l)}_i$ over the real tokens.
+# $\frac{1}{L}\sum_l E \sum_i f^{(l)}_i P^{(l)}_i$ over the real tokens (0 for a layer whose batch
+# is all padding: nothing to balance, and no 0 / 0).
 
 # %%
 def model_aux_loss(router_probs_per_layer, topk_idx_per_layer, mask=None):
@@ -220,8 +221,9 @@ def model_aux_loss_solution(router_probs_per_layer, topk_idx_per_layer, mask=Non
         expert_mask = torch.zeros_like(router_probs).scatter_add(
             1, topk_idx, torch.ones_like(topk_idx, dtype=router_probs.dtype))  # (N, E)
         # f_i = share of the real tokens' N*K assignments; P_i = mean probability over real tokens
-        f = (expert_mask * keep[:, None]).sum(0) / (keep.sum() * topk_idx.shape[1])  # (E,)
-        P = (router_probs * keep[:, None]).sum(0) / keep.sum()  # (E,)
+        num_real = keep.sum().clamp_min(1)  # an all-padding batch gives 0, not 0 / 0
+        f = (expert_mask * keep[:, None]).sum(0) / (num_real * topk_idx.shape[1])  # (E,)
+        P = (router_probs * keep[:, None]).sum(0) / num_real  # (E,)
         losses.append(num_experts * (f * P).sum())
     return torch.stack(losses).mean()  # average over layers, not a sum
 

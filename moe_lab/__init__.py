@@ -15,17 +15,22 @@ Where each piece is introduced in the course (the core first, then what stands o
     routing       TopKRouter, RouterOutput                     notebooks/01, 02
     experts       Experts                                      notebooks/00, 03
     dispatch      dense / loop / sorted / padded, capacity     notebooks/02, 03, 06
-    layer         SparseMoE, MoEOutput                         notebooks/03
+    layer         SparseMoE, MoEOutput (+ shared experts)      notebooks/03, 08
+    expert_choice ExpertChoiceMoE (Zhou et al. 2022)           notebooks/08
+    soft_moe      SoftMoE (Puigcerver et al. 2023)             notebooks/08
+    upcycling     upcycle: an MoE from a dense FFN             notebooks/08
     losses        load_balancing_loss, router_z_loss, ...      notebooks/04
     balancing     BiasBalancer (DeepSeek-V3)                   notebooks/04
     device        pick_device, seed_everything                 notebooks/00
     params        total vs active parameters and FLOPs         notebooks/00
+                  fine_grained: (E, K, F) -> (mE - S, mK - S, F/m) notebooks/08
     tokenizer     ByteTokenizer (UTF-8 bytes)                  notebooks/03, 05
     text_routing  route_text, TextRouting: a text's routing    notebooks/01, 02, 03, 05
     toy, stats    the toy task and the per-step routing stats  notebooks/04
     model, data   a tiny MoE transformer, the multilingual corpus          notebooks/05
     train         training loop, ``python -m moe_lab.train``               notebooks/05
     specialisation  language x expert counts, mutual information           notebooks/05
+    causality     does a later token change an earlier output?               notebooks/08
     bench         ``python -m moe_lab.bench``                  notebooks/06
     parallel      expert parallelism over torch.distributed    notebooks/07
     syncs         count host syncs (CPU waits for the GPU)     issue 14
@@ -34,13 +39,14 @@ Where each piece is introduced in the course (the core first, then what stands o
     checks        the exercise checkers, ``moe_lab.checks.check_*``
     quizzes       self-check quizzes (``quizzes/NN.yaml``), loader, grading   every lesson; notebooks/10
 
-Layering: the core (routing, experts, dispatch, layer, losses, balancing) imports nothing of
-plotting, widgets, checks or training.
+Layering: the core (routing, experts, dispatch, layer, losses, balancing, expert_choice,
+soft_moe, upcycling) imports nothing of plotting, widgets, checks or training.
 """
 
 from moe_lab.balancing import BiasBalancer
 from moe_lab.device import environment_summary, pick_device, print_environment, seed_everything
 from moe_lab.dispatch import DISPATCH_STRATEGIES, RoutingPlan, compute_capacity, make_routing_plan
+from moe_lab.expert_choice import ExpertChoiceMoE, ExpertChoiceOutput
 from moe_lab.experts import Experts
 from moe_lab.layer import MoEOutput, SparseMoE
 from moe_lab.losses import (
@@ -51,14 +57,20 @@ from moe_lab.losses import (
     router_z_loss,
 )
 from moe_lab.routing import RouterOutput, TopKRouter, topk_routing
+from moe_lab.soft_moe import SoftMoE, SoftMoEOutput
+from moe_lab.upcycling import upcycle
 
 __all__ = [
     "DISPATCH_STRATEGIES",
     "BiasBalancer",
+    "ExpertChoiceMoE",
+    "ExpertChoiceOutput",
     "Experts",
     "MoEOutput",
     "RouterOutput",
     "RoutingPlan",
+    "SoftMoE",
+    "SoftMoEOutput",
     "SparseMoE",
     "TopKRouter",
     "average_over_layers",
@@ -73,5 +85,6 @@ __all__ = [
     "router_z_loss",
     "seed_everything",
     "topk_routing",
+    "upcycle",
 ]
 __version__ = "0.1.0"

@@ -25,7 +25,16 @@ class BiasBalancer:
         if not isinstance(router, TopKRouter):
             raise TypeError(f"router must be a TopKRouter, got {type(router).__name__}")
         self.router = router
-        self.gamma = check_positive_float("gamma", gamma)
+        self.gamma = gamma
+
+    @property
+    def gamma(self) -> float:
+        """The step size, a finite number > 0 (validated on assignment too)."""
+        return self._gamma
+
+    @gamma.setter
+    def gamma(self, value: float) -> None:
+        self._gamma = check_positive_float("gamma", value)
 
     @torch.no_grad()
     def update(self, tokens_per_expert: torch.Tensor) -> torch.Tensor:
@@ -36,6 +45,11 @@ class BiasBalancer:
             raise ValueError(
                 f"tokens_per_expert must be a tensor of shape (E={num_experts},), got "
                 f"{getattr(tokens_per_expert, 'shape', type(tokens_per_expert).__name__)}")
+        if tokens_per_expert.is_floating_point() and not bool(
+                torch.isfinite(tokens_per_expert).all()):
+            raise ValueError("tokens_per_expert must be finite, got inf or NaN")
+        if bool((tokens_per_expert < 0).any()):
+            raise ValueError(f"tokens_per_expert must be >= 0, got {tokens_per_expert.tolist()}")
         load = tokens_per_expert.float().to(self.router.score_correction_bias.device)  # (E,)
         # b_i += gamma * sign(mean_load - load_i)
         self.router.score_correction_bias += self.gamma * torch.sign(load.mean() - load)

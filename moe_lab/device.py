@@ -29,9 +29,9 @@ def pick_device(prefer: str | None = None) -> torch.device:
     """``prefer`` if given, else ``$MOE_LAB_DEVICE`` if set, else cuda if present, else mps
     (Apple), else cpu."""
     if prefer is not None:
-        return torch.device(prefer)
+        return _as_device("prefer", prefer)
     if os.environ.get(DEVICE_ENV):
-        device = torch.device(os.environ[DEVICE_ENV])
+        device = _as_device(DEVICE_ENV, os.environ[DEVICE_ENV])
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"{DEVICE_ENV}={os.environ[DEVICE_ENV]!r} asks for CUDA, which this "
                              "machine does not have; unset it or set it to 'cpu'")
@@ -43,8 +43,23 @@ def pick_device(prefer: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def _as_device(name: str, value: object) -> torch.device:
+    if not isinstance(value, str | torch.device):
+        raise TypeError(f"{name} must be a device name such as 'cpu' or 'cuda', or a "
+                        f"torch.device, got {type(value).__name__} ({value!r})")
+    try:
+        return torch.device(value)
+    except RuntimeError as error:
+        raise ValueError(f"{name} must be a device name such as 'cpu', 'cuda' or 'cuda:0', "
+                         f"got {value!r}") from error
+
+
 def seed_everything(seed: int = 0) -> None:
-    """Seed Python, NumPy and torch (CPU and every GPU)."""
+    """Seed Python, NumPy and torch (CPU and every GPU). seed: an int in [0, 2**32)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__} ({seed!r})")
+    if not 0 <= seed < 2**32:  # NumPy's range
+        raise ValueError(f"seed must lie in [0, 2**32), got {seed}")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -53,7 +68,7 @@ def seed_everything(seed: int = 0) -> None:
 def environment_summary(device: torch.device | str | None = None) -> dict[str, str]:
     """Versions and hardware, as a dict of strings (``device``: the one in use, default the
     best available)."""
-    device = pick_device() if device is None else torch.device(device)
+    device = pick_device() if device is None else _as_device("device", device)
     summary = {
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -37,13 +37,31 @@ from dataclasses import dataclass
 import torch
 
 from moe_lab.experts import Experts
+from moe_lab.validation import (
+    check_float_tensor,
+    check_index_tensor,
+    check_nonnegative_int,
+    check_positive_float,
+    check_positive_int,
+    check_top_k,
+)
 
 DISPATCH_STRATEGIES = ("dense", "loop", "sorted", "padded")
 
 
 def compute_capacity(capacity_factor: float, num_tokens: int, top_k: int, num_experts: int) -> int:
-    """C = ceil(capacity_factor * N * K / E): the most assignments one expert accepts."""
-    return math.ceil(capacity_factor * num_tokens * top_k / num_experts)
+    """C = ceil(capacity_factor * N * K / E): the most assignments one expert accepts.
+
+    capacity_factor is a finite number > 0, N >= 0, 1 <= K <= E."""
+    check_positive_float("capacity_factor", capacity_factor)
+    check_nonnegative_int("num_tokens", num_tokens)
+    check_positive_int("num_experts", num_experts)
+    check_top_k(top_k, num_experts)
+    mean_load = capacity_factor * num_tokens * top_k / num_experts
+    if not math.isfinite(mean_load):
+        raise ValueError(f"capacity_factor={capacity_factor} is too large: "
+                         f"capacity_factor * N * K / E overflows")
+    return math.ceil(mean_load)
 
 
 @dataclass(frozen=True)
@@ -73,8 +91,21 @@ class RoutingPlan:
 
 
 def make_routing_plan(topk_idx: torch.Tensor, topk_weights: torch.Tensor, num_experts: int,
-                      capacity: int | None = None) -> RoutingPlan:
-    """Rank each assignment within its expert (stable sort = token order) and apply capacity."""
+                      capacity: int | None = None, *, check_range: bool = True) -> RoutingPlan:
+    """Rank each assignment within its expert (stable sort = token order) and apply capacity.
+
+    topk_idx (N, K): int64 (int32 is converted) expert ids in [0, E); topk_weights (N, K)
+    float; capacity: None (dropless) or an int >= 0. ``check_range=False`` skips reading the
+    ids' min and max on the host (two syncs on a GPU), for ids straight from a router."""
+    check_positive_int("num_experts", num_experts)
+    topk_idx = check_index_tensor("topk_idx", topk_idx, None,
+                                  num_experts if check_range else None)
+    check_float_tensor("topk_weights", topk_weights)
+    if topk_weights.shape != topk_idx.shape:
+        raise ValueError(f"topk_weights must have the shape of topk_idx {tuple(topk_idx.shape)}, "
+                         f"got {tuple(topk_weights.shape)}")
+    if capacity is not None:
+        check_nonnegative_int("capacity", capacity)
     num_tokens, top_k = topk_idx.shape
     flat_expert = topk_idx.reshape(-1)  # (N*K,)
     sort_order = torch.argsort(flat_expert, stable=True)  # (N*K,)
@@ -157,7 +188,9 @@ def dispatch_padded(x: torch.Tensor, plan: RoutingPlan, experts: Experts) -> tor
     dropless), one bmm for all experts, then read each kept row back out of its slot."""
     num_tokens, top_k = plan.topk_idx.shape
     num_experts, d_model = plan.num_experts, x.shape[-1]
-    capacity = plan.capacity if plan.capacity is not None else \
+    # C slots per expert, but never more than N*K, the most one expert can receive: a huge
+    # capacity_factor must not allocate rows that no assignment can fill
+    capacity = min(plan.capacity, num_tokens * top_k) if plan.capacity is not None else \
         int(plan.tokens_per_expert.max().item()) if num_tokens else 0
     flat_kept = plan.sort_order  # (M,)
     # buffer row of an assignment = expert * C + its position within the expert

@@ -21,7 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moe_lab.validation import check_choice, check_positive_int
+from moe_lab.validation import (
+    check_choice,
+    check_counts,
+    check_float_tensor,
+    check_last_dim,
+    check_matches_weights,
+    check_positive_int,
+)
 
 ACTIVATIONS = ("swiglu", "gelu", "relu")
 
@@ -99,6 +106,10 @@ class Experts(nn.Module):
     """E feed-forward experts with stacked weights.
 
     SwiGLU: ``w_gate`` (E, D, F), ``w_up`` (E, D, F), ``w_down`` (E, F, D). GELU/ReLU: no ``w_gate``.
+
+    Not called directly: use one of the ``forward_*`` methods below (or :class:`SparseMoE`).
+    Each checks its input first: a float tensor with last dimension D, on the weights' device,
+    and (outside autocast) in the weights' dtype; x is never cast silently.
     """
 
     def __init__(self, num_experts: int, d_model: int, d_ff: int, *,
@@ -126,14 +137,37 @@ class Experts(nn.Module):
         return (f"num_experts={self.num_experts}, d_model={self.d_model}, d_ff={self.d_ff}, "
                 f"activation={self.activation!r}")
 
+    def forward(self, *args: object, **kwargs: object) -> torch.Tensor:
+        raise TypeError("Experts is not called directly: it needs to know which expert gets "
+                        "which rows. Use forward_expert(x, e), forward_grouped(x_sorted, counts), "
+                        "forward_padded(x_padded) or forward_all(x), or the whole layer "
+                        "moe_lab.SparseMoE.")
+
+    def _check_rows(self, name: str, x: object, dims: int | None) -> torch.Tensor:
+        """x: a float tensor of ``dims`` dimensions (any number >= 1 when None), last one D."""
+        check_float_tensor(name, x)
+        if dims is not None and x.dim() != dims:
+            shape = "(M, D)" if dims == 2 else "(E, C, D)"
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(x.shape)}")
+        check_last_dim(name, x, self.d_model, "d_model")
+        check_matches_weights(name, x, self.w_up)
+        return x
+
     def forward_expert(self, x: torch.Tensor, e: int) -> torch.Tensor:
-        """Expert e on its tokens: x (n, D) -> (n, D)."""
+        """Expert e on its tokens: x (..., D) -> (..., D)."""
+        self._check_rows("x", x, None)
+        if isinstance(e, bool) or not isinstance(e, int) or not 0 <= e < self.num_experts:
+            raise ValueError(f"e must be an expert id in [0, {self.num_experts}), got {e!r}")
         gate = x @ self.w_gate[e] if self.w_gate is not None else None  # (n, F)
         up = x @ self.w_up[e]  # (n, F)
         return _activate(self.activation, gate, up) @ self.w_down[e]  # (n, D)
 
     def forward_grouped(self, x_sorted: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """All experts at once on rows sorted by expert: x_sorted (M, D), counts E ints -> (M, D)."""
+        """All experts at once on rows sorted by expert: x_sorted (M, D), counts E ints -> (M, D).
+
+        ``counts`` must sum to M: the grouped GEMM leaves rows past the last segment unwritten."""
+        self._check_rows("x_sorted", x_sorted, 2)
+        counts = check_counts("counts", counts, self.num_experts, x_sorted.shape[0])
         offsets = torch.tensor(counts, device=x_sorted.device).cumsum(0).to(torch.int32)  # (E,)
         gate = (grouped_matmul(x_sorted, self.w_gate, counts, offsets)
                 if self.w_gate is not None else None)  # (M, F)
@@ -143,10 +177,15 @@ class Experts(nn.Module):
 
     def forward_padded(self, x_padded: torch.Tensor) -> torch.Tensor:
         """A capacity-padded batch, one row block per expert: (E, C, D) -> (E, C, D) with bmm."""
+        self._check_rows("x_padded", x_padded, 3)
+        if x_padded.shape[0] != self.num_experts:
+            raise ValueError(f"x_padded must have shape (E={self.num_experts}, C, D), got "
+                             f"{tuple(x_padded.shape)}")
         gate = torch.bmm(x_padded, self.w_gate) if self.w_gate is not None else None  # (E, C, F)
         up = torch.bmm(x_padded, self.w_up)  # (E, C, F)
         return torch.bmm(_activate(self.activation, gate, up), self.w_down)  # (E, C, D)
 
     def forward_all(self, x: torch.Tensor) -> torch.Tensor:
         """Every expert on every token (the dense reference): x (N, D) -> (E, N, D)."""
+        self._check_rows("x", x, 2)
         return self.forward_padded(x.unsqueeze(0).expand(self.num_experts, -1, -1))  # (E, N, D)

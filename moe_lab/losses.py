@@ -1,23 +1,41 @@
 """Auxiliary losses that keep the router balanced and stable. Lesson 04.
 
-Each is a pure function of tensors. ``mask`` (N,) marks real tokens (True) against padding
-(False); padding is left out of every mean. With several MoE layers, average the per-layer losses
-(:func:`average_over_layers`), so the coefficient does not grow with depth.
+Each is a pure function of tensors. ``mask`` (N,) marks real tokens (True or 1) against padding
+(False or 0); padding is left out of every mean. With several MoE layers, average the per-layer
+losses (:func:`average_over_layers`), so the coefficient does not grow with depth.
+
+Shared rules, the same for every loss here:
+
+- No token to balance (N = 0, or a mask that is all padding): the loss is 0, a tensor still
+  connected to the input's graph (its gradient is 0). Never NaN from finite input.
+- Computed in the input's dtype when it is float32 or float64 (so ``torch.autograd.gradcheck``
+  passes in float64); float16 and bfloat16 inputs are computed in float32.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
-from moe_lab.validation import check_float_tensor, check_index_tensor, check_mask
+from moe_lab.validation import (
+    check_float_tensor,
+    check_index_tensor,
+    check_mask,
+    check_positive_float,
+)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.Tensor:
+    """x in float32 at least: float64 stays float64, bf16 and fp16 go up to float32."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean over the first axis (tokens), counting only rows where mask is True."""
+    """Mean over the first axis (tokens), counting only rows where mask is True; 0 when no row
+    counts (N = 0 or all padding)."""
     if mask is None:
-        return values.mean(dim=0)
+        return values.sum(dim=0) / max(values.shape[0], 1)
     weights = mask.to(values.dtype).view(-1, *([1] * (values.dim() - 1)))
     return (values * weights).sum(dim=0) / weights.sum().clamp_min(1.0)
 
@@ -46,9 +64,10 @@ def load_balancing_loss(router_probs: torch.Tensor, topk_idx: torch.Tensor,
     min and max on the host (two syncs on a GPU): for ids straight from a router, as in
     :class:`moe_lab.model.TinyLM`. Types and shapes are checked either way.
     """
-    router_probs = _check_probs(router_probs)
+    router_probs = _compute_dtype(_check_probs(router_probs))
     num_tokens, num_experts = router_probs.shape
-    check_index_tensor("topk_idx", topk_idx, num_tokens, num_experts if check_range else None)
+    topk_idx = check_index_tensor("topk_idx", topk_idx, num_tokens,
+                                  num_experts if check_range else None)
     mask = check_mask(mask, num_tokens)
     # expert_mask[n, i] = number of the token's K choices that are expert i
     expert_mask = torch.zeros_like(router_probs).scatter_add(
@@ -69,7 +88,7 @@ def router_z_loss(router_logits: torch.Tensor, mask: torch.Tensor | None = None)
         raise ValueError(f"router_logits must have shape (N, E), got {tuple(router_logits.shape)}")
     mask = check_mask(mask, router_logits.shape[0])
     # z_n = log sum_i exp(logit_{n,i})
-    z = torch.logsumexp(router_logits.float(), dim=-1)  # (N,)
+    z = torch.logsumexp(_compute_dtype(router_logits), dim=-1)  # (N,)
     return _masked_mean(z.square(), mask)
 
 
@@ -77,15 +96,22 @@ def cv_squared(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     """Squared coefficient of variation, Var(x) / (Mean(x)^2 + eps), of a 1-D tensor.
 
     Uses the population variance (divide by n, as tf.nn.moments in Shazeer et al. 2017's code);
-    some PyTorch ports use the unbiased variance (divide by n - 1) instead. 0 for one element.
+    some PyTorch ports use the unbiased variance (divide by n - 1) instead. 0 for zero or one
+    element. Stable for large values: x is divided by s = max|x| first, which leaves the ratio
+    unchanged (Var(x) / (Mean(x)^2 + eps) = Var(x/s) / (Mean(x/s)^2 + eps/s^2)), so values
+    near 1e20 give the right answer instead of inf / inf = NaN.
     """
     check_float_tensor("x", x)
     if x.dim() != 1:
         raise ValueError(f"x must be 1-D (one value per expert), got shape {tuple(x.shape)}")
+    check_positive_float("eps", eps)
+    x = _compute_dtype(x)
     if x.numel() <= 1:
-        return x.new_zeros(())
-    x = x.float()
-    return x.var(unbiased=False) / (x.mean().square() + eps)
+        return x.sum() * 0  # 0, still connected to the graph
+    scale = x.detach().abs().max().clamp_min(torch.finfo(x.dtype).tiny)  # s = max|x|
+    x_scaled = x / scale  # (E,), in [-1, 1]
+    # CV^2 = Var(x/s) / (Mean(x/s)^2 + eps / s^2)
+    return x_scaled.var(unbiased=False) / (x_scaled.mean().square() + eps / scale.square())
 
 
 def importance_loss(router_probs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -94,7 +120,7 @@ def importance_loss(router_probs: torch.Tensor, mask: torch.Tensor | None = None
     Shazeer sums the sparse top-k gate values G(x); passing the full router probabilities (the
     default in this course) gives the same signal with a gradient to every expert. Multiply by
     w_importance (0.1 in the paper) when adding it to the task loss."""
-    router_probs = _check_probs(router_probs)
+    router_probs = _compute_dtype(_check_probs(router_probs))
     mask = check_mask(mask, router_probs.shape[0])
     if mask is not None:
         router_probs = router_probs * mask.to(router_probs.dtype).unsqueeze(-1)
@@ -103,7 +129,23 @@ def importance_loss(router_probs: torch.Tensor, mask: torch.Tensor | None = None
 
 
 def average_over_layers(per_layer_losses: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The mean of one auxiliary loss over the MoE layers of a model (not their sum)."""
-    if len(per_layer_losses) == 0:
+    """The mean of one auxiliary loss over the MoE layers of a model (not their sum).
+
+    per_layer_losses: one or more tensors of the same shape (usually 0-d), one per layer."""
+    if isinstance(per_layer_losses, torch.Tensor) or not isinstance(per_layer_losses,
+                                                                    Sequence | Iterable):
+        raise TypeError("per_layer_losses must be a list of tensors (one per layer), got "
+                        f"{type(per_layer_losses).__name__}")
+    losses = list(per_layer_losses)
+    if len(losses) == 0:
         raise ValueError("per_layer_losses must hold at least one loss, got none")
-    return torch.stack(list(per_layer_losses)).mean()
+    for i, loss in enumerate(losses):
+        if not isinstance(loss, torch.Tensor):
+            raise TypeError(f"per_layer_losses[{i}] must be a torch.Tensor, got "
+                            f"{type(loss).__name__}")
+        check_float_tensor(f"per_layer_losses[{i}]", loss)
+    shapes = {tuple(loss.shape) for loss in losses}
+    if len(shapes) > 1:
+        raise ValueError(f"per_layer_losses must all have the same shape, got shapes "
+                         f"{sorted(shapes)}")
+    return torch.stack(losses).mean(dim=0)

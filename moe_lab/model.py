@@ -35,7 +35,14 @@ from moe_lab.losses import average_over_layers, load_balancing_loss, router_z_lo
 from moe_lab.routing import RouterOutput
 from moe_lab.text_routing import TextRouting
 from moe_lab.tokenizer import ByteTokenizer
-from moe_lab.validation import check_choice, check_positive_float, check_positive_int, check_top_k
+from moe_lab.upcycling import upcycle
+from moe_lab.validation import (
+    check_choice,
+    check_nonnegative_int,
+    check_positive_float,
+    check_positive_int,
+    check_top_k,
+)
 
 FFN_TYPES = ("dense", "moe")
 IGNORE_INDEX = -100  # target id of a padded position, skipped by the loss
@@ -54,6 +61,7 @@ class ModelConfig:
     d_ff: int = 64  # F: the dense FFN's hidden width, or each expert's
     num_experts: int = 8  # E (moe only)
     top_k: int = 2  # K (moe only)
+    num_shared_experts: int = 0  # S experts of width d_ff that every token runs (moe only)
     capacity_factor: float | None = None  # None: dropless (moe only)
     dispatch: str = "sorted"  # SparseMoE dispatch strategy
     aux_loss_coef: float = 1e-2  # weight of the load-balancing loss (Switch: 1e-2)
@@ -65,6 +73,7 @@ class ModelConfig:
             check_positive_int(name, getattr(self, name))
         check_choice("ffn", self.ffn, FFN_TYPES)
         check_top_k(self.top_k, self.num_experts)
+        check_nonnegative_int("num_shared_experts", self.num_shared_experts)
         check_positive_float("capacity_factor", self.capacity_factor, allow_none=True)
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
@@ -151,7 +160,8 @@ class Block(nn.Module):
         if config.ffn == "moe":
             self.ffn: nn.Module = SparseMoE(config.d_model, config.d_ff, config.num_experts,
                                             config.top_k, dispatch=config.dispatch,
-                                            capacity_factor=config.capacity_factor)
+                                            capacity_factor=config.capacity_factor,
+                                            num_shared_experts=config.num_shared_experts)
         else:
             self.ffn = DenseFFN(config.d_model, config.d_ff)
 
@@ -184,7 +194,8 @@ class TinyLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def num_active_parameters(self) -> int:
-        """Parameters one token uses: all but the E - K experts it is not routed to."""
+        """Parameters one token uses: all but the E - K routed experts it is not routed to
+        (shared experts are always active)."""
         total = self.num_parameters()
         if self.config.ffn == "dense":
             return total
@@ -256,6 +267,24 @@ class TinyLM(nn.Module):
             if value is not None and (not isinstance(value, torch.Tensor)
                                       or value.shape != input_ids.shape):
                 raise ValueError(f"{name} must be a tensor of shape {tuple(input_ids.shape)}")
+
+
+def upcycle_model(dense: TinyLM, num_experts: int, top_k: int) -> TinyLM:
+    """Sparse upcycling of a whole model (Komatsuzaki et al. 2022): the same embeddings,
+    attention and norms, and every dense FFN turned into an MoE layer of ``num_experts`` copies
+    of it with a fresh router (:func:`moe_lab.upcycling.upcycle`: dropless, renormalised top-k),
+    so the new model's logits equal the dense model's at step 0. Lesson 08."""
+    if not isinstance(dense, TinyLM) or dense.config.ffn != "dense":
+        raise TypeError("dense must be a TinyLM with ffn='dense'")
+    config = replace(dense.config, ffn="moe", num_experts=num_experts, top_k=top_k,
+                     capacity_factor=None, num_shared_experts=0)
+    moe = TinyLM(config).to(next(dense.parameters()).device)
+    shared = {k: v for k, v in dense.state_dict().items() if ".ffn." not in k}
+    missing, unexpected = moe.load_state_dict(shared, strict=False)
+    assert not unexpected and all(".ffn." in k for k in missing)
+    for moe_block, dense_block in zip(moe.blocks, dense.blocks, strict=True):
+        moe_block.ffn.load_state_dict(upcycle(dense_block.ffn, num_experts, top_k).state_dict())
+    return moe.train(dense.training)
 
 
 def route_text(model: TinyLM, text: str, tokenizer: ByteTokenizer | None = None) -> TextRouting:

@@ -35,8 +35,8 @@ from torch import nn
 from moe_lab.validation import (
     check_choice,
     check_float_tensor,
+    check_fraction,
     check_last_dim,
-    check_positive_float,
     check_positive_int,
     check_top_k,
 )
@@ -71,8 +71,18 @@ def topk_routing(
     """Choose K experts per token and their weights: returns ``(topk_idx, topk_weights)``.
 
     The bias (if any) is added for the choice only; the weights are gathered from the unbiased
-    probabilities and, with ``normalize``, divided by their sum.
+    probabilities and, with ``normalize``, divided by their sum. router_probs is (..., E), top_k
+    in [1, E], selection_bias (E,).
     """
+    check_float_tensor("router_probs", router_probs)
+    if router_probs.dim() < 1:
+        raise ValueError("router_probs must have shape (N, E), got a 0-d tensor")
+    check_top_k(top_k, router_probs.shape[-1])
+    if selection_bias is not None:
+        check_float_tensor("selection_bias", selection_bias)
+        if selection_bias.shape != router_probs.shape[-1:]:
+            raise ValueError(f"selection_bias must have shape (E={router_probs.shape[-1]},), "
+                             f"got {tuple(selection_bias.shape)}")
     scores_for_choice = router_probs if selection_bias is None else router_probs + selection_bias
     topk_idx = torch.topk(scores_for_choice, top_k, dim=-1).indices  # (N, K)
     topk_weights = router_probs.gather(-1, topk_idx)  # (N, K)
@@ -114,7 +124,7 @@ class TopKRouter(nn.Module):
         check_top_k(top_k, num_experts)
         check_choice("noise", noise, NOISE_TYPES)
         check_choice("scoring", scoring, SCORING_TYPES)
-        check_positive_float("jitter_eps", jitter_eps)
+        check_fraction("jitter_eps", jitter_eps)  # u ~ U(1 - eps, 1 + eps) must stay > 0
         if not isinstance(router_dtype, torch.dtype) or not router_dtype.is_floating_point:
             raise TypeError(f"router_dtype must be a floating torch.dtype, got {router_dtype!r}")
         self.d_model, self.num_experts, self.top_k = d_model, num_experts, top_k
@@ -136,7 +146,25 @@ class TopKRouter(nn.Module):
             f"normalize={self.normalize}, noise={self.noise}, scoring={self.scoring!r}"
         )
 
+    # K and the jitter width may be changed after construction (lessons do): validated here
+    @property
+    def top_k(self) -> int:
+        return self._top_k
+
+    @top_k.setter
+    def top_k(self, value: int) -> None:
+        self._top_k = check_top_k(value, self.num_experts)
+
+    @property
+    def jitter_eps(self) -> float:
+        return self._jitter_eps
+
+    @jitter_eps.setter
+    def jitter_eps(self, value: float) -> None:
+        self._jitter_eps = check_fraction("jitter_eps", value)
+
     def forward(self, x: torch.Tensor) -> RouterOutput:
+        """x (..., D) in any float dtype (the router casts it to ``router_dtype``) -> RouterOutput."""
         check_float_tensor("x", x)
         check_last_dim("x", x, self.d_model, "d_model")
         # autocast would run the gate in bf16: switch it off so router_dtype holds
@@ -158,6 +186,11 @@ class TopKRouter(nn.Module):
         """Logits (N, E) -> probabilities and the top-k choice, by this router's rules (scoring,
         bias, normalisation). ``top_k`` overrides K (the routing explorer's slider)."""
         top_k = self.top_k if top_k is None else check_top_k(top_k, self.num_experts)
+        check_float_tensor("router_logits", router_logits)
+        if router_logits.dim() != 2:
+            raise ValueError(f"router_logits must have shape (N, E={self.num_experts}), got "
+                             f"{tuple(router_logits.shape)}")
+        check_last_dim("router_logits", router_logits, self.num_experts, "num_experts")
         if self.scoring == "softmax":
             router_probs = torch.softmax(router_logits, dim=-1)  # (N, E)
         else:

@@ -2,6 +2,7 @@
 
     python -m moe_lab.train --out moe_lab/results/lesson05            # every lesson-05 run
     python -m moe_lab.train --runs dense moe --steps 50 --out /tmp/x   # some runs, shorter
+    python -m moe_lab.train --suite lesson08                          # lesson 08's runs
 
 One step: sample a batch, forward under autocast (bf16 when asked), backward, clip the gradient
 norm, AdamW step, learning-rate schedule (linear warm-up, cosine decay). Every ``eval_every``
@@ -28,11 +29,14 @@ from tqdm.auto import tqdm
 from moe_lab.data import Batch, LessonData, eval_batches, load_lesson_data, sample_batch
 from moe_lab.device import pick_device, seed_everything
 from moe_lab.model import IGNORE_INDEX, ModelConfig, TinyLM
+from moe_lab.params import fine_grained
+from moe_lab.specialisation import collect_routing, specialisation_report
 from moe_lab.stats import StepStats, step_stats
 from moe_lab.validation import check_choice, check_positive_int
 
 PRECISIONS = ("fp32", "bf16")
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "lesson05"
+LESSON08_RESULTS_DIR = RESULTS_DIR.parent / "lesson08"
 #: the same runs in bf16 on a GPU, written by ``python -m moe_lab.gpu_check`` (when one ran)
 GPU_RESULTS_DIR = RESULTS_DIR.parent / "lesson05_gpu"
 
@@ -195,8 +199,10 @@ def evaluate(model: TinyLM, batches: Sequence[Batch], languages: Sequence[str], 
 
 def train(model_config: ModelConfig, train_config: TrainConfig, *,
           data: LessonData | None = None, callbacks: Sequence[Callback] = (),
-          progress: bool = True) -> TrainResult:
-    """Train a fresh TinyLM from ``model_config`` on the lesson's corpus; returns the history."""
+          progress: bool = True, init_model: TinyLM | None = None) -> TrainResult:
+    """Train a fresh TinyLM from ``model_config`` on the lesson's corpus; returns the history.
+    ``init_model`` (same config): start from a copy of its weights instead (e.g. an upcycled
+    model, lesson 08); the model passed in is left unchanged."""
     if not isinstance(model_config, ModelConfig):
         raise TypeError(f"model_config must be a ModelConfig, got {type(model_config).__name__}")
     if not isinstance(train_config, TrainConfig):
@@ -208,6 +214,10 @@ def train(model_config: ModelConfig, train_config: TrainConfig, *,
     device = pick_device(train_config.device)
     seed_everything(train_config.seed)
     model = TinyLM(model_config).to(device)
+    if init_model is not None:
+        if not isinstance(init_model, TinyLM) or init_model.config != model_config:
+            raise ValueError("init_model must be a TinyLM whose config equals model_config")
+        model.load_state_dict(init_model.state_dict())
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.lr,
                                   weight_decay=train_config.weight_decay, betas=(0.9, 0.95))
     generator = torch.Generator().manual_seed(train_config.seed)
@@ -323,33 +333,83 @@ LESSON05_RUNS: dict[str, tuple[ModelConfig, bool]] = {
 }
 
 
-def run_lesson05(names: Sequence[str], out_dir: Path, train_config: TrainConfig, command: str,
-                 *, progress: bool = True) -> None:
-    """Train each named run, write ``<name>.json`` (and ``<name>.pt`` where shipped)."""
-    unknown = sorted(set(names) - set(LESSON05_RUNS))
+def _layout_config(base: ModelConfig, granularity: int, num_shared_experts: int) -> ModelConfig:
+    """The base MoE with its experts cut by :func:`moe_lab.params.fine_grained`."""
+    layout = fine_grained(base.num_experts, base.top_k, base.d_ff, granularity, num_shared_experts)
+    return replace(base, num_experts=layout.num_experts, top_k=layout.top_k, d_ff=layout.d_ff,
+                   num_shared_experts=layout.num_shared_experts)
+
+
+#: Lesson 08: the lesson-05 MoE (8 experts of F = 64, top-2) against the same hidden units cut
+#: finer, at equal total and active expert parameters (512 and 128 hidden units per layer):
+#: 32 experts of F = 16, top-8 (m = 4); and 1 shared + 31 routed of F = 16, top-7 (DeepSeekMoE).
+LESSON08_RUNS: dict[str, tuple[ModelConfig, bool]] = {
+    "moe": (LESSON05_RUNS["moe"][0], False),  # the lesson-05 MoE (its checkpoint ships there)
+    "fine_grained": (_layout_config(LESSON05_RUNS["moe"][0], 4, 0), False),
+    "shared": (_layout_config(LESSON05_RUNS["moe"][0], 4, 1), False),
+}
+
+SUITES = {"lesson05": (LESSON05_RUNS, RESULTS_DIR), "lesson08": (LESSON08_RUNS, LESSON08_RESULTS_DIR)}
+
+
+def specialisation_summary(model: TinyLM, data: LessonData, train_config: TrainConfig,
+                           windows_per_language: int = 8) -> dict[str, object]:
+    """I(language; expert) per MoE layer on validation windows, with the shuffled-router
+    baseline and H(language), in bits (:mod:`moe_lab.specialisation`)."""
+    valid = eval_batches(data.valid, train_config.eval_batch_size, train_config.seq_len,
+                         max_windows_per_language=windows_per_language)
+    report = specialisation_report(collect_routing(model, valid), data.languages,
+                                   model.config.num_experts)
+    return {"h_language": report.h_language, "num_tokens": int(sum(len(b.input_ids) for b in valid)),
+            "mi_language": [layer.mi_language for layer in report.layers],
+            "baseline_mi_language": [layer.baseline_mi_language for layer in report.layers],
+            "mi_byte_class": [layer.mi_byte_class for layer in report.layers]}
+
+
+def run_suite(runs: dict[str, tuple[ModelConfig, bool]], names: Sequence[str], out_dir: Path,
+              train_config: TrainConfig, command: str, *, progress: bool = True,
+              specialisation: bool = False, file_suffix: str = "") -> None:
+    """Train each named run, write ``<name><file_suffix>.json`` (and ``.pt`` where shipped);
+    with ``specialisation`` the log also holds :func:`specialisation_summary`."""
+    unknown = sorted(set(names) - set(runs))
     if unknown:
-        raise ValueError(f"runs must be among {sorted(LESSON05_RUNS)}, got unknown {unknown}")
+        raise ValueError(f"runs must be among {sorted(runs)}, got unknown {unknown}")
     out_dir.mkdir(parents=True, exist_ok=True)
     data = load_lesson_data()
     for name in names:
-        model_config, ship_checkpoint = LESSON05_RUNS[name]
+        model_config, ship_checkpoint = runs[name]
         result = train(model_config, train_config, data=data, progress=progress)
-        (out_dir / f"{name}.json").write_text(json.dumps(result.to_log(name, command), indent=1),
-                                              encoding="utf-8")
+        log = result.to_log(name, command)
+        if specialisation:
+            log["specialisation"] = specialisation_summary(result.model, data, train_config)
+        stem = f"{name}{file_suffix}"
+        (out_dir / f"{stem}.json").write_text(json.dumps(log, indent=1), encoding="utf-8")
         if ship_checkpoint:
-            save_checkpoint(out_dir / f"{name}.pt", result.model)
+            save_checkpoint(out_dir / f"{stem}.pt", result.model)
         last = result.evals[-1]
-        print(f"{name}: val_loss {last.val_loss:.4f} drop_rate {last.val_drop_rate:.4f} "
+        print(f"{stem}: val_loss {last.val_loss:.4f} drop_rate {last.val_drop_rate:.4f} "
               f"wall {last.wall_time:.1f} s", flush=True)
 
 
+def run_lesson05(names: Sequence[str], out_dir: Path, train_config: TrainConfig, command: str,
+                 *, progress: bool = True) -> None:
+    """Train each named lesson-05 run, write ``<name>.json`` (and ``<name>.pt`` where shipped)."""
+    run_suite(LESSON05_RUNS, names, out_dir, train_config, command, progress=progress)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train the lesson-05 runs (tiny byte-level LMs).")
-    parser.add_argument("--runs", nargs="+", default=list(LESSON05_RUNS),
-                        help=f"which runs (default: all): {', '.join(LESSON05_RUNS)}")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser = argparse.ArgumentParser(description="Train the lesson runs (tiny byte-level LMs).")
+    parser.add_argument("--suite", choices=sorted(SUITES), default="lesson05",
+                        help="lesson05 (dense vs MoE, capacity) or lesson08 (fine-grained, shared)")
+    parser.add_argument("--runs", nargs="+", default=None,
+                        help=f"which runs of the suite (default: all): lesson05: "
+                             f"{', '.join(LESSON05_RUNS)}; lesson08: {', '.join(LESSON08_RUNS)}")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: moe_lab/results/<suite>)")
     parser.add_argument("--steps", type=int, default=BASE_TRAIN.steps)
     parser.add_argument("--seed", type=int, default=BASE_TRAIN.seed)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="several seeds, one after the other: files <name>_seed<s>.json")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: best available)")
     parser.add_argument("--precision", choices=PRECISIONS, default=BASE_TRAIN.precision)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -357,10 +417,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = replace(BASE_TRAIN, steps=args.steps, seed=args.seed, device=args.device,
-                     precision=args.precision)
     command = "python -m moe_lab.train " + " ".join(sys.argv[1:] if argv is None else argv)
-    run_lesson05(args.runs, args.out, config, command.strip(), progress=not args.no_progress)
+    runs, default_out = SUITES[args.suite]
+    for seed in args.seeds or [args.seed]:
+        config = replace(BASE_TRAIN, steps=args.steps, seed=seed, device=args.device,
+                         precision=args.precision)
+        run_suite(runs, args.runs or list(runs), args.out or default_out, config, command.strip(),
+                  progress=not args.no_progress, specialisation=args.suite == "lesson08",
+                  file_suffix=f"_seed{seed}" if args.seeds else "")
     return 0
 
 

@@ -2,7 +2,7 @@
 is drawn with the kernel's figure, that the console stays clean, and that the kernel websocket
 carries under ``WEBSOCKET_BUDGET_BYTES`` (1 MB; a single plotly FigureWidget would be ~5 MB).
 
-Lessons 05-07: every cell runs in the browser, the console stays clean, under the same budget.
+Lessons 05-08: every cell runs in the browser, the console stays clean, under the same budget.
 Shares the session's JupyterLab (``lab``, tests/conftest.py) and tests/browser/session.py.
 Skipped when /usr/bin/chromium is absent.
 """
@@ -66,9 +66,9 @@ def test_lesson_widget_renders_under_budget(lab, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["05_train_tiny_moe_lm.ipynb", "06_efficiency.ipynb",
-                                  "07_expert_parallelism.ipynb"])
+                                  "07_expert_parallelism.ipynb", "08_beyond_topk.ipynb"])
 def test_later_lesson_runs_clean_under_budget(lab, name: str) -> None:
-    """Lessons 05-07: every cell runs in the browser, figures are drawn, the console stays
+    """Lessons 05-08: every cell runs in the browser, figures are drawn, the console stays
     clean and the kernel websocket stays under the budget."""
     with opened_lesson(lab, name) as (page, lesson, logs, meter):
         page.locator(".js-plotly-plot").first.wait_for(state="visible")

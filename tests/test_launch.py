@@ -73,6 +73,7 @@ def _make_explorer():
 def _make(name):
     from moe_lab.widgets.capacity import CapacityGrid
     from moe_lab.widgets.dashboard import TrainingDashboard
+    from moe_lab.widgets.expert_choice import ExpertChoiceExplorer
     from moe_lab.widgets.params import ParamsCalculator
     from moe_lab.widgets.router import RouterHeatmap
 
@@ -80,12 +81,14 @@ def _make(name):
         "capacity": CapacityGrid,
         "dashboard": lambda: TrainingDashboard(4),
         "explorer": _make_explorer,
+        "expert_choice": ExpertChoiceExplorer,
         "params": ParamsCalculator,
         "router": RouterHeatmap,
     }[name]()
 
 
-@pytest.mark.parametrize("name", ["capacity", "dashboard", "explorer", "params", "router"])
+@pytest.mark.parametrize("name", ["capacity", "dashboard", "explorer", "expert_choice", "params",
+                                  "router"])
 def test_every_widget_has_a_static_fallback(name):
     """A front end that cannot draw widgets shows the widget's last figure, not a line of text."""
     from moe_lab.widgets._output import PLOTLY_MIMETYPE, StaticFallback

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "moe_lab"
-CORE = ["routing", "experts", "dispatch", "layer", "losses", "balancing", "validation"]
+CORE = ["routing", "experts", "dispatch", "layer", "losses", "balancing", "validation",
+        "expert_choice", "soft_moe", "upcycling"]
 FORBIDDEN_FOR_CORE = ("plotly", "ipywidgets", "moe_lab.viz", "moe_lab.widgets", "moe_lab.checks",
                       "moe_lab.train", "moe_lab.model", "moe_lab.data", "tqdm")
 

@@ -30,6 +30,8 @@ CONSTRUCTOR_CASES = [
     (lambda: SparseMoE(16, 32, 4, 2, capacity_factor=-1.0), ValueError, "capacity_factor"),
     (lambda: SparseMoE(16, 32, 4, 2, capacity_factor="1"), TypeError, "capacity_factor"),
     (lambda: SparseMoE(16, 32, True, 1), TypeError, "num_experts"),
+    (lambda: SparseMoE(16, 32, 4, 2, num_shared_experts=-1), ValueError, "num_shared_experts"),
+    (lambda: SparseMoE(16, 32, 4, 2, num_shared_experts=1.0), TypeError, "num_shared_experts"),
     (lambda: BiasBalancer("router"), TypeError, "router"),
     (lambda: BiasBalancer(TopKRouter(8, 4, 1), gamma=0), ValueError, "gamma"),
 ]

@@ -16,6 +16,8 @@ implementation.
     lesson 05  lm.py          check_average_aux_loss, check_mutual_information
     lesson 06  efficiency.py  check_sort_by_expert
     lesson 07  parallel.py    check_send_splits, check_local_expert_order
+    lesson 08  beyond_topk.py check_fine_grained_layout, check_expert_choice_select,
+                              check_soft_moe_weights
 """
 
 from moe_lab.checks.balance import (
@@ -23,6 +25,11 @@ from moe_lab.checks.balance import (
     check_model_balance_loss,
     check_switch_loss,
     check_z_loss,
+)
+from moe_lab.checks.beyond_topk import (
+    check_expert_choice_select,
+    check_fine_grained_layout,
+    check_soft_moe_weights,
 )
 from moe_lab.checks.combine import check_combine_loop, check_gate_weights, check_scatter_combine
 from moe_lab.checks.core import CheckFailed, CheckResult, checker, expect_close
@@ -44,6 +51,8 @@ __all__ = [
     "check_bias_update",
     "check_capacity",
     "check_combine_loop",
+    "check_expert_choice_select",
+    "check_fine_grained_layout",
     "check_gate_weights",
     "check_jitter",
     "check_keep_mask",
@@ -54,6 +63,7 @@ __all__ = [
     "check_router_probs",
     "check_scatter_combine",
     "check_send_splits",
+    "check_soft_moe_weights",
     "check_sort_by_expert",
     "check_switch_loss",
     "check_tokens_per_expert",

@@ -9,6 +9,10 @@
   by :func:`moe_lab.average_over_layers`).
 - :func:`check_bias_update`: ``bias_update(bias, tokens_per_expert, gamma) -> new_bias``, one
   DeepSeek-V3 step (compared with :class:`moe_lab.BiasBalancer`).
+
+Cases: N = 1, K = E, E from 1 to 8, concentrated routing, logits near 100 for the z-loss, loads
+exactly at the mean for the bias. The inputs are fresh copies that must come back unchanged, and
+each loss's gradient is compared with the reference's.
 """
 
 from __future__ import annotations
@@ -18,7 +22,15 @@ from collections.abc import Callable
 import torch
 
 from moe_lab.balancing import BiasBalancer
-from moe_lab.checks.core import CheckFailed, checker, expect_close
+from moe_lab.checks.core import (
+    CheckFailed,
+    call,
+    checker,
+    expect_close,
+    expect_same_grad,
+    fresh,
+    set_case,
+)
 from moe_lab.losses import average_over_layers, load_balancing_loss, router_z_loss
 from moe_lab.routing import TopKRouter, topk_routing
 
@@ -38,14 +50,15 @@ def _scalar(value: object, what: str) -> torch.Tensor:
 
 
 def _diagnose_scalar(actual: torch.Tensor, expected: torch.Tensor, what: str,
-                     suspects: list[tuple[torch.Tensor, str]]) -> None:
+                     suspects: list[tuple[torch.Tensor, str]],
+                     inputs: dict[str, object] | None = None) -> None:
     if _matches(actual, expected):
         return
     for candidate, hint in suspects:
         if _matches(actual, candidate):
             raise CheckFailed(f"{what} is {actual.item():.4f}, the reference is "
                               f"{expected.item():.4f}. {hint}")
-    expect_close(actual.detach(), expected, what)
+    expect_close(actual.detach(), expected.detach(), what, inputs=inputs)
 
 
 def make_routing_case(seed: int, num_tokens: int, num_experts: int, top_k: int,
@@ -61,7 +74,9 @@ def make_routing_case(seed: int, num_tokens: int, num_experts: int, top_k: int,
     return router_logits, router_probs, topk_idx
 
 
-SWITCH_CASES = ((0, 16, 4, 2, 1.0), (1, 12, 6, 1, 3.0), (2, 20, 8, 3, 2.0))
+# seed, N, E, K, sharpness
+SWITCH_CASES = ((0, 16, 4, 2, 1.0), (1, 12, 6, 1, 3.0), (2, 20, 8, 3, 2.0), (3, 1, 4, 2, 1.0),
+                (4, 8, 4, 4, 1.0), (5, 10, 3, 1, 10.0))
 
 
 @checker("check_switch_loss")
@@ -70,9 +85,12 @@ def check_switch_loss(switch_loss: Callable[..., torch.Tensor]) -> None:
     for seed, num_tokens, num_experts, top_k, sharpness in SWITCH_CASES:
         _, probs, topk_idx = make_routing_case(seed, num_tokens, num_experts, top_k, sharpness)
         where = f"the loss (N={num_tokens}, E={num_experts}, K={top_k})"
-        expected = load_balancing_loss(probs, topk_idx)
-        learner_probs = probs.clone().requires_grad_(True)
-        actual = _scalar(switch_loss(learner_probs, topk_idx.clone()), where)
+        set_case(where[10:-1])
+        probs_ref = probs.clone().requires_grad_(True)
+        expected = load_balancing_loss(probs_ref, topk_idx)
+        learner_probs, = fresh(probs, grad=True)
+        actual = _scalar(call(switch_loss, learner_probs, *fresh(topk_idx),
+                              names=("router_probs", "topk_idx")), where)
         # the usual mistakes, recomputed
         counts = torch.zeros_like(probs).scatter_add(
             1, topk_idx, torch.ones_like(topk_idx, dtype=probs.dtype))  # (N, E)
@@ -88,32 +106,44 @@ def check_switch_loss(switch_loss: Callable[..., torch.Tensor]) -> None:
              "router probabilities, not of the renormalised top-k weights."),
             ((f * probs.mean(0)).sum(), "You forgot the factor E: with it, uniform routing "
              "gives exactly 1.0 whatever E."),
-            (top_k * expected, "Your value is K times the reference: f_i should be the share of "
-             "the N*K assignments (divide the counts by N*K). Summing the shares of each of the K "
-             "slots is Hugging Face Mixtral's convention, K times ours."),
+            (top_k * expected.detach(), "Your value is K times the reference: f_i should be the "
+             "share of the N*K assignments (divide the counts by N*K). Summing the shares of "
+             "each of the K slots is Hugging Face Mixtral's convention, K times ours."),
             (num_experts * (probs.mean(0) ** 2).sum(), "You used the probabilities for f too: f_i "
              "is the share of tokens actually routed to expert i (counted from topk_idx)."),
         ]
-        _diagnose_scalar(actual, expected, where, suspects)
+        if num_experts != 4:
+            suspects.append((4 * (f * probs.mean(0)).sum(), f"You multiplied by 4, not by E = "
+                             f"router_probs.shape[1] = {num_experts}."))
+        _diagnose_scalar(actual, expected, where, suspects,
+                         inputs={"router_probs": probs, "topk_idx": topk_idx})
         if not actual.requires_grad:
             raise CheckFailed(f"{where} has no gradient with respect to router_probs: P must stay "
-                              "differentiable (f is a count and cannot carry one).")
-        actual.backward()
-        expected_grad = num_experts * f.expand_as(probs) / num_tokens  # dL/dp_{n,i} = E f_i / N
-        expect_close(learner_probs.grad, expected_grad, f"the gradient of {where}")
+                              "differentiable (f is a count and cannot carry one). .item(), "
+                              ".detach() or torch.tensor(...) cut the graph.")
+        expect_same_grad(actual, expected, {"router_probs": learner_probs},
+                         {"router_probs": probs_ref}, where)
 
 
-Z_CASES = ((0, 8, 4, 1.0), (1, 6, 8, 5.0), (2, 10, 3, 0.1))
+# seed, N, E, logit scale, logit offset (100: exp overflows float32)
+Z_CASES = ((0, 8, 4, 1.0, 0.0), (1, 6, 8, 5.0, 0.0), (2, 10, 3, 0.1, 0.0), (3, 1, 4, 1.0, 0.0),
+           (4, 6, 4, 1.0, 100.0))
 
 
 @checker("check_z_loss")
 def check_z_loss(z_loss: Callable[..., torch.Tensor]) -> None:
     """z_loss(router_logits (N, E)) -> mean over tokens of logsumexp(logits)^2."""
-    for seed, num_tokens, num_experts, scale in Z_CASES:
+    for seed, num_tokens, num_experts, scale, offset in Z_CASES:
         logits, probs, _ = make_routing_case(seed, num_tokens, num_experts, 1, scale)
-        where = f"the z-loss (N={num_tokens}, E={num_experts}, logit scale {scale})"
-        expected = router_z_loss(logits)
-        actual = _scalar(z_loss(logits.clone()), where)
+        logits = logits + offset  # (N, E)
+        probs = torch.softmax(logits, dim=-1)  # (N, E)
+        where = (f"the z-loss (N={num_tokens}, E={num_experts}, logit scale {scale}"
+                 + (f", logits near {offset:.0f})" if offset else ")"))
+        set_case(where[11:-1])
+        logits_ref = logits.clone().requires_grad_(True)
+        expected = router_z_loss(logits_ref)
+        logits_in, = fresh(logits, grad=True)
+        actual = _scalar(call(z_loss, logits_in, names=("router_logits",)), where)
         z = torch.logsumexp(logits, dim=-1)  # (N,)
         suspects = [
             (z.mean(), "You forgot to square: the loss is the mean of logsumexp(logits)^2."),
@@ -126,7 +156,11 @@ def check_z_loss(z_loss: Callable[..., torch.Tensor]) -> None:
             (logits.max(-1).values.square().mean(), "Use logsumexp over the experts, not the "
              "largest logit."),
         ]
-        _diagnose_scalar(actual, expected, where, suspects)
+        if num_tokens == 1:  # one token: the mean of one square is the square of the mean
+            suspects = suspects[:1] + suspects[3:]
+        _diagnose_scalar(actual, expected, where, suspects, inputs={"router_logits": logits})
+        expect_same_grad(actual, expected, {"router_logits": logits_in},
+                         {"router_logits": logits_ref}, where)
 
 
 def make_layer_cases(seed: int, num_layers: int, num_tokens: int, num_experts: int, top_k: int,
@@ -151,10 +185,13 @@ def check_model_balance_loss(model_balance_loss: Callable[..., torch.Tensor]) ->
     for seed, num_layers, num_tokens, num_experts, top_k in LAYER_CASES:
         probs, idx = make_layer_cases(seed, num_layers, num_tokens, num_experts, top_k)
         where = f"the model's loss (L={num_layers} layers, E={num_experts}, K={top_k})"
-        per_layer = [load_balancing_loss(p, i) for p, i in zip(probs, idx, strict=True)]
+        set_case(where[17:-1])
+        probs_ref = [p.clone().requires_grad_(True) for p in probs]
+        per_layer = [load_balancing_loss(p, i) for p, i in zip(probs_ref, idx, strict=True)]
         expected = average_over_layers(per_layer)
-        actual = _scalar(model_balance_loss([p.clone() for p in probs],
-                                            [i.clone() for i in idx]), where)
+        probs_in = list(fresh(*probs, grad=True))
+        actual = _scalar(call(model_balance_loss, probs_in, list(fresh(*idx)),
+                              names=("per_layer_probs", "per_layer_idx")), where)
         suspects = [
             (load_balancing_loss(torch.cat(probs), torch.cat(idx)), "You pooled the layers: "
              "concatenating the tokens of all layers mixes their loads, so one layer's "
@@ -163,29 +200,41 @@ def check_model_balance_loss(model_balance_loss: Callable[..., torch.Tensor]) ->
             (torch.stack(per_layer).sum(), "You summed the per-layer losses: average them, so "
              "the coefficient means the same whatever the depth."),
         ]
+        if num_layers > 1:
+            suspects.append((per_layer[-1], "That is the last layer's loss alone: average the "
+                             "losses of all L layers."))
         _diagnose_scalar(actual, expected, where, suspects)
+        expect_same_grad(actual, expected,
+                         {f"per_layer_probs[{i}]": p for i, p in enumerate(probs_in)},
+                         {f"per_layer_probs[{i}]": p for i, p in enumerate(probs_ref)}, where)
 
 
-BIAS_CASES = ((0, 4, 0.01), (1, 8, 0.1), (2, 6, 0.001))
+# seed, E, gamma, loads (None: random); some loads sit exactly at the mean
+BIAS_CASES = ((0, 4, 0.01, None), (1, 8, 0.1, None), (2, 6, 0.001, None),
+              (3, 3, 0.01, [2, 4, 6]), (4, 4, 0.1, [5, 5, 5, 5]), (5, 1, 0.01, [7]),
+              (6, 5, 0.05, [0, 10, 3, 3, 4]))
 
 
 @checker("check_bias_update")
 def check_bias_update(bias_update: Callable[..., torch.Tensor]) -> None:
     """bias_update(bias (E,), tokens_per_expert (E,), gamma) -> the new bias (E,):
     b_i + gamma * sign(mean_load - load_i)."""
-    for seed, num_experts, gamma in BIAS_CASES:
+    for seed, num_experts, gamma, loads in BIAS_CASES:
         generator = torch.Generator().manual_seed(seed)
         bias = 0.1 * torch.randn(num_experts, generator=generator)  # (E,)
-        load = torch.randint(0, 20, (num_experts,), generator=generator)  # (E,)
-        load[0] = int(load.float().mean().round())  # keep a near-tie in the table
-        with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
-            router = TopKRouter(4, num_experts, 1)
+        if loads is None:
+            load = torch.randint(0, 20, (num_experts,), generator=generator)  # (E,)
+            load[0] = int(load.float().mean().round())  # keep a near-tie in the table
+        else:
+            load = torch.tensor(loads)  # (E,) int64, as torch.bincount returns
+        router = TopKRouter(4, num_experts, 1)
         router.score_correction_bias.copy_(bias)
         expected = BiasBalancer(router, gamma=gamma).update(load).clone()
-        where = f"the new bias (E={num_experts}, gamma={gamma})"
-        actual = bias_update(bias.clone(), load.clone(), gamma)
+        where = f"the new bias (E={num_experts}, gamma={gamma}, loads {load.tolist()})"
+        set_case(where[13:-1])
+        actual = call(bias_update, *fresh(bias, load), gamma, names=("bias", "tokens_per_expert"))
         if not isinstance(actual, torch.Tensor) or actual.shape != expected.shape:
-            raise CheckFailed(f"return the new bias, a tensor of shape ({num_experts},).")
+            raise CheckFailed(f"Return the new bias, a tensor of shape ({num_experts},).")
         mean = load.float().mean()
         suspects = [
             (bias - gamma * torch.sign(mean - load), "The sign is flipped: an overloaded expert "
@@ -200,4 +249,10 @@ def check_bias_update(bias_update: Callable[..., torch.Tensor]) -> None:
         for candidate, hint in suspects:
             if _matches(actual, candidate):
                 raise CheckFailed(f"{where} does not match. {hint}")
-        expect_close(actual, expected, where)
+        at_mean = load.float() == mean  # (E,)
+        off = ~torch.isclose(actual.detach().double(), expected.double(), atol=1e-6)  # (E,)
+        if bool(at_mean.any()) and bool((off <= at_mean).all()):
+            raise CheckFailed(f"{where}: only the experts whose load equals the mean exactly are "
+                              f"wrong. They must hold still: sign(0) = 0 (torch.sign), where a "
+                              f"comparison such as load > mean moves them anyway.")
+        expect_close(actual, expected, where, inputs={"bias": bias, "tokens_per_expert": load})

@@ -9,18 +9,35 @@
   with a gradient that reaches the logits (compared with :func:`moe_lab.topk_routing`).
 
 Each runs the learner's function on small seeded inputs and, when the answer is wrong, recomputes
-the usual mistakes to say which one it looks like.
+the usual mistakes to say which one it looks like. Cases: N = 1, E from 3 to 6, K up to E, with
+and without drops, logits near 100 for the gate; the inputs are fresh copies that must come back
+unchanged, and the gradients (to x, the experts' weights and the combine weights, or to the
+logits) are compared with the reference.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable
 
 import torch
 
-from moe_lab.checks.core import CheckFailed, checker, expect_close
+from moe_lab.checks.core import (
+    CheckFailed,
+    call,
+    checker,
+    expect_close,
+    expect_pair,
+    expect_same_grad,
+    expect_unchanged,
+    fresh,
+    set_case,
+    snapshot,
+)
 from moe_lab.dispatch import (
     RoutingPlan,
+    combine_kept,
     compute_capacity,
     dispatch_loop,
     dispatch_sorted,
@@ -35,7 +52,8 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _diagnose(actual: object, expected: torch.Tensor, what: str,
-              suspects: list[tuple[torch.Tensor, str]]) -> None:
+              suspects: list[tuple[torch.Tensor, str]],
+              inputs: dict[str, object] | None = None) -> None:
     """Pass if ``actual`` matches ``expected``; else name the first suspect it matches."""
     if isinstance(actual, torch.Tensor) and _close(actual.detach(), expected):
         return
@@ -44,7 +62,7 @@ def _diagnose(actual: object, expected: torch.Tensor, what: str,
             if _close(actual.detach(), candidate):
                 raise CheckFailed(f"{what} does not match the reference. {hint}")
     expect_close(actual if not isinstance(actual, torch.Tensor) else actual.detach(), expected,
-                 what)
+                 what, inputs=inputs)
 
 
 def make_combine_case(seed: int, *, num_tokens: int = 12, d_model: int = 8, d_ff: int = 16,
@@ -71,7 +89,24 @@ COMBINE_CASES = (
     dict(seed=1, capacity_factor=0.75),  # some assignments dropped
     dict(seed=2, num_tokens=9, num_experts=6, top_k=3, capacity_factor=0.6),
     dict(seed=3, num_tokens=5, num_experts=3, top_k=1),
+    dict(seed=4, num_tokens=1, num_experts=4, top_k=2),  # one token
+    dict(seed=5, num_tokens=6, num_experts=3, top_k=3),  # K = E
+    dict(seed=6, num_tokens=10, num_experts=6, top_k=2, capacity_factor=0.25),  # many drops
 )
+
+
+def _case_text(case: dict[str, object]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in case.items() if k != "seed")
+
+
+def _with_weight_leaf(plan: RoutingPlan) -> RoutingPlan:
+    """The plan with its own copy of topk_weights, a leaf that collects the gradient."""
+    return dataclasses.replace(plan, topk_weights=plan.topk_weights.detach().clone()
+                               .requires_grad_(True))
+
+
+def _expert_grads(experts: Experts) -> dict[str, torch.Tensor]:
+    return {name: param for name, param in experts.named_parameters()}
 
 
 def _per_slot_outputs(x: torch.Tensor, plan: RoutingPlan, experts: Experts) -> torch.Tensor:
@@ -85,10 +120,18 @@ def _per_slot_outputs(x: torch.Tensor, plan: RoutingPlan, experts: Experts) -> t
 def check_combine_loop(combine_loop: Callable[..., torch.Tensor]) -> None:
     """combine_loop(x, plan, experts) -> y (N, D): y_n = sum over kept k of w_nk * Expert(x_n)."""
     for case in COMBINE_CASES:
+        where = _case_text(case) or "N=12, E=4, K=2"
+        set_case(where)
         x, plan, experts = make_combine_case(**case)
+        plan_ref, experts_ref = _with_weight_leaf(plan), copy.deepcopy(experts)
+        x_ref = x.clone().requires_grad_(True)
+        expected = dispatch_loop(x_ref, plan_ref, experts_ref)  # (N, D)
+        plan_in, (x_in,) = _with_weight_leaf(plan), fresh(x, grad=True)
+        plan_before = snapshot([plan_in.topk_idx, plan_in.topk_weights, plan_in.keep])
+        actual = call(combine_loop, x_in, plan_in, experts, names=("x",))
+        expect_unchanged("plan (topk_idx, topk_weights, keep)",
+                         [plan_in.topk_idx, plan_in.topk_weights, plan_in.keep], plan_before)
         with torch.no_grad():
-            expected = dispatch_loop(x, plan, experts)  # (N, D)
-            actual = combine_loop(x, plan, experts)
             h = _per_slot_outputs(x, plan, experts)  # (N, K, D)
         weights = plan.topk_weights.unsqueeze(-1)  # (N, K, 1)
         keep = plan.keep.unsqueeze(-1).to(x.dtype)  # (N, K, 1)
@@ -96,10 +139,11 @@ def check_combine_loop(combine_loop: Callable[..., torch.Tensor]) -> None:
         last_slot = torch.where(plan.keep, plan.topk_idx, -1).argmax(dim=-1)  # (N,)
         overwrite = (weights * h)[torch.arange(x.shape[0]), last_slot] \
             * plan.keep.any(dim=-1, keepdim=True)  # (N, D)
+        first_four = (weights * keep * h * (plan.topk_idx < 4).unsqueeze(-1)).sum(1)  # (N, D)
         suspects = [
             ((keep * h).sum(1), "It equals the sum of the chosen experts' outputs without their "
              "weights: multiply each expert's output by its top-k weight before adding it."),
-            (expected + ((1 - keep) * weights * x.unsqueeze(1)).sum(1),
+            (expected.detach() + ((1 - keep) * weights * x.unsqueeze(1)).sum(1),
              "Dropped (token, expert) pairs must contribute nothing, but you added "
              "weight * x for them (a 'pass-through'). The residual connection outside the layer "
              "already carries a dropped token on; skip assignments where plan.keep is False."),
@@ -109,7 +153,16 @@ def check_combine_loop(combine_loop: Callable[..., torch.Tensor]) -> None:
              "y[token_idx] = ... ? Use y.index_add_(0, token_idx, ...) so the K contributions "
              "of a token add up."),
         ]
-        _diagnose(actual, expected, f"y for case {case}", suspects)
+        if plan.num_experts > 4:
+            suspects.append((first_four, f"Only experts 0-3 contributed, of E="
+                             f"{plan.num_experts}: loop over range(experts.num_experts), not a "
+                             f"fixed 4."))
+        _diagnose(actual, expected.detach(), f"y ({where})", suspects,
+                  inputs={"x": x, "topk_idx": plan.topk_idx, "keep": plan.keep})
+        leaves = {"x": x_in, "topk_weights": plan_in.topk_weights, **_expert_grads(experts)}
+        reference = {"x": x_ref, "topk_weights": plan_ref.topk_weights,
+                     **_expert_grads(experts_ref)}
+        expect_same_grad(actual, expected, leaves, reference, f"y ({where})")
 
 
 @checker("check_scatter_combine")
@@ -119,19 +172,27 @@ def check_scatter_combine(scatter_combine: Callable[..., torch.Tensor]) -> None:
     h_sorted (M, D): expert outputs, one row per kept assignment, in the order of sort_order;
     sort_order (M,): the flat id token * K + slot of each row; topk_weights (N, K)."""
     for case in COMBINE_CASES:
+        where = _case_text(case) or "N=12, E=4, K=2"
+        set_case(where)
         x, plan, experts = make_combine_case(**case)
         num_tokens, top_k = plan.topk_idx.shape
         with torch.no_grad():
             expected = dispatch_sorted(x, plan, experts)  # (N, D)
             x_sorted = x[plan.sort_order // top_k]  # (M, D)
             h_sorted = experts.forward_grouped(x_sorted, plan.tokens_per_expert.tolist())
-            actual = scatter_combine(h_sorted.clone(), plan.sort_order.clone(),
-                                     plan.topk_weights.clone(), num_tokens)
+        h_ref = h_sorted.clone().requires_grad_(True)
+        plan_ref = _with_weight_leaf(plan)
+        reference_y = combine_kept(h_ref, plan_ref)  # (N, D), the same sum with a graph
+        h_in, weights_in = fresh(h_sorted, plan.topk_weights, grad=True)
+        (order_in,) = fresh(plan.sort_order)
+        actual = call(scatter_combine, h_in, order_in, weights_in, num_tokens,
+                      names=("h_sorted", "sort_order", "topk_weights"))
         flat_weights = plan.topk_weights.reshape(-1)  # (N*K,)
         token_of = plan.sort_order // top_k  # (M,)
         unweighted = torch.zeros_like(x).index_add(0, token_of, h_sorted)
-        wrong_token = torch.zeros_like(x).index_add(
-            0, plan.sort_order % top_k, h_sorted * flat_weights[plan.sort_order].unsqueeze(-1))
+        wrong_token = torch.zeros(max(num_tokens, top_k), x.shape[1]).index_add(
+            0, plan.sort_order % top_k, h_sorted * flat_weights[plan.sort_order].unsqueeze(-1)
+        )[:num_tokens]  # (N, D)
         num_rows = plan.sort_order.numel()
         unsorted_weights = torch.zeros_like(x).index_add(
             0, token_of, h_sorted * flat_weights[:num_rows].unsqueeze(-1))
@@ -143,32 +204,37 @@ def check_scatter_combine(scatter_combine: Callable[..., torch.Tensor]) -> None:
             (unsorted_weights, "The weights are in the wrong order: the rows of h_sorted follow "
              "sort_order, so gather the weights with topk_weights.reshape(-1)[sort_order]."),
         ]
-        _diagnose(actual, expected, f"y for case {case}", suspects)
+        _diagnose(actual, expected, f"y ({where})", suspects,
+                  inputs={"topk_weights": plan.topk_weights})
+        expect_same_grad(actual, reference_y, {"h_sorted": h_in, "topk_weights": weights_in},
+                         {"h_sorted": h_ref, "topk_weights": plan_ref.topk_weights},
+                         f"y ({where})")
 
 
-GATE_CASES = ((0, 6, 4, 2), (1, 5, 8, 1), (2, 7, 6, 3), (3, 4, 4, 4))  # seed, N, E, K
+# seed, N, E, K, logit offset (100: exp overflows float32)
+GATE_CASES = ((0, 6, 4, 2, 0.0), (1, 5, 8, 1, 0.0), (2, 7, 6, 3, 0.0), (3, 4, 4, 4, 0.0),
+              (4, 1, 4, 2, 0.0), (5, 5, 4, 3, 0.0), (6, 6, 5, 2, 100.0))
 
 
 @checker("check_gate_weights")
 def check_gate_weights(gate_weights: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> None:
     """gate_weights(router_logits, top_k) -> (topk_idx, topk_weights), Mixtral style: softmax,
     top-k, renormalise; the weights must stay differentiable with respect to the logits."""
-    for seed, num_tokens, num_experts, top_k in GATE_CASES:
+    for seed, num_tokens, num_experts, top_k, offset in GATE_CASES:
+        where = f"(N={num_tokens}, E={num_experts}, K={top_k}" + (
+            f", logits near {offset:.0f})" if offset else ")")
+        set_case(where[1:-1])
         generator = torch.Generator().manual_seed(seed)
-        logits = torch.randn(num_tokens, num_experts, generator=generator)  # (N, E)
-        upstream = torch.randn(num_tokens, top_k, generator=generator)  # (N, K) dL/dw
+        logits = offset + torch.randn(num_tokens, num_experts, generator=generator)  # (N, E)
         ref_logits = logits.clone().requires_grad_(True)
         ref_idx, ref_weights = topk_routing(torch.softmax(ref_logits, -1), top_k)
-        (ref_weights * upstream).sum().backward()
-        learner_logits = logits.clone().requires_grad_(True)
-        result = gate_weights(learner_logits, top_k)
-        if not isinstance(result, tuple) or len(result) != 2:
-            raise CheckFailed("return a tuple (topk_idx, topk_weights).")
-        topk_idx, topk_weights = result
-        where = f"(N={num_tokens}, E={num_experts}, K={top_k})"
-        if not isinstance(topk_idx, torch.Tensor) or topk_idx.dtype != torch.int64:
-            raise CheckFailed(f"topk_idx should be an int64 tensor {where}.")
-        if not torch.equal(topk_idx, ref_idx):
+        (learner_logits,) = fresh(logits, grad=True)
+        topk_idx, topk_weights = expect_pair(
+            call(gate_weights, learner_logits, top_k, names=("router_logits",)),
+            "topk_idx, topk_weights")
+        if topk_idx.dtype not in (torch.int64, torch.int32):
+            raise CheckFailed(f"topk_idx should be an int64 tensor {where}, got {topk_idx.dtype}.")
+        if topk_idx.shape != ref_idx.shape or not torch.equal(topk_idx.long(), ref_idx):
             raise CheckFailed(f"topk_idx {where} is not the top-k of the logits, best first: "
                               "use torch.topk(..., k=top_k, dim=-1).")
         probs = torch.softmax(logits, -1)  # (N, E)
@@ -176,16 +242,6 @@ def check_gate_weights(gate_weights: Callable[..., tuple[torch.Tensor, torch.Ten
             (probs.gather(-1, ref_idx), "These are the raw top-k probabilities: renormalise "
              "them to sum to 1 over the K chosen experts (Mixtral)."),
             (logits.gather(-1, ref_idx), "These are the raw logits: apply a softmax."),
-        ])
-        if not topk_weights.requires_grad:
-            raise CheckFailed(
-                f"topk_weights {where} carry no gradient back to router_logits, so the router "
-                "would never learn. Did you detach them, or build them from topk_idx / a one-hot "
-                "(an integer index has no gradient)? Gather them from the softmax.")
-        (topk_weights * upstream).sum().backward()
-        grad = learner_logits.grad
-        if grad is None:
-            raise CheckFailed(f"no gradient reached router_logits {where}.")
-        expect_close(grad, ref_logits.grad, f"the gradient of router_logits {where}",
-                     hint="The values are right but the gradient is not: is part of the "
-                          "computation detached?")
+        ], inputs={"router_logits": logits})
+        expect_same_grad(topk_weights, ref_weights, {"router_logits": learner_logits},
+                         {"router_logits": ref_logits}, f"topk_weights {where}")

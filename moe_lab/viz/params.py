@@ -33,7 +33,8 @@ def params_summary(config: TransformerConfig, context_length: int = 4096) -> lis
     flops = flops_per_token(config, context_length)
     dense = count_parameters(dense_equivalent(config))
     return [
-        ("experts (E) / per token (K)", f"{config.num_experts} / {config.top_k}"),
+        ("experts (E) / per token (K)", f"{config.num_experts} / {config.top_k}"
+         + (f" + {config.num_shared_experts} shared" if config.num_shared_experts else "")),
         ("total parameters", format_count(counts.total)),
         ("active parameters per token", format_count(counts.active)),
         ("active / total", f"{100 * counts.active_fraction:.1f} %"),

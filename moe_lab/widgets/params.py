@@ -1,5 +1,8 @@
 """The parameter calculator of lesson 00: sliders for E, K, D, F and L -> total vs active
-parameters, FLOPs per token and memory, with a button that loads Mixtral 8x7B."""
+parameters, FLOPs per token and memory, with buttons that load Mixtral 8x7B and Qwen3-30B-A3B.
+Lesson 08 adds two settings: fine-grained experts (cut each expert into m, route to m * K) and
+shared experts (S of them always on, taken out of the routed budget), both by
+:func:`moe_lab.params.fine_grained`."""
 
 from __future__ import annotations
 
@@ -8,25 +11,46 @@ import math
 
 import ipywidgets as widgets
 
-from moe_lab.params import MIXTRAL_8X7B, TransformerConfig, count_parameters
+from moe_lab.params import (
+    MIXTRAL_8X7B,
+    QWEN3_30B_A3B,
+    TransformerConfig,
+    count_parameters,
+    fine_grained_config,
+)
 from moe_lab.viz.params import params_figure, params_summary
 from moe_lab.widgets._output import StaticFallback, show_in_output
 
 HEAD_DIM = 128
+GRANULARITIES = (1, 2, 4, 8)  # divide every d_ff the slider offers (multiples of 128)
 
 
 def config_from_sliders(num_experts: int, top_k: int, d_model: int, d_ff: int, num_layers: int,
-                        *, vocab_size: int = MIXTRAL_8X7B.vocab_size) -> TransformerConfig:
+                        *, vocab_size: int = MIXTRAL_8X7B.vocab_size, granularity: int = 1,
+                        num_shared_experts: int = 0,
+                        preset: TransformerConfig | None = None) -> TransformerConfig:
     """A Mixtral-shaped config for the slider values: heads of width 128 (or D when D < 128),
-    a quarter as many KV heads (grouped-query attention), top_k clamped to [1, E]."""
-    head_dim = min(HEAD_DIM, d_model)
-    num_heads = max(1, d_model // head_dim)
-    # H_kv divides H: the largest divisor of H not above H / 4
-    num_kv_heads = math.gcd(num_heads, max(1, num_heads // 4))
-    return TransformerConfig(vocab_size=vocab_size, d_model=d_model, num_layers=num_layers,
-                             d_ff=d_ff, num_heads=num_heads, num_kv_heads=num_kv_heads,
-                             head_dim=head_dim, num_experts=num_experts,
-                             top_k=min(max(1, top_k), num_experts))
+    a quarter as many KV heads (grouped-query attention), top_k clamped to [1, E]; then the
+    experts cut into ``granularity`` finer ones with ``num_shared_experts`` of them shared
+    (clamped below granularity * K). A ``preset`` of the same D lends its vocabulary and heads
+    (Qwen3's query heads are wider than D)."""
+    top_k = min(max(1, top_k), num_experts)
+    if preset is not None and preset.d_model == d_model:
+        vocab_size, head_dim = preset.vocab_size, preset.head_dim
+        num_heads, num_kv_heads = preset.num_heads, preset.num_kv_heads
+    else:
+        vocab_size = preset.vocab_size if preset is not None else vocab_size
+        head_dim = min(HEAD_DIM, d_model)
+        num_heads = max(1, d_model // head_dim)
+        # H_kv divides H: the largest divisor of H not above H / 4
+        num_kv_heads = math.gcd(num_heads, max(1, num_heads // 4))
+    config = TransformerConfig(vocab_size=vocab_size, d_model=d_model, num_layers=num_layers,
+                               d_ff=d_ff, num_heads=num_heads, num_kv_heads=num_kv_heads,
+                               head_dim=head_dim, num_experts=num_experts, top_k=top_k)
+    if granularity == 1 and num_shared_experts == 0:
+        return config
+    return fine_grained_config(config, granularity,
+                               min(num_shared_experts, granularity * top_k - 1))
 
 
 def summary_html(rows: list[tuple[str, str]]) -> str:
@@ -55,22 +79,38 @@ class ParamsCalculator(StaticFallback, widgets.VBox):
         self.d_model = slider("d_model D", 128, 16384, 128, m.d_model)
         self.d_ff = slider("d_ff F", 128, 65536, 128, m.d_ff)
         self.num_layers = slider("layers L", 1, 128, 1, m.num_layers)
+        # lesson 08: E, K, F above describe the coarse experts; these cut them finer
+        self.granularity = widgets.SelectionSlider(
+            options=GRANULARITIES, value=1, description="fine-grained m", style=style,
+            layout=layout, continuous_update=False)
+        self.num_shared = slider("shared S", 0, 8, 1, 0)
         self.mixtral = widgets.Button(description="Mixtral 8x7B")
+        self.qwen3 = widgets.Button(description="Qwen3-30B-A3B")
+        self.preset: TransformerConfig = MIXTRAL_8X7B
         self.summary = widgets.HTML()
         self.output = widgets.Output()  # shows the figure as plotly JSON (no FigureWidget)
         self.output.add_class("moe-params-plot")
         self._quiet = False
-        for control in (self.num_experts, self.top_k, self.d_model, self.d_ff, self.num_layers):
+        for control in (self.num_experts, self.top_k, self.d_model, self.d_ff, self.num_layers,
+                        self.granularity, self.num_shared):
             control.observe(self._on_change, names="value")
         self.mixtral.on_click(lambda _: self.load(MIXTRAL_8X7B))
+        self.qwen3.on_click(lambda _: self.load(QWEN3_30B_A3B))
         super().__init__([self.num_experts, self.top_k, self.d_model, self.d_ff,
-                          self.num_layers, self.mixtral, self.summary, self.output])
+                          self.num_layers, self.granularity, self.num_shared,
+                          widgets.HBox([self.mixtral, self.qwen3]), self.summary, self.output])
         self.update()
 
     def load(self, config: TransformerConfig) -> None:
-        """Set every slider from ``config`` and redraw once."""
+        """Set every slider from ``config`` (coarse experts: m = 1, S = 0) and redraw once; its
+        vocabulary and heads hold while D stays."""
+        if config.num_shared_experts:
+            raise ValueError("load takes a config without shared experts (set S with its slider)")
+        self.preset = config
         self._quiet = True
         try:
+            self.granularity.value = 1
+            self.num_shared.value = 0
             self.num_experts.value = config.num_experts  # _on_change sets top_k.max
             self.top_k.value = config.top_k
             self.d_model.value = config.d_model
@@ -93,7 +133,10 @@ class ParamsCalculator(StaticFallback, widgets.VBox):
     def update(self) -> None:
         self.config = config_from_sliders(self.num_experts.value, self.top_k.value,
                                           self.d_model.value, self.d_ff.value,
-                                          self.num_layers.value)
+                                          self.num_layers.value,
+                                          granularity=self.granularity.value,
+                                          num_shared_experts=self.num_shared.value,
+                                          preset=self.preset)
         self.rows = params_summary(self.config, self.context_length)
         self.summary.value = summary_html(self.rows)
         self.figure = params_figure(count_parameters(self.config))  # a go.Figure
