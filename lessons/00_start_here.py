@@ -202,7 +202,23 @@ calculator
 # - Total parameters set the memory; active parameters set the FLOPs. Mixtral 8x7B: 46.7B stored,
 #   12.9B active.
 # - `SparseMoE` with one expert is the dense FFN: the baseline every later lesson compares against.
+
+# %% [markdown]
+# ## Self-check quiz
 #
+# Check yourself on this lesson (`moe_lab/quizzes/00.yaml`): pick or type an answer and press
+# **Check**; a right answer is marked, a wrong one shows why. Numeric answers are computed by the
+# package, and short answers reveal a model answer once you have written yours. The English /
+# 한국어 buttons switch the language. A viewer without a kernel shows the questions with each
+# answer in a collapsed block.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from moe_lab.widgets.quiz import show_quiz
+
+show_quiz(0)
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. With the calculator, find how many experts (at $K = 2$, everything else Mixtral's) give a

@@ -315,7 +315,23 @@ for label, idx, weights in list(zip(table.token_labels, table.topk_idx, table.to
 #   to the logits, and the Switch jitter multiplies the input by $\mathcal U(1 \pm \epsilon)$: both
 #   in training only. The package: `TopKRouter(..., noise="noisy_topk" | "jitter",
 #   router_dtype=torch.float32)`.
+
+# %% [markdown]
+# ## Self-check quiz
 #
+# Check yourself on this lesson (`moe_lab/quizzes/01.yaml`): pick or type an answer and press
+# **Check**; a right answer is marked, a wrong one shows why. Numeric answers are computed by the
+# package, and short answers reveal a model answer once you have written yours. The English /
+# 한국어 buttons switch the language. A viewer without a kernel shows the questions with each
+# answer in a collapsed block.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from moe_lab.widgets.quiz import show_quiz
+
+show_quiz(1)
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. In section 3, try `num_experts = 64` (and `top_k = 8`, as in DeepSeek-V3's 256 experts, top-8):

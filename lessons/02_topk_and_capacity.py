@@ -406,7 +406,23 @@ grid.capacity_factor.value = 1.0
 # - Capacity $C = \lceil \text{factor} \cdot NK/E \rceil$; assignments past position $C - 1$ of
 #   their expert are dropped and contribute nothing. `SparseMoE(capacity_factor=...)` reports them
 #   in `dropped`; `capacity_factor=None` is dropless.
+
+# %% [markdown]
+# ## Self-check quiz
 #
+# Check yourself on this lesson (`moe_lab/quizzes/02.yaml`): pick or type an answer and press
+# **Check**; a right answer is marked, a wrong one shows why. Numeric answers are computed by the
+# package, and short answers reveal a model answer once you have written yours. The English /
+# 한국어 buttons switch the language. A viewer without a kernel shows the questions with each
+# answer in a collapsed block.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from moe_lab.widgets.quiz import show_quiz
+
+show_quiz(2)
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. Rewrite `keep_mask` in GShard's order (all first choices ranked before any second choice).

@@ -361,8 +361,24 @@ print(f"redraw took {explorer.last_redraw_ms:.1f} ms;", explorer.figure_data()["
 #   dense reference, which runs every expert on every token.
 # - The router learns through the weights $w$ only; the top-$k$ choice is piecewise constant and
 #   carries no gradient. With top-1, renormalised weights are always 1: use the raw probability.
+
+# %% [markdown]
+# ## 8. Self-check quiz
 #
-# ## 8. Exercises
+# Check yourself on this lesson (`moe_lab/quizzes/03.yaml`): pick or type an answer and press
+# **Check**; a right answer is marked, a wrong one shows why. Numeric answers are computed by the
+# package, and short answers reveal a model answer once you have written yours. The English /
+# 한국어 buttons switch the language. A viewer without a kernel shows the questions with each
+# answer in a collapsed block.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from moe_lab.widgets.quiz import show_quiz
+
+show_quiz(3)
+
+# %% [markdown]
+# ## 9. Exercises
 #
 # 1. *(code)* Change `combine_loop` so that a dropped assignment passes the token through
 #    ($y_n \mathrel{+}= w\,x_n$). Run the checker: what does it say, and why is this wrong when
@@ -372,7 +388,7 @@ print(f"redraw took {explorer.last_redraw_ms:.1f} ms;", explorer.figure_data()["
 # 3. *(code)* In the explorer, set $K = E = 8$: every expert sees every token. What do the load
 #    bars show, and what does the layer now cost compared with the dense reference?
 #
-# ## 9. Interview questions (self-check)
+# ## 10. Interview questions (self-check)
 #
 # <details><summary>1. 전문가 선택(top-k)은 미분할 수 없는데, 라우터는 어떻게 학습되나요?
 # <br>(The top-k choice is not differentiable: how does the router learn?)</summary>
@@ -410,7 +426,7 @@ print(f"redraw took {explorer.last_redraw_ms:.1f} ms;", explorer.figure_data()["
 # (`index_copy`, distinct indices) and then summing over $K$ gives the same bits every run.
 # </details>
 #
-# ## 10. Further reading
+# ## 11. Further reading
 #
 # - Shazeer et al. 2017, [*Outrageously Large Neural Networks: The Sparsely-Gated Mixture-of-Experts
 #   Layer*](https://arxiv.org/abs/1701.06538), eq. (1): the weighted sum $y = \sum_i G(x)_i E_i(x)$.

@@ -501,8 +501,24 @@ for name, run in runs.items():
 #   collapse, summing makes the coefficient depend on depth.
 # - DeepSeek-V3: a selection-only bias, updated by $\pm\gamma$ from the observed load, balances
 #   without a gradient that competes with the task.
+
+# %% [markdown]
+# ## 10. Self-check quiz
 #
-# ## 10. Exercises
+# Check yourself on this lesson (`moe_lab/quizzes/04.yaml`): pick or type an answer and press
+# **Check**; a right answer is marked, a wrong one shows why. Numeric answers are computed by the
+# package, and short answers reveal a model answer once you have written yours. The English /
+# 한국어 buttons switch the language. A viewer without a kernel shows the questions with each
+# answer in a collapsed block.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from moe_lab.widgets.quiz import show_quiz
+
+show_quiz(4)
+
+# %% [markdown]
+# ## 11. Exercises
 #
 # 1. *(code)* Set `P` to the mean of the top-$k$ weights instead of the full probabilities in
 #    your `switch_loss` and run the checker. Then explain why the unchosen experts would get no
@@ -512,7 +528,7 @@ for name, run in runs.items():
 # 3. *(code)* Add the z-loss to the Switch run (`ToyConfig(balance="switch", z_coef=1e-2)`): does
 #    the balance suffer?
 #
-# ## 11. Interview questions (self-check)
+# ## 12. Interview questions (self-check)
 #
 # <details><summary>1. Switch의 보조 손실은 왜 f_i²가 아니라 f_i · P_i를 사용하나요?
 # <br>(Why does the Switch auxiliary loss use f_i · P_i instead of penalising f_i² directly?)</summary>
@@ -550,7 +566,7 @@ for name, run in runs.items():
 # imbalances can cancel, as section 6 showed.)
 # </details>
 #
-# ## 12. Further reading
+# ## 13. Further reading
 #
 # - Shazeer et al. 2017, [*Outrageously Large Neural Networks*](https://arxiv.org/abs/1701.06538), section 4 and appendix A:
 #   importance and load losses ($CV^2$).

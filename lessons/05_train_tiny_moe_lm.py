@@ -549,8 +549,24 @@ print("I(class;E) per layer:", [round(s.mi_byte_class, 3) for s in report.layers
 #   (second layer), not by language: within a script the language adds almost nothing. That is
 #   ST-MoE's token-type finding. Measure against a random router, and separate confounded labels
 #   with conditional information, before telling a story about a heatmap.
+
+# %% [markdown]
+# ## 11. Self-check quiz
 #
-# ## 11. Exercises and interview questions
+# Check yourself on this lesson (`moe_lab/quizzes/05.yaml`): pick or type an answer and press
+# **Check**; a right answer is marked, a wrong one shows why. Numeric answers are computed by the
+# package, and short answers reveal a model answer once you have written yours. The English /
+# 한국어 buttons switch the language. A viewer without a kernel shows the questions with each
+# answer in a collapsed block.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from moe_lab.widgets.quiz import show_quiz
+
+show_quiz(5)
+
+# %% [markdown]
+# ## 12. Exercises and interview questions
 #
 # 1. Retrain the two main runs with other seeds, e.g. `python -m moe_lab.train --runs dense moe
 #    --seed 1 --out /tmp/l05_seed1`: is the dense-MoE gap larger than the seed-to-seed spread?
@@ -566,7 +582,7 @@ print("I(class;E) per layer:", [round(s.mi_byte_class, 3) for s in report.layers
 #    wall-clock 시간에서는 왜 그렇지 않을 수 있나요? (Why can an MoE beat a dense model of equal
 #    FLOPs on loss but not on wall-clock time?)
 #
-# ## 12. Further reading
+# ## 13. Further reading
 #
 # - Fedus, Zoph, Shazeer (2021), [*Switch Transformers*](https://arxiv.org/abs/2101.03961): the aux loss, capacity factor, scaling at
 #   equal FLOPs.

@@ -407,7 +407,23 @@ else:
 # - Profile before optimising: call counts tell you which overhead dominates.
 # - On a GPU, bf16 halves the bytes moved, and `torch.compile` fuses the elementwise work around
 #   the matmuls (it cannot remove the data-dependent `counts.tolist()`; that is a graph break).
+
+# %% [markdown]
+# ## Self-check quiz
 #
+# Check yourself on this lesson (`moe_lab/quizzes/06.yaml`): pick or type an answer and press
+# **Check**; a right answer is marked, a wrong one shows why. Numeric answers are computed by the
+# package, and short answers reveal a model answer once you have written yours. The English /
+# 한국어 buttons switch the language. A viewer without a kernel shows the questions with each
+# answer in a collapsed block.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from moe_lab.widgets.quiz import show_quiz
+
+show_quiz(6)
+
+# %% [markdown]
 # ## Exercises and interview questions
 #
 # 1. Why is the per-expert loop slow on a GPU even though it does no extra FLOPs?

@@ -311,7 +311,23 @@ except ExpertParallelError as error:
 # - Dropless needs a count exchange and a host sync; capacity padding has fixed shapes but drops
 #   and pads.
 # - The result equals the single-process layer, outputs and gradients, up to float rounding.
+
+# %% [markdown]
+# ## Self-check quiz
 #
+# Check yourself on this lesson (`moe_lab/quizzes/07.yaml`): pick or type an answer and press
+# **Check**; a right answer is marked, a wrong one shows why. Numeric answers are computed by the
+# package, and short answers reveal a model answer once you have written yours. The English /
+# 한국어 buttons switch the language. A viewer without a kernel shows the questions with each
+# answer in a collapsed block.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from moe_lab.widgets.quiz import show_quiz
+
+show_quiz(7)
+
+# %% [markdown]
 # ## Exercises and interview questions
 #
 # 1. Run with `world_size=4` (E=8: 2 experts per rank; keep `x` at 64 tokens). How does the share

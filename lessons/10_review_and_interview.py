@@ -43,6 +43,7 @@ import torch
 
 import moe_lab
 from moe_lab import TopKRouter, compute_capacity
+from moe_lab.expert_choice import expert_choice_capacity, expert_choice_routing
 from moe_lab.params import MIXTRAL_8X7B, count_parameters, flops_per_token
 from moe_lab.quizzes import load_quiz, review_questions
 from moe_lab.quizzes.render import LABELS
@@ -152,17 +153,18 @@ print(f"all FLOPs per token (no attention scores): "
 #
 # In expert choice routing (Zhou et al. 2022) each expert picks its $C = \lceil c \cdot N / E \rceil$
 # best-scoring tokens from the batch, instead of each token picking $K$ experts. Two measurements
-# with the package's router: first, whether a token's experts depend on *other* tokens of the
-# batch, here the tokens after it in the sequence, which a decoder has not generated yet; second,
-# what happens when a decoding step routes a single token. (The selection is three lines here;
-# `compute_capacity` with $K = 1$ is the capacity $\lceil c N / E \rceil$.)
+# with the package's router and the package's expert-choice selection
+# (`moe_lab.expert_choice.expert_choice_routing`, lesson 08): first, whether a token's experts
+# depend on *other* tokens of the batch, here the tokens after it in the sequence, which a
+# decoder has not generated yet; second, what happens when a decoding step routes a single token.
 
 # %%
 # NBVAL_CHECK_OUTPUT
 def expert_choice_mask(router_probs: torch.Tensor, capacity: int) -> torch.Tensor:
-    """(N, E) bool: expert e takes its `capacity` highest-probability tokens (Zhou et al. 2022)."""
-    chosen = router_probs.topk(min(capacity, router_probs.shape[0]), dim=0).indices  # (C, E)
-    return torch.zeros_like(router_probs, dtype=torch.bool).scatter_(0, chosen, True)  # (N, E)
+    """(N, E) bool: which experts took each token, from the package's expert-choice routing."""
+    token_idx, _ = expert_choice_routing(router_probs, capacity)  # (E, C): each expert's tokens
+    taken = torch.zeros(router_probs.shape[1], router_probs.shape[0], dtype=torch.bool)  # (E, N)
+    return taken.scatter_(1, token_idx, True).T  # (N, E)
 
 
 moe_lab.seed_everything(0)
@@ -173,7 +175,7 @@ with torch.no_grad():
     out_a = router(torch.cat([prefix, future]))  # probs (T, E), topk_idx (T, K)
     out_b = router(torch.cat([prefix, other_future]))  # the same prefix, another continuation
 probs_a, probs_b, topk_a, topk_b = out_a.probs, out_b.probs, out_a.topk_idx, out_b.topk_idx
-capacity = compute_capacity(factor, seq_len, 1, num_experts)  # C = ceil(c * T / E)
+capacity = expert_choice_capacity(factor, seq_len, num_experts)  # C = ceil(c * T / E)
 ec_a = expert_choice_mask(probs_a, capacity)[: seq_len // 2]  # (T/2, E): the prefix's experts
 ec_b = expert_choice_mask(probs_b, capacity)[: seq_len // 2]
 changed_ec = (ec_a != ec_b).any(-1).float().mean().item()
@@ -182,16 +184,17 @@ print(f"prefix tokens whose experts change with the continuation: expert choice 
       f"{changed_ec:.0%}, token choice (top-2) {changed_topk:.0%}")
 with torch.no_grad():
     one_token = router(torch.randn(1, d_model)).probs  # (1, E): one decoding step
-step_mask = expert_choice_mask(one_token, compute_capacity(factor, 1, 1, num_experts))
-print(f"one decoding step: C = {compute_capacity(factor, 1, 1, num_experts)}, the token runs "
+step_capacity = expert_choice_capacity(factor, 1, num_experts)  # C for a batch of one token
+step_mask = expert_choice_mask(one_token, step_capacity)
+print(f"one decoding step: C = {step_capacity}, the token runs "
       f"{int(step_mask.sum())} of {num_experts} experts (top-2 runs 2)")
 
 # %% [markdown]
 # **Answer, with the numbers above:** under expert choice a token's experts depend on the tokens
 # that come after it, which do not exist yet when decoding (it breaks causality, and training
 # sees a routing that inference cannot reproduce); and a step with one token gives every expert
-# its capacity of at least one slot, so the token runs all $E$ experts. Zhou et al. apply it to
-# encoders and pre-training; decoders use token choice.
+# its capacity of at least one slot, so the token runs all $E$ experts. Zhou et al. name this
+# limitation for auto-regressive generation; decoders use token choice. (Lesson 08.)
 #
 # ### What does the capacity factor trade?
 #
@@ -247,11 +250,13 @@ for shape, by_strategy in sorted(rows.items(), key=lambda kv: (kv[0][3:], kv[0][
 # %% [markdown]
 # **Answer, with the table above:** the sorted MoE layer is slower than the dense limit at every
 # shape, because routing adds work that is not a matmul (router, sort, gather, scatter, a host
-# sync for the counts) and splits the $NK$ rows into $E$ smaller matmuls. The smaller the
-# problem, the larger that overhead relative to the FLOPs: compare the two shapes with the same
-# $E = 8, K = 2$ (rows are grouped by $E, K$, smallest problem first), and see how many small
-# experts ($E = 64$) cost at the same FLOPs. Decoding, with a few tokens per step, is the
-# extreme case. (Lesson 06.)
+# sync for the counts) and splits the $NK$ rows into $E$ smaller matmuls. That overhead is a
+# larger share of a small problem: at the same $E = 8, K = 2$ (rows are grouped by $E, K$,
+# smallest problem first) the ratio to the dense limit falls as the problem grows, and many small
+# experts ($E = 64$) cost more at the same FLOPs. The absolute GFLOP/s of this 2-core CPU hardly
+# separate the shapes (its dense matmuls are no faster at the large one), which is why the
+# ratio, measured back to back, is the number to quote. Decoding, with a few tokens per step, is
+# the extreme case. (Lesson 06.)
 #
 # ## 4. Summary
 #

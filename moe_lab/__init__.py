@@ -40,6 +40,7 @@ Where each piece is introduced in the course (the core first, then what stands o
     placement     experts on devices: packing, replication    notebooks/09
     viz, widgets  figures from plain data; live widgets on top of them
     checks        the exercise checkers, ``moe_lab.checks.check_*``
+    quizzes       self-check quizzes (``quizzes/NN.yaml``), loader, grading   every lesson; notebooks/10
 
 Layering: the core (routing, experts, dispatch, layer, losses, balancing, expert_choice,
 soft_moe, upcycling) imports nothing of plotting, widgets, checks or training.

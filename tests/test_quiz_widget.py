@@ -52,8 +52,8 @@ def test_feedback_right_is_marked_wrong_shows_explanation():
     question = QUIZ.question("why-f-times-p")
     right = feedback_html(question, grade(question, "a"), "en")
     wrong = feedback_html(question, grade(question, "b"), "en")
-    assert "✅" in right and "Why" not in right
-    assert "❌" in wrong and "argmax/top-k is piecewise constant" in wrong
+    assert "✓" in right and "Why" not in right
+    assert "✗" in wrong and "argmax/top-k is piecewise constant" in wrong
     assert "해설" in feedback_html(question, grade(question, "b"), "ko")
 
 
@@ -67,10 +67,10 @@ def test_widget_marks_right_and_explains_wrong():
     numeric = first("numeric")
     numeric.input.value = "7"
     numeric.button.click()
-    assert "❌" in numeric.feedback.value and "Why" in numeric.feedback.value
+    assert "✗" in numeric.feedback.value and "Why" in numeric.feedback.value
     numeric.input.value = "1.0"
     numeric.button.click()
-    assert "✅" in numeric.feedback.value and "Why" not in numeric.feedback.value
+    assert "✓" in numeric.feedback.value and "Why" not in numeric.feedback.value
     numeric.input.value = "one"
     numeric.button.click()
     assert "number" in numeric.feedback.value
@@ -80,7 +80,7 @@ def test_widget_choice_and_short_answer():
     choice = first("choice")
     choice.input.value = choice.question.answer
     choice.button.click()
-    assert "✅" in choice.feedback.value
+    assert "✓" in choice.feedback.value
     short = first("short")
     short.button.click()
     assert "Write an answer first" in short.feedback.value
@@ -121,3 +121,24 @@ def test_widget_bad_input():
         QuizWidget([])
     with pytest.raises(FileNotFoundError):
         QuizWidget(99)
+
+
+def test_questions_share_their_layout_and_style_models():
+    """A quiz opens about 5 widget models per question (its own box, prompt, input, button and
+    feedback), not one Layout and one Style more per control."""
+    import ipywidgets as widgets
+
+    from moe_lab.widgets.quiz import QuestionView
+
+    registry = widgets.widget._instances if hasattr(widgets.widget, "_instances") else widgets.Widget.widgets
+    before = set(registry)
+    quiz = show_quiz(4)
+    opened = len(set(registry) - before)
+    # the quiz's header (its box, heading, language toggle: 10 models with their looks) and at
+    # most 11 shared looks, then 5 per question
+    assert opened <= 10 + 11 + 5 * len(quiz.views), f"{opened} models for {len(quiz.views)} questions"
+    first, second = quiz.views[0], quiz.views[1]
+    assert first.button.layout is second.button.layout and first.button.style is second.button.style
+    assert first.feedback is not second.feedback and first.input is not second.input
+    alone = QuestionView(QUIZ.questions[0], 1, "en")  # without a quiz: its own looks
+    assert alone.prompt.layout is not first.prompt.layout

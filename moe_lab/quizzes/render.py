@@ -87,11 +87,12 @@ def key_points_html(points: tuple[KeyPoint, ...], lang: str) -> str:
 
 def feedback_html(question: Question, result: Grade, lang: str) -> str:
     """What shows under a question once it is answered: the mark, and for a wrong answer (or a
-    revealed short answer) the explanation; a right answer is marked, nothing given away."""
+    revealed short answer) the explanation; a right answer is marked, nothing given away. The
+    marks are ✓ ✗ ✎ (in every common font), not emoji, which some systems draw as boxes."""
     if result.correct is True:
-        return f"<div class='moe-quiz-right' style='color:#1a7f37'>✅ {result.feedback.get(lang)}</div>"
+        return f"<div class='moe-quiz-right' style='color:#1a7f37'>✓ {result.feedback.get(lang)}</div>"
     if not result.show_explanation:  # unreadable input, or nothing written yet
-        return f"<div class='moe-quiz-hint' style='color:#9a6700'>✍️ {result.feedback.get(lang)}</div>"
+        return f"<div class='moe-quiz-hint' style='color:#9a6700'>✎ {result.feedback.get(lang)}</div>"
     explanation = (f"<div class='moe-quiz-explanation'><b>{label('explanation', lang)}:</b> "
                    f"{_md_inline(question.explanation.get(lang))}</div>")
     if question.kind == "short":
@@ -99,7 +100,7 @@ def feedback_html(question: Question, result: Grade, lang: str) -> str:
                 f"padding-left:0.6em'><b>{result.feedback.get(lang)}:</b> "
                 f"{_md_inline(question.answer.get(lang))}"
                 f"{key_points_html(question.key_points, lang)}{explanation}</div>")
-    return (f"<div class='moe-quiz-wrong' style='color:#cf222e'>❌ {result.feedback.get(lang)}"
+    return (f"<div class='moe-quiz-wrong' style='color:#cf222e'>✗ {result.feedback.get(lang)}"
             f"</div>{explanation}")
 
 

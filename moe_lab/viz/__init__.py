@@ -22,5 +22,8 @@ Where each figure is used (a lesson calls it directly, or through the widget in 
                               profile_figure, memory_figure
     lesson 07  parallel.py    tokens_sent_table, tokens_sent_figure, exchange_cost_table,
                               exchange_cost_figure
+    lesson 08  beyond_topk.py choice_loads, choice_loads_figure [ExpertChoiceExplorer],
+                              slot_weights_heatmap_figure
+    lesson 08  lm.py          loss_curves_figure
     lesson 09  real_routing.py  real_routing_table, real_routing_figure  [RealRoutingExplorer]
 """

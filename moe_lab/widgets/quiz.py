@@ -2,9 +2,10 @@
 switch (English by default, 한국어), and per question a control, a Check button and feedback.
 
 All text comes from the pure functions of :mod:`moe_lab.quizzes.render`; this module only
-wires ipywidgets to them. Each question is four small widgets (prompt, input, button, feedback),
-so a quiz of eight questions opens a few dozen models on the websocket (tens of kB) and an
-answer is one short message each way. Without a kernel (a notebook viewer, widget state
+wires ipywidgets to them. Each question is a box of four small widgets (prompt, input, button,
+feedback) whose Layout and Style models are shared across the quiz (:class:`SharedLooks`), so a
+quiz of eight questions opens about forty models on the websocket and an answer is one short
+message each way. Without a kernel (a notebook viewer, widget state
 stripped) the display bundle's HTML shows the questions with each answer in a collapsed
 ``<details>`` block.
 """
@@ -25,25 +26,59 @@ from moe_lab.quizzes.render import (
 from moe_lab.quizzes.schema import LANGUAGES, Text
 
 
+class SharedLooks:
+    """One Layout and one Style model per kind of control, shared by all the questions of a quiz.
+
+    Every ipywidgets control opens its own Layout and Style models unless given existing ones;
+    sharing them, a question opens 5 models on the websocket (its box, prompt, input, button and
+    feedback) instead of about 14.
+    """
+
+    def __init__(self) -> None:
+        self._layouts: dict[str, widgets.Layout] = {}
+        self._first: dict[str, widgets.DOMWidget] = {}
+
+    def layout(self, key: str, **properties: str) -> widgets.Layout:
+        if key not in self._layouts:
+            self._layouts[key] = widgets.Layout(**properties)
+        return self._layouts[key]
+
+    def make(self, cls: type, key: str, *, layout: dict[str, str] | None = None,
+             **traits: object) -> widgets.DOMWidget:
+        """A new ``cls`` control that reuses the layout (and style) of the first one of ``key``."""
+        first = self._first.get(key)
+        if first is None:
+            self._first[key] = cls(layout=self.layout(key, **(layout or {})), **traits)
+            return self._first[key]
+        shared = {"layout": first.layout}
+        if hasattr(first, "style"):
+            shared["style"] = first.style
+        return cls(**shared, **traits)
+
+
 class QuestionView(widgets.VBox):
     """One question: prompt, input (radio buttons, a number box or a text area), button, feedback."""
 
-    def __init__(self, question: Question, number: int, lang: str) -> None:
+    def __init__(self, question: Question, number: int, lang: str,
+                 looks: SharedLooks | None = None) -> None:
+        looks = looks or SharedLooks()
         self.question, self.number, self.lang = question, number, lang
         self.result = None  # the last Grade
-        self.prompt = widgets.HTML()
+        self.prompt = looks.make(widgets.HTML, "html")
         if question.kind == "choice":
-            self.input = widgets.RadioButtons(options=option_labels(question, lang), value=None,
-                                              layout=widgets.Layout(width="auto"))
+            self.input = looks.make(widgets.RadioButtons, "choice", layout={"width": "auto"},
+                                    options=option_labels(question, lang), value=None)
         elif question.kind == "numeric":
-            self.input = widgets.Text(placeholder="0.0", layout=widgets.Layout(width="160px"))
+            self.input = looks.make(widgets.Text, "numeric", layout={"width": "160px"},
+                                    placeholder="0.0")
         else:
-            self.input = widgets.Textarea(layout=widgets.Layout(width="95%", height="80px"))
-        self.button = widgets.Button(button_style="primary")
-        self.feedback = widgets.HTML()
+            self.input = looks.make(widgets.Textarea, "short",
+                                    layout={"width": "95%", "height": "80px"})
+        self.button = looks.make(widgets.Button, "button", button_style="primary")
+        self.feedback = looks.make(widgets.HTML, "html")
         self.button.on_click(lambda _: self.check())
         super().__init__([self.prompt, self.input, self.button, self.feedback],
-                         layout=widgets.Layout(margin="0 0 12px 0"))
+                         layout=looks.layout("question", margin="0 0 12px 0"))
         self.add_class("moe-quiz-question")
         self.add_class(f"moe-quiz-{question.kind}")
         self.set_language(lang)
@@ -86,7 +121,8 @@ class QuizWidget(widgets.VBox):
             style={"button_width": "80px"})
         self.language.add_class("moe-quiz-language")
         self.heading = widgets.HTML()
-        self.views = [QuestionView(q, i, lang) for i, q in enumerate(self.questions, start=1)]
+        looks = SharedLooks()
+        self.views = [QuestionView(q, i, lang, looks) for i, q in enumerate(self.questions, start=1)]
         self.language.observe(lambda change: self.set_language(change["new"]), names="value")
         super().__init__([widgets.HBox([self.heading, self.language]), *self.views])
         self.add_class("moe-quiz")
@@ -100,7 +136,8 @@ class QuizWidget(widgets.VBox):
 
     def _repr_mimebundle_(self, **kwargs: object) -> dict[str, object] | None:
         """The widget view, and the static quiz as HTML for front ends that draw no widget."""
-        bundle = super()._repr_mimebundle_(**kwargs)
+        base = getattr(super(), "_repr_mimebundle_", None)  # ipywidgets 7 (Colab) displays otherwise
+        bundle = base(**kwargs) if base is not None else None
         if bundle is None:
             return None
         return {"text/html": self._static, **bundle}
