@@ -44,7 +44,7 @@ import socket
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -55,7 +55,7 @@ from torch.multiprocessing.spawn import ProcessExitedException, ProcessRaisedExc
 
 from moe_lab.dispatch import dispatch_sorted, make_routing_plan
 from moe_lab.experts import Experts
-from moe_lab.layer import SparseMoE
+from moe_lab.layer import SparseMoE, SparseMoEConfig
 from moe_lab.routing import RouterOutput, TopKRouter
 from moe_lab.validation import (
     check_choice,
@@ -278,9 +278,24 @@ class ExpertParallelMoE(nn.Module):
                                     exchange=self.experts.last_exchange)
 
 
+# What the expert-parallel layer reproduces: a replicated router (its weight only) in front of
+# routed experts split over the ranks. Any other SparseMoE option would be lost on the ranks.
+PARALLEL_OPTIONS = frozenset({"d_model", "d_ff", "num_experts", "top_k", "dispatch",
+                              "capacity_factor", "activation", "normalize", "noise",
+                              "router_dtype", "scoring"})
+
+
 def check_layer_for_parallel(moe: object) -> SparseMoE:
     if not isinstance(moe, SparseMoE):
         raise TypeError(f"moe must be a SparseMoE, got {type(moe).__name__}")
+    defaults = SparseMoEConfig(**{f.name: getattr(moe.config, f.name) for f in fields(moe.config)
+                                  if f.name in PARALLEL_OPTIONS})
+    unsupported = [f"{f.name}={getattr(moe.config, f.name)!r}" for f in fields(moe.config)
+                   if getattr(moe.config, f.name) != getattr(defaults, f.name)]
+    if unsupported:
+        raise ValueError("the expert-parallel layer splits routed experts behind a plain router; "
+                         f"it does not carry {', '.join(unsupported)} (set them to their "
+                         "defaults, or run the layer in one process)")
     if moe.capacity_factor is not None:
         raise ValueError("moe.capacity_factor must be None: the expert-parallel layer is "
                          f"dropless, got capacity_factor={moe.capacity_factor}")

@@ -162,6 +162,24 @@ def test_capacity_and_wrong_types_are_refused():
         send_splits(torch.tensor([0, 1]), 4, 2)
 
 
+@pytest.mark.parametrize("option", [
+    {"num_shared_experts": 1},  # once ran: the shared experts' output was silently lost
+    {"num_shared_experts": 1, "shared_gate": True},
+    {"router_bias": True},
+    {"scaling_factor": 2.5},
+    {"num_groups": 2, "topk_groups": 1},
+    {"expert_bias": True},
+    {"weight_inputs": True},
+])
+def test_options_the_ranks_would_lose_are_refused(option):
+    """Every SparseMoE option the expert-parallel layer does not carry is refused by name,
+    before any process starts."""
+    torch.manual_seed(0)
+    moe = SparseMoE(8, 8, 4, 2, **option).eval()
+    with pytest.raises(ValueError, match=f"does not carry {next(iter(option))}="):
+        run_expert_parallel(moe, torch.randn(4, 8), world_size=2)
+
+
 @settings(max_examples=40, deadline=None)
 @given(world_size=st.integers(1, 4), local_experts=st.integers(1, 4), top_k=st.integers(1, 3),
        num_tokens=st.integers(0, 12), seed=st.integers(0, 2**16))
