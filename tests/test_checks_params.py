@@ -181,3 +181,10 @@ def test_lesson_00_lists_every_lesson():
     table = re.findall(r"^# \| (\d\d) \|", lesson_path("00").read_text(), flags=re.M)
     expected = {f"{n:02d}" for n in range(11)} | {p.stem[:2] for p in lesson_sources()}
     assert sorted(table) == sorted(expected)
+
+
+def test_the_reference_solution_is_labelled_as_such():
+    """Under the learner's "not implemented yet", the solution cell's line names the solution."""
+    labelled = check_moe_ffn_params(moe_ffn_params_solution, verbose=False)
+    assert labelled.message.startswith("reference solution (moe_ffn_params_solution): ")
+    assert "reference solution" not in check_moe_ffn_params(from_the_package, verbose=False).message
