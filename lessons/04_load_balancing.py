@@ -92,14 +92,14 @@ from moe_lab.widgets.dashboard import TrainingDashboard
 # common direction, as real hidden states do, so what the router learns for one token it learns
 # for all. 150 steps of 256 tokens, no balancing loss. Each run below gets its own dashboard
 # (`moe_lab.widgets.dashboard.TrainingDashboard`), drawn while it trains; this first one redraws
-# every 10 steps and pauses a moment after each redraw, so you can watch the collapse happen. When
+# every 15 steps and pauses a moment after each redraw, so you can watch the collapse happen. When
 # the run ends the cell keeps the dashboard of the finished run.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 runs = {}
-dashboard = TrainingDashboard(num_experts=8, title="no balancing loss", redraw_every=10,
-                              pace_s=0.2)
+dashboard = TrainingDashboard(num_experts=8, title="no balancing loss", redraw_every=15,
+                              pace_s=0.3)
 dashboard.show()
 runs["none"] = train_toy(ToyConfig(balance="none"), callbacks=[dashboard], description="none")
 dashboard.finish()
@@ -238,7 +238,7 @@ for K in (1, 2, 4):
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-dashboard = TrainingDashboard(num_experts=8, title="Switch loss (aux_coef = 0.1)", redraw_every=50)
+dashboard = TrainingDashboard(num_experts=8, title="Switch loss (aux_coef = 0.1)", redraw_every=75)
 dashboard.show()
 runs["switch"] = train_toy(ToyConfig(balance="switch"), callbacks=[dashboard],
                            description="switch")
@@ -270,7 +270,7 @@ print("importance loss, collapsed router:", round(importance_loss(collapsed_prob
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-dashboard = TrainingDashboard(num_experts=8, redraw_every=50,
+dashboard = TrainingDashboard(num_experts=8, redraw_every=75,
                               title="importance loss (CV^2, coef 0.1)")
 dashboard.show()
 runs["importance"] = train_toy(ToyConfig(balance="importance"), callbacks=[dashboard],
@@ -322,7 +322,7 @@ solution_passed = check_z_loss(z_loss_solution)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-dashboard = TrainingDashboard(num_experts=8, redraw_every=50,
+dashboard = TrainingDashboard(num_experts=8, redraw_every=75,
                               title="router z-loss only (z_coef = 0.01)")
 dashboard.show()
 runs["z-loss"] = train_toy(ToyConfig(z_coef=1e-2), callbacks=[dashboard], description="z-loss")
@@ -460,7 +460,7 @@ print("weights are the unbiased probabilities of the chosen experts:",
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-dashboard = TrainingDashboard(num_experts=8, redraw_every=50,
+dashboard = TrainingDashboard(num_experts=8, redraw_every=75,
                               title="DeepSeek-V3 bias balancing (gamma = 0.05), no aux loss")
 dashboard.show()
 runs["bias"] = train_toy(ToyConfig(balance="bias"), callbacks=[dashboard], description="bias")

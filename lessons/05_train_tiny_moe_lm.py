@@ -257,10 +257,7 @@ print("equals the model's aux loss:", torch.allclose(mine, out.aux_loss))
 # %%
 # NBVAL_IGNORE_OUTPUT
 dashboard = TrainingDashboard(num_experts=8, redraw_every=10, title="MoE, layer 0")
-dashboard
-
-# %%
-# NBVAL_IGNORE_OUTPUT
+dashboard.show()  # live while it trains; then the cell keeps the finished run's figure
 live_config = replace(BASE_TRAIN, steps=30, batch_size=8, seq_len=64, eval_every=15,
                       eval_windows_per_language=1)
 live = {}

@@ -82,6 +82,8 @@ def test_ratio_figure_hatches_flagged_bars():
     assert list(padded.marker.opacity) == [1.0, 0.35]
     assert "unreliable" in figure.layout.title.text
     assert "unreliable" not in ratio_figure(STEADY, title="t").layout.title.text
+    [label] = figure.layout.annotations
+    assert label.text == "dense limit" and label.y == 0.0  # log10(1): on the line, not at 10
 
 
 def test_log_axis_ticks_are_few_and_plain():

@@ -19,11 +19,13 @@ RUN_TITLES = ("no balancing loss", "Switch loss (aux_coef = 0.1)",
               "importance loss (CV^2, coef 0.1)", "router z-loss only (z_coef = 0.01)",
               "DeepSeek-V3 bias balancing (gamma = 0.05), no aux loss")
 
+# every live TrainingDashboard of the kernel (the lesson's name `dashboard` holds only the last;
+# ipywidgets keeps each open widget in its registry)
 BOARDS_QUERY = """
 import json as _json
+from ipywidgets.widgets.widget import _instances as _widgets
 from moe_lab.widgets.dashboard import TrainingDashboard as _TrainingDashboard
-_boards = list({id(_v): _v for _v in list(globals().values())
-                if isinstance(_v, _TrainingDashboard)}.values())
+_boards = [_v for _v in list(_widgets.values()) if isinstance(_v, _TrainingDashboard)]
 print(_json.dumps({_b.title: _b.figure_data()["max_over_mean"] for _b in _boards}))
 """
 

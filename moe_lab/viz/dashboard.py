@@ -110,11 +110,10 @@ def dashboard_figure(data: DashboardData, title: str = "training") -> go.Figure:
     figure.update_yaxes(type="log", row=2, col=2)
     figure.update_xaxes(title_text="step", row=2, col=1)
     figure.update_xaxes(title_text="step", row=2, col=2)
-    # the loss legend inside the losses panel's top right corner (below the figure it covered
-    # the "step" axis title)
-    figure.update_layout(title=title, height=520, margin={"t": 80, "b": 40, "l": 50, "r": 20},
-                         legend={"x": 1.0, "xanchor": "right", "y": 0.42, "yanchor": "top",
-                                 "bgcolor": "rgba(255,255,255,0.7)"},
+    # the loss legend right of the losses panel, at its height (below the figure it covered the
+    # "step" axis title; inside the panel, the curves)
+    figure.update_layout(title=title, height=520, margin={"t": 80, "b": 40, "l": 50, "r": 100},
+                         legend={"x": 1.01, "xanchor": "left", "y": 0.42, "yanchor": "top"},
                          template="none")  # the default template adds 6 kB to every redraw
     apply_dashboard_data(figure, data)
     return figure
