@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # MoE Lab: the two commands of the README.
-#   bash run.sh course   set up (first time only) and open the course in JupyterLab
+#   bash run.sh course   set up (first time only) and open the course in JupyterLab (your copy of
+#                        the lessons is my_course/)
 #   bash run.sh test     set up (first time only) and run every test, the lessons under nbval included
 # Setup: a virtual environment in .venv, torch (if it has none yet), the requirements, the package.
 # The course installs requirements.txt only; the tests add requirements-dev.txt.
@@ -29,13 +30,36 @@ setup() {
     fi
 }
 
+# The learner's working copy of the lessons: $COPY (ignored by git), so the tracked notebooks stay
+# as they ship (nbval tests them, `git pull` never conflicts). A lesson is copied when the copy has
+# none; an existing copy is never overwritten, only reported when the shipped lesson is newer.
+COPY=my_course
+working_copy() {
+    mkdir -p "$COPY"
+    local lesson copy
+    for lesson in notebooks/[0-9]*.ipynb; do
+        copy="$COPY/$(basename "$lesson")"
+        if [ ! -e "$copy" ]; then
+            cp "$lesson" "$copy"
+        elif [ "$lesson" -nt "$copy" ]; then
+            echo "note: $lesson is newer than your $copy (delete your copy to get the new one)" >&2
+        fi
+    done
+}
+
 case "${1:-}" in
     course)
         setup course
         shift
         extra=()
         if [ "$(id -u)" = 0 ]; then extra+=(--allow-root); fi
-        exec jupyter lab --ip=127.0.0.1 "${extra[@]}" notebooks/00_start_here.ipynb "$@"
+        working_copy
+        # The course's JupyterLab settings (course/): saved widgets show their last figure once
+        # their kernel is gone, no news pop-up. The server's root is the repository (moe_lab/ is
+        # one click away); it opens the learner's copy of lesson 00.
+        export JUPYTER_CONFIG_PATH="$PWD/course${JUPYTER_CONFIG_PATH:+:$JUPYTER_CONFIG_PATH}"
+        exec jupyter lab --ip=127.0.0.1 "${extra[@]}" --ServerApp.root_dir="$PWD" \
+            "$COPY/00_start_here.ipynb" "$@"
         ;;
     test)
         setup dev

@@ -1,7 +1,7 @@
 # %% [markdown] tags=["launch"]
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/moe-lab/moe-lab/blob/main/notebooks/00_start_here.ipynb) [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/moe-lab/moe-lab/main?urlpath=lab/tree/notebooks/00_start_here.ipynb)
 
-# %% tags=["launch"]
+# %% jupyter={"source_hidden": true} tags=["launch"]
 # NBVAL_IGNORE_OUTPUT
 # Setup for Google Colab only: elsewhere (JupyterLab, Binder) this cell does nothing.
 # Colab has torch and numpy; it lacks plotly >= 6 with anywidget (for the live figures), the
@@ -40,7 +40,13 @@ if "google.colab" in sys.modules:
 # | 01 | the router: gate, softmax, fp32, noisy top-k |
 # | 02 | top-k selection, renormalisation conventions, capacity and token dropping |
 # | 03 | the weighted-sum combine and the full `SparseMoE` |
-# | 04 | load balancing |
+# | 04 | load balancing: the Switch and importance losses, the router z-loss, bias balancing |
+# | 05 | a tiny MoE language model trained on 28 languages, against a dense one |
+# | 06 | efficiency: dispatch strategies, grouped GEMM, memory and profiling |
+# | 07 | expert parallelism: experts on several processes, the all-to-all exchange |
+# | 08 | beyond top-k routing |
+# | 09 | real models |
+# | 10 | review and interview practice |
 
 # %% [markdown]
 # ## 1. Environment check
@@ -127,12 +133,50 @@ print("MoE(E=1, K=1) == dense FFN:", torch.allclose(out.y, y_dense, atol=1e-6))
 # | $P_\text{attn}$ | | $D H d_h$ ($W_q$) $+ 2 D H_{kv} d_h$ ($W_k, W_v$) $+ H d_h D$ ($W_o$) |
 # | $P_\text{norm}$ | | two RMSNorm weight vectors, $2D$ (plus one final norm) |
 # | $E, K$ | 8, 2 | experts, experts per token |
+
+# %% [markdown]
+# ### Build: the stored and active parameters of the MoE layers
 #
-# `moe_lab.params` computes both, component by component, from a `TransformerConfig`:
+# The terms that make MoE different are the router and the experts: $L\,(DE + E \cdot 3DF)$ stored,
+# $L\,(DE + K \cdot 3DF)$ run per token. Write `moe_ffn_params(config)` returning the pair
+# `(total, active)` as Python ints for a `moe_lab.params.TransformerConfig` (fields `num_layers`,
+# `d_model`, `d_ff`, `num_experts`, `top_k`, and `ffn_matrices`: 3 weight matrices per expert for
+# SwiGLU, 2 for a GELU FFN). A dense model ($E = 1$) has no router. The checker tries Mixtral
+# 8x7B, a dense model, $K = E$, a Switch-style model and a DeepSeek-V3-sized stack.
+
+# %%
+from moe_lab.checks.params import check_moe_ffn_params
+from moe_lab.params import MIXTRAL_8X7B, TransformerConfig, count_parameters
+
+
+def moe_ffn_params(config: TransformerConfig) -> tuple[int, int]:
+    """(total, active) parameters of the routers and experts of all config.num_layers layers."""
+    raise NotImplementedError("your code here")
+
+
+# %%
+ok_moe_ffn_params = check_moe_ffn_params(moe_ffn_params)
+
+# %% [markdown]
+# **Solution** (click to expand)
+
+# %% jupyter={"source_hidden": true}
+def moe_ffn_params_solution(config: TransformerConfig) -> tuple[int, int]:
+    L, D, E, K = config.num_layers, config.d_model, config.num_experts, config.top_k
+    expert = config.ffn_matrices * D * config.d_ff  # W_gate, W_up (D x F), W_down (F x D)
+    router = D * E if E > 1 else 0  # a D x E gate; a dense model has none
+    # P_total = L (DE + E * 3DF),  P_active = L (DE + K * 3DF)
+    return L * (router + E * expert), L * (router + K * expert)
+
+
+solution_passed = check_moe_ffn_params(moe_ffn_params_solution)
+
+# %% [markdown]
+# **In the package:** `moe_lab.params.count_parameters`, which counts every component of the model
+# the same way, the embeddings, attention and norms included:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from moe_lab.params import MIXTRAL_8X7B, count_parameters
 
 counts = count_parameters(MIXTRAL_8X7B)
 print(f"{'component':>10} {'total':>16} {'active':>16}")
@@ -226,7 +270,8 @@ show_quiz(0)
 # 2. Switch Transformer routes each token to one expert ($K = 1$). Set $K = 1$: how do the active
 #    parameters and FLOPs change? What does a token lose?
 # 3. DeepSeek-V3 uses many small experts (256 routed experts, 8 per token, $F = 2048$). Why would
-#    smaller, more numerous experts help, at the same active FLOPs? (Lesson 08 returns to this.)
+#    smaller, more numerous experts help, at the same active FLOPs? (Lesson 08, beyond top-k
+#    routing, returns to this.)
 #
 # ## Interview questions (self-check)
 #

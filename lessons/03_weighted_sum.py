@@ -1,7 +1,7 @@
 # %% [markdown] tags=["launch"]
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/moe-lab/moe-lab/blob/main/notebooks/03_weighted_sum.ipynb) [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/moe-lab/moe-lab/main?urlpath=lab/tree/notebooks/03_weighted_sum.ipynb)
 
-# %% tags=["launch"]
+# %% jupyter={"source_hidden": true} tags=["launch"]
 # NBVAL_IGNORE_OUTPUT
 # Setup for Google Colab only: elsewhere (JupyterLab, Binder) this cell does nothing.
 # Colab has torch and numpy; it lacks plotly >= 6 with anywidget (for the live figures), the

@@ -1,7 +1,7 @@
 # %% [markdown] tags=["launch"]
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/moe-lab/moe-lab/blob/main/notebooks/04_load_balancing.ipynb) [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/moe-lab/moe-lab/main?urlpath=lab/tree/notebooks/04_load_balancing.ipynb)
 
-# %% tags=["launch"]
+# %% jupyter={"source_hidden": true} tags=["launch"]
 # NBVAL_IGNORE_OUTPUT
 # Setup for Google Colab only: elsewhere (JupyterLab, Binder) this cell does nothing.
 # Colab has torch and numpy; it lacks plotly >= 6 with anywidget (for the live figures), the
@@ -65,6 +65,8 @@ if "google.colab" in sys.modules:
 # is $\log E$ for a uniform router and 0 for a certain one.
 
 # %%
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -88,17 +90,17 @@ from moe_lab.widgets.dashboard import TrainingDashboard
 # experts and top-1 routing weighted by the raw router probability (Switch style, lesson 03), and a
 # linear head; no residual, so everything goes through the experts. Every token's input shares one
 # common direction, as real hidden states do, so what the router learns for one token it learns
-# for all. 150 steps of 256 tokens, no balancing loss. Watch the dashboard while it trains:
-
-# %%
-# NBVAL_IGNORE_OUTPUT
-dashboard = TrainingDashboard(num_experts=8, redraw_every=50)
-dashboard
+# for all. 150 steps of 256 tokens, no balancing loss. Each run below gets its own dashboard
+# (`moe_lab.widgets.dashboard.TrainingDashboard`), drawn while it trains; this first one redraws
+# every 15 steps and pauses a moment after each redraw, so you can watch the collapse happen. When
+# the run ends the cell keeps the dashboard of the finished run.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 runs = {}
-dashboard.reset("no balancing loss")
+dashboard = TrainingDashboard(num_experts=8, title="no balancing loss", redraw_every=15,
+                              pace_s=0.3)
+dashboard.show()
 runs["none"] = train_toy(ToyConfig(balance="none"), callbacks=[dashboard], description="none")
 dashboard.finish()
 
@@ -118,7 +120,7 @@ print(f"task loss at the end: {last.losses['task']:.3f}")
 # The load starts uneven (a random router with a shared input direction) and gets **worse**: the
 # busiest expert gets the most gradient, learns fastest, and the router, which learns only through
 # the weights (lesson 03), raises its probability for every token. The task is easy enough that
-# the loss still reaches zero, so nothing in the task loss complains; in a real model the collapsed
+# the task loss still falls (its final value is printed above), so nothing in it complains; in a real model the collapsed
 # layer has the capacity of one expert, and in expert-parallel training one device does all the
 # work while the others wait.
 #
@@ -236,7 +238,8 @@ for K in (1, 2, 4):
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-dashboard.reset("Switch loss (aux_coef = 0.1)")
+dashboard = TrainingDashboard(num_experts=8, title="Switch loss (aux_coef = 0.1)", redraw_every=75)
+dashboard.show()
 runs["switch"] = train_toy(ToyConfig(balance="switch"), callbacks=[dashboard],
                            description="switch")
 dashboard.finish()
@@ -267,7 +270,9 @@ print("importance loss, collapsed router:", round(importance_loss(collapsed_prob
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-dashboard.reset("importance loss (CV^2, coef 0.1)")
+dashboard = TrainingDashboard(num_experts=8, redraw_every=75,
+                              title="importance loss (CV^2, coef 0.1)")
+dashboard.show()
 runs["importance"] = train_toy(ToyConfig(balance="importance"), callbacks=[dashboard],
                                description="importance")
 dashboard.finish()
@@ -317,7 +322,9 @@ solution_passed = check_z_loss(z_loss_solution)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-dashboard.reset("router z-loss only (z_coef = 0.01)")
+dashboard = TrainingDashboard(num_experts=8, redraw_every=75,
+                              title="router z-loss only (z_coef = 0.01)")
+dashboard.show()
 runs["z-loss"] = train_toy(ToyConfig(z_coef=1e-2), callbacks=[dashboard], description="z-loss")
 dashboard.finish()
 
@@ -453,7 +460,9 @@ print("weights are the unbiased probabilities of the chosen experts:",
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-dashboard.reset("DeepSeek-V3 bias balancing (gamma = 0.05), no aux loss")
+dashboard = TrainingDashboard(num_experts=8, redraw_every=75,
+                              title="DeepSeek-V3 bias balancing (gamma = 0.05), no aux loss")
+dashboard.show()
 runs["bias"] = train_toy(ToyConfig(balance="bias"), callbacks=[dashboard], description="bias")
 dashboard.finish()
 
@@ -481,12 +490,20 @@ for name, run in runs.items():
     final = run.final
     print(f"{name:>10} | {final.max_over_mean:13.2f} | {final.router_entropy:7.2f} | "
           f"{final.losses['z']:6.2f} | {final.losses['task']:9.3f}")
+# what the table says, computed from it: which runs end at under half the unbalanced run's max/mean
+# load, and the worst task loss at the end against chance (a uniform guess over the 64 ids)
+collapsed = runs["none"].final.max_over_mean
+balanced = [name for name, run in runs.items() if run.final.max_over_mean < collapsed / 2]
+worst = max(runs, key=lambda name: runs[name].final.losses["task"])
+print(f"\nunder half the unbalanced max/mean load ({collapsed:.2f}): {', '.join(balanced) or 'none'}")
+print(f"highest task loss at the end: {worst}, {runs[worst].final.losses['task']:.3f} nats "
+      f"(chance: log 64 = {math.log(64):.2f})")
 
 # %% [markdown]
-# On this toy, all three balancing methods pull the load from collapse back towards 1, with the
-# task still solved; the z-loss alone does not. The numbers are from one seed of a tiny task:
-# change `ToyConfig(seed=...)`, the coefficients or `top_k` and see how robust each method is
-# (exercise 2).
+# The two lines under the table are computed from it: which methods brought the load back from
+# collapse towards 1 on this seed, and how far the worst final task loss is from chance. The
+# numbers are from one seed of a tiny task: change `ToyConfig(seed=...)`, the coefficients or
+# `top_k` and see how robust each method is (exercise 2).
 #
 # ## 9. Summary
 #

@@ -1,7 +1,7 @@
 # %% [markdown] tags=["launch"]
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/moe-lab/moe-lab/blob/main/notebooks/05_train_tiny_moe_lm.ipynb) [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/moe-lab/moe-lab/main?urlpath=lab/tree/notebooks/05_train_tiny_moe_lm.ipynb)
 
-# %% tags=["launch"]
+# %% jupyter={"source_hidden": true} tags=["launch"]
 # NBVAL_IGNORE_OUTPUT
 # Setup for Google Colab only: elsewhere (JupyterLab, Binder) this cell does nothing.
 # Colab has torch and numpy; it lacks plotly >= 6 with anywidget (for the live figures), the
@@ -134,9 +134,10 @@ print("texts in both splits:", len(overlap))
 sizes = sorted(zip(data.train.num_bytes().tolist(), data.languages, strict=True), reverse=True)
 print("largest: ", [(lang, int(n)) for n, lang in sizes[:4]])
 print("smallest:", [(lang, int(n)) for n, lang in sizes[-3:]])
+print(f"the largest has {sizes[0][0] / sizes[-1][0]:.0f}x the bytes of the smallest")
 
 # %% [markdown]
-# Persian and English have 50 times the bytes of Thai or Telugu. Training draws each window's
+# The languages differ in size by two orders of magnitude (the last line). Training draws each window's
 # language with probability $\propto n_l^{\alpha}$ with $\alpha = 0.5$ (XLM and mT5 use 0.3-0.7),
 # which up-samples the small languages; a window is 128 consecutive bytes of one language.
 #
@@ -259,10 +260,7 @@ print("equals the model's aux loss:", torch.allclose(mine, out.aux_loss))
 # %%
 # NBVAL_IGNORE_OUTPUT
 dashboard = TrainingDashboard(num_experts=8, redraw_every=10, title="MoE, layer 0")
-dashboard
-
-# %%
-# NBVAL_IGNORE_OUTPUT
+dashboard.show()  # live while it trains; then the cell keeps the finished run's figure
 live_config = replace(BASE_TRAIN, steps=30, batch_size=8, seq_len=64, eval_every=15,
                       eval_windows_per_language=1)
 live = {}
@@ -573,7 +571,7 @@ show_quiz(5)
 # 2. Train with `aux_loss_coef=0`: does the load collapse in a language model as it did in the toy
 #    of lesson 04? What happens to the specialisation numbers?
 # 3. Repeat section 8 on an MoE with 3 layers (edit `BASE_MODEL` in
-#    `moe_lab/train.py`, `n_layers=3`): does the last layer carry more language information
+#    [`moe_lab/train.py`](../moe_lab/train.py), `n_layers=3`): does the last layer carry more language information
 #    beyond the script, $I(\text{lang}; E \mid \text{script})$, than the first?
 # 4. *Interview:* why average the auxiliary loss over layers rather than sum it?
 # 5. *Interview:* a colleague shows a heatmap where Korean tokens go mostly to expert 3 and says

@@ -1,7 +1,7 @@
 # %% [markdown] tags=["launch"]
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/moe-lab/moe-lab/blob/main/notebooks/06_efficiency.ipynb) [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/moe-lab/moe-lab/main?urlpath=lab/tree/notebooks/06_efficiency.ipynb)
 
-# %% tags=["launch"]
+# %% jupyter={"source_hidden": true} tags=["launch"]
 # NBVAL_IGNORE_OUTPUT
 # Setup for Google Colab only: elsewhere (JupyterLab, Binder) this cell does nothing.
 # Colab has torch and numpy; it lacks plotly >= 6 with anywidget (for the live figures), the
@@ -41,16 +41,25 @@ from torch.profiler import ProfilerActivity, profile
 
 import moe_lab
 from moe_lab import SparseMoE, seed_everything
-from moe_lab.bench import BenchShape, format_results, run_bench, time_interleaved
+from moe_lab.bench import (
+    BenchShape,
+    format_results,
+    native_stderr_silenced,
+    run_bench,
+    time_interleaved,
+)
 from moe_lab.checks.efficiency import check_sort_by_expert, sort_by_expert_reference
 from moe_lab.viz.efficiency import (
     RECORDED_GPU_RESULTS,
+    bench_findings,
     bench_rows,
     load_recorded_bench,
     memory_figure,
+    memory_order,
     padding_figure,
     padding_table,
     profile_figure,
+    profile_reading,
     profile_summary,
     ratio_figure,
     ratio_table,
@@ -142,7 +151,7 @@ print("tokens_per_expert:   ", tokens_per_expert.tolist())
 
 # %% [markdown]
 # From here on the package's implementation does this (`moe_lab.make_routing_plan`). Read the four
-# strategies in `moe_lab/dispatch.py`; below we check they agree, forward and backward.
+# strategies in [`moe_lab/dispatch.py`](../moe_lab/dispatch.py); below we check they agree, forward and backward.
 #
 # ## Four strategies, one answer
 
@@ -189,7 +198,9 @@ for strategy in ("dense", "loop", "padded", "sorted"):
     torch.manual_seed(0)
     layer = SparseMoE(64, 128, 8, 2, dispatch=strategy)
     layer(x_prof).y.sum().backward()  # warm-up (first calls probe kernels)
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    # the profiler's C++ side prints "USDT: ... profiler_start/stop" lines: silenced here
+    with native_stderr_silenced(), \
+            profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         layer(x_prof).y.sum().backward()
     summaries[strategy] = profile_summary(prof.key_averages(), OPS)
 for strategy in ("loop", "sorted"):
@@ -198,26 +209,33 @@ for strategy in ("loop", "sorted"):
         print(f"{name:<40} {calls:>4} calls {ms:8.2f} ms")
 
 # %%
-# NBVAL_CHECK_OUTPUT
+# NBVAL_IGNORE_OUTPUT
+# (the counts depend on the torch version: with F.grouped_mm, torch >= 2.8, or without it)
 print(f"{'op':<20}" + "".join(f"{s:>8}" for s in summaries))
 for op in OPS:
     print(f"{op:<20}" + "".join(f"{summaries[s].op_calls[op]:>8}" for s in summaries))
+print()
+for line in profile_reading(summaries, num_experts=8):
+    print(line)
 
 # %%
 profile_figure(summaries, title="calls in one forward + backward (N=512, E=8, K=2)")
 
 # %% [markdown]
-# Read the counts:
+# Read the counts (the lines under the table are computed from them, and say which path this
+# torch ran):
 #
-# - **loop**: about nine `mm` per expert (three forward, six backward) plus one `nonzero`, one
-#   gather and one `index_add_` per expert. On a GPU each is a kernel launch of a few microseconds
-#   and each `nonzero` stops the CPU until the GPU catches up; with 64 experts and small
-#   segments the launches, not the FLOPs, set the time.
-# - **sorted**: nine grouped GEMMs (three forward, six backward), whatever $E$; one gather in,
-#   one scatter out. Its one host sync is `counts.tolist()`. On a CPU, torch's `_grouped_mm` is
-#   itself a loop over the groups in C++ (the profiler counts its child `mm` calls, so `mm` looks
-#   as busy as in `loop`), but there is no Python, no per-expert gather, scatter or `nonzero`
-#   around it; on a GPU it is one kernel per call.
+# - **loop**: a few `mm` per expert (forward and backward) plus one `nonzero`, one gather and
+#   one `index_add_` per expert. On a GPU each is a kernel launch of a few microseconds and each
+#   `nonzero` stops the CPU until the GPU catches up; with 64 experts and small segments the
+#   launches, not the FLOPs, set the time.
+# - **sorted**: one gather in, one scatter out, and its one host sync is `counts.tolist()`. With
+#   torch's `F.grouped_mm` (torch >= 2.8) the matmuls are a fixed number of `_grouped_mm` calls
+#   whatever $E$; on a CPU each is itself a loop over the groups in C++ (the profiler counts its
+#   child `mm` calls too), but there is no Python, per-expert gather, scatter or `nonzero` around
+#   it, and on a GPU it is one kernel per call. Without `F.grouped_mm` the package falls back to
+#   one `mm` per segment, and `sorted` launches as many matmuls as `loop`, without its gathers
+#   and syncs.
 # - **padded**: a fixed number of `bmm`, but on $E \cdot C$ rows: padding is computed and thrown away.
 # - **dense**: also a few `bmm`, but every expert on every token: $E/K$ times the FLOPs.
 
@@ -263,12 +281,21 @@ padding_figure(padding_table(demand, moe_lab.compute_capacity(1.25, 512, 2, 8)),
 # NBVAL_IGNORE_OUTPUT
 cpu_shapes = [BenchShape(512, 64, 128, 8, 2), BenchShape(256, 32, 32, 32, 4),
               BenchShape(512, 64, 128, 4, 1)]
-cpu_results = run_bench(cpu_shapes, ("sorted", "loop", "padded"), device="cpu", repeats=3)
+cpu_results = run_bench(cpu_shapes, ("sorted", "loop", "padded"), device="cpu", repeats=5)
 print(format_results(cpu_results))
+print()
+for line in bench_findings(bench_rows(cpu_results)):  # the conclusions, from the numbers above
+    print(line)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 ratio_figure(bench_rows(cpu_results), title="this machine (CPU, fp32): time / dense limit")
+
+# %% [markdown]
+# The lines under the table are what this run supports, worded from its own numbers: for each
+# shape whose timings were steady, whether `sorted` beat `loop`; a ratio whose repeats varied
+# more than 2x (`spread`), or that beats the dense limit, is named as unreliable and drawn
+# hatched, not read as a finding. Rerun the cell on a quiet machine to turn those into findings.
 
 # %% [markdown]
 # ## Scaling: more tokens, more experts
@@ -285,6 +312,8 @@ expert_rows = bench_rows(run_bench([BenchShape(256, 32, 32, e, 2) for e in (4, 1
                                    ("sorted", "loop", "padded"), device="cpu", repeats=3))
 for row in ratio_table(token_rows + expert_rows):
     print(row)
+for line in bench_findings(token_rows + expert_rows):
+    print(line)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -300,15 +329,18 @@ scaling_figure(expert_rows, x="num_experts", y="ratio_to_dense_limit",
 #
 # Each strategy keeps different intermediates for the backward pass. The profiler
 # (`profile_memory=True`) adds up every allocation during one forward + backward (the traffic,
-# not the peak): `dense` holds $E$ hidden activations per token, `padded` $E \cdot C$ rows,
-# `loop` and `sorted` only the $NK$ rows they compute. On a GPU, `torch.cuda.max_memory_allocated`
-# gives the peak (below).
+# not the peak). `dense` computes $E$ hidden activations per token and `padded` $E \cdot C$
+# rows, against the $NK$ rows of `loop` and `sorted`; but the per-expert gathers, scatters and
+# temporaries of `loop` count too, so which strategy allocates least depends on the shape: the
+# cell prints the order it measured. On a GPU, `torch.cuda.max_memory_allocated` gives the peak
+# (below).
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 allocated_mb = {name: s.allocated_bytes / 2**20 for name, s in summaries.items()}
 for name, mb in allocated_mb.items():
     print(f"{name:>6}: {mb:6.1f} MB allocated in one forward + backward")
+print(memory_order(allocated_mb))
 memory_figure(allocated_mb, title="allocated in one forward + backward (N=512, D=64, F=128, E=8)")
 
 # %% [markdown]

@@ -8,18 +8,22 @@ The *dense limit* is one SwiGLU FFN of width F over N*K tokens: exactly the acti
 MoE layer, with none of the routing work (router, sort, gather, scatter, per-expert launches).
 A strategy's ratio to it is the price of routing. Every strategy is timed in the same run,
 interleaved repeat by repeat, so a noisy machine slows them alike; we report medians and the
-ratios (strategy / dense limit, sorted / loop). fp32 on the CPU, bf16 on CUDA. Lesson 06.
+ratios (strategy / dense limit, sorted / loop), and each timing's spread (upper / lower quartile
+of its repeats, which one stray repeat does not move), which says how busy the machine was.
+fp32 on the CPU, bf16 on CUDA. Lesson 06.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
+import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -50,6 +54,7 @@ class BenchResult:
     strategy: str  # "dense_limit" or a dispatch strategy
     median_ms: float
     ratio_to_dense_limit: float
+    spread: float = 1.0  # upper / lower quartile of the repeats: near 1 on a quiet machine
 
 
 # The three target shapes (README, Benchmark) first, then E from 4 to 64 and K from 1 to 8.
@@ -111,6 +116,16 @@ def make_workloads(shape: BenchShape, strategies: Sequence[str], dtype: torch.dt
 def time_interleaved(workloads: dict[str, Callable[[], None]], device: torch.device, *,
                      repeats: int, warmup: int) -> dict[str, float]:
     """Median milliseconds per workload; each repeat runs every workload once, in turn."""
+    samples = interleaved_samples(workloads, device, repeats=repeats, warmup=warmup)
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def interleaved_samples(workloads: dict[str, Callable[[], None]], device: torch.device, *,
+                        repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Milliseconds of every repeat of every workload; each repeat runs each workload once, in
+    turn, so a burst of load elsewhere slows every workload of that repeat."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     for _ in range(warmup):
         for work in workloads.values():
             work()
@@ -122,7 +137,7 @@ def time_interleaved(workloads: dict[str, Callable[[], None]], device: torch.dev
             work()
             _synchronize(device)
             samples[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(times) for name, times in samples.items()}
+    return samples
 
 
 def run_bench(shapes: Sequence[BenchShape] = QUICK_SHAPES,
@@ -136,21 +151,53 @@ def run_bench(shapes: Sequence[BenchShape] = QUICK_SHAPES,
     results = []
     for shape in shapes:
         workloads = make_workloads(shape, strategies, dtype, device)
-        medians = time_interleaved(workloads, device, repeats=repeats, warmup=warmup)
+        samples = interleaved_samples(workloads, device, repeats=repeats, warmup=warmup)
+        medians = {name: statistics.median(times) for name, times in samples.items()}
         for name, ms in medians.items():
-            results.append(BenchResult(shape, name, ms, ms / medians["dense_limit"]))
+            results.append(BenchResult(shape, name, ms, ms / medians["dense_limit"],
+                                       quartile_spread(samples[name])))
     return results
+
+
+def quartile_spread(times: Sequence[float]) -> float:
+    """Upper / lower quartile of ``times`` (1.0 for fewer than two): how far apart the middle
+    repeats are, which is what the median's reliability depends on."""
+    if len(times) < 2:
+        return 1.0
+    lower, _, upper = statistics.quantiles(times, n=4, method="inclusive")
+    return upper / max(lower, 1e-9)
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Send what native code writes to file descriptor 2 to /dev/null while the block runs.
+
+    torch's profiler (kineto) prints "USDT: ... profiler_start" and "profiler_stop" lines there
+    (not through Python's ``sys.stderr``, so no logging setting reaches them); in a notebook they
+    land in the cell's output. Python's own ``sys.stderr`` (warnings, tracebacks) is untouched in
+    a kernel, where it is not fd 2.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def format_results(results: Sequence[BenchResult]) -> str:
     """A table: one row per shape and strategy, with ratios to the dense limit and to loop."""
     lines = [f"{'shape':<36} {'strategy':<12} {'median ms':>10} {'/ dense limit':>14} "
-             f"{'/ loop':>8}"]
+             f"{'/ loop':>8} {'spread':>7}"]
     loop_ms = {r.shape: r.median_ms for r in results if r.strategy == "loop"}
     for r in results:
         vs_loop = f"{r.median_ms / loop_ms[r.shape]:8.2f}" if r.shape in loop_ms else f"{'-':>8}"
         lines.append(f"{str(r.shape):<36} {r.strategy:<12} {r.median_ms:10.2f} "
-                     f"{r.ratio_to_dense_limit:14.2f} {vs_loop}")
+                     f"{r.ratio_to_dense_limit:14.2f} {vs_loop} {r.spread:6.1f}x")
     return "\n".join(lines)
 
 
@@ -171,7 +218,7 @@ def results_payload(results: Sequence[BenchResult], env: dict[str, str],
     rows = []
     for r in results:
         row = {**asdict(r.shape), "strategy": r.strategy, "median_ms": r.median_ms,
-               "ratio_to_dense_limit": r.ratio_to_dense_limit}
+               "ratio_to_dense_limit": r.ratio_to_dense_limit, "spread": r.spread}
         if r.shape in loop_ms:
             row["ratio_to_loop"] = r.median_ms / loop_ms[r.shape]
         rows.append(row)

@@ -1,6 +1,7 @@
 """binder/ stays in step with requirements.txt: every package a learner needs is there, and
 torch is a CPU build (Binder has no GPU)."""
 
+import os
 import re
 from pathlib import Path
 
@@ -29,3 +30,14 @@ def test_binder_torch_is_a_cpu_build():
 def test_binder_python_is_pinned_and_postbuild_installs_the_package():
     assert re.fullmatch(r"python-3\.1[0-3]\s*", (ROOT / "binder" / "runtime.txt").read_text())
     assert "pip install" in (ROOT / "binder" / "postBuild").read_text()
+
+
+def test_binder_start_uses_the_course_settings():
+    import subprocess
+
+    start = ROOT / "binder" / "start"
+    assert os.access(start, os.X_OK)
+    result = subprocess.run([str(start), "bash", "-c", 'echo "$JUPYTER_CONFIG_PATH"'],
+                            env={"REPO_DIR": str(ROOT), "PATH": os.environ["PATH"]},
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == str(ROOT / "course")

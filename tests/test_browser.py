@@ -49,11 +49,13 @@ print(_json.dumps({{"text": _ex.text.value, "top_k": _ex.top_k.value, "noise": _
                     "routing": _table.to_dict()}}))
 """
 
+# every open TrainingDashboard, from ipywidgets' registry (lesson 04 makes one per run and its name
+# `dashboard` holds only the last)
 DASHBOARD_QUERY = """
 import json as _json
+from ipywidgets.widgets.widget import _instances as _widgets
 from moe_lab.widgets.dashboard import TrainingDashboard as _TrainingDashboard
-_boards = list({id(_v): _v for _v in list(globals().values())
-                if isinstance(_v, _TrainingDashboard)}.values())
+_boards = [_v for _v in list(_widgets.values()) if isinstance(_v, _TrainingDashboard)]
 print(_json.dumps([{k: _b.figure_data()[k] for k in ("steps", "max_over_mean", "router_entropy")}
                    for _b in _boards]))
 """

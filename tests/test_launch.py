@@ -22,6 +22,7 @@ def test_lesson_starts_with_launch_cells(path):
     badge, setup = nb.cells[0], nb.cells[1]
     assert badge.cell_type == "markdown" and badge.source == launch_cells.badge_markdown(path.name)
     assert setup.cell_type == "code" and setup.source == launch_cells.SETUP_CODE
+    assert setup.metadata.get("jupyter") == launch_cells.SETUP_HIDDEN  # out of the learner's way
     assert sum(launch_cells.TAG in c.metadata.get("tags", []) for c in nb.cells) == 2
 
 

@@ -123,7 +123,7 @@ def test_one_exercise_layout(source: Path) -> None:
     nb = cells(source)
     stored = nbformat.read(notebook_of(source), as_version=4).cells
     found = exercises(nb)
-    if source.stem not in REVIEW_LESSONS and source.stem != "00_start_here":
+    if source.stem not in REVIEW_LESSONS:
         assert found, f"{source.name} has no exercise"
     for name, i in found:
         where = f"{source.name}, exercise {name} (cell {i + 1})"

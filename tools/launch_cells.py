@@ -19,6 +19,7 @@ REPOSITORY = "moe-lab/moe-lab"  # owner/name on GitHub: the one place the URL is
 BRANCH = "main"
 ROOT = Path(__file__).resolve().parents[1]
 TAG = "launch"
+SETUP_HIDDEN = {"source_hidden": True}  # the Colab setup cell's code starts collapsed
 
 SETUP_CODE = f'''# NBVAL_IGNORE_OUTPUT
 # Setup for Google Colab only: elsewhere (JupyterLab, Binder) this cell does nothing.
@@ -58,13 +59,14 @@ def add_launch_cells(source: Path) -> None:
     notebook = source.stem + ".ipynb"
     launch = [c for c in nb.cells if TAG in c.metadata.get("tags", [])]
     if [c.source for c in launch] == [badge_markdown(notebook), SETUP_CODE] \
-            and nb.cells[:2] == launch:
+            and nb.cells[:2] == launch and launch[1].metadata.get("jupyter") == SETUP_HIDDEN:
         return  # already in place: leave the file untouched
     nb.cells = [c for c in nb.cells if TAG not in c.metadata.get("tags", [])]
     badge = nbformat.v4.new_markdown_cell(badge_markdown(notebook))
     setup = nbformat.v4.new_code_cell(SETUP_CODE)
     for cell in (badge, setup):
         cell.metadata["tags"] = [TAG]
+    setup.metadata["jupyter"] = dict(SETUP_HIDDEN)  # collapsed: a learner outside Colab skips it
     nb.cells[:0] = [badge, setup]
     write_source(nb, source)
 

@@ -96,6 +96,11 @@ def checker(name: str) -> Callable[[Callable[..., None]], Callable[..., CheckRes
                 result = CheckResult(name, "error",
                                      f"Your function raised {type(error).__name__}: {error}"
                                      f"{where}." + "".join(f" {hint}" for hint in hints))
+            if result and getattr(fn, "__name__", "").endswith("_solution"):
+                # a lesson's collapsed solution cell: say whose result this line is, so it does
+                # not read as the learner's, right under their "not implemented yet"
+                result = CheckResult(name, "passed",
+                                     f"reference solution ({fn.__name__}): {result.message}")
             if verbose:
                 print(result)
             return result

@@ -81,6 +81,7 @@ def capacity_grid_figure(table: CapacityGridTable, title: str = "capacity") -> g
                f"dropped {table.num_dropped}/{table.num_assignments} "
                f"({100 * table.drop_rate:.1f} %)" if rows else f"{title}: no tokens"),
         xaxis=dict(title="expert (kept/demand)", tickmode="array", tickvals=experts,
+                   range=[-0.5, num_experts - 0.5],  # every expert, also with no tokens
                    ticktext=[f"{e}: {k}/{d}" for e, (k, d)
                              in enumerate(zip(table.kept, table.demand, strict=True))]),
         yaxis=dict(title="token", tickmode="array", tickvals=rows, ticktext=table.token_labels,

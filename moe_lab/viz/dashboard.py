@@ -11,6 +11,7 @@ heatmap; max/mean load; router entropy against its maximum log E; every loss), a
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,24 @@ from moe_lab.stats import StepStats
 
 METRICS = ("max_over_mean", "router_entropy", "max_abs_logit")
 LOSS_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
+# One colour per series name in every figure of the course: a loss keeps its colour from run to
+# run (lesson 04's dashboards), a run keeps its colour across figures (a run named after the loss
+# it trains with shares that loss's colour).
+SERIES_COLOURS = {
+    "task": "#1f77b4", "switch": "#ff7f0e", "importance": "#9467bd", "z": "#d62728",
+    "z-loss": "#d62728", "none": "#7f7f7f", "bias": "#2ca02c",  # lesson 04's losses and runs
+    "dense": "#1f77b4", "moe": "#d62728", "dense_total": "#2ca02c",  # lesson 05's runs
+}
+
+
+def series_colour(name: str) -> str:
+    """The colour of the series ``name``: :data:`SERIES_COLOURS`, else one of
+    :data:`LOSS_COLOURS` picked by a checksum of the name (the same in every figure and run)."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    if name in SERIES_COLOURS:
+        return SERIES_COLOURS[name]
+    return LOSS_COLOURS[zlib.crc32(name.encode("utf-8")) % len(LOSS_COLOURS)]
 
 
 @dataclass(frozen=True)
@@ -64,19 +83,21 @@ def dashboard_data(history: Sequence[StepStats], num_experts: int | None = None)
 
 def dashboard_figure(data: DashboardData, title: str = "training") -> go.Figure:
     """Four panels: load heatmap, max/mean load, router entropy, losses."""
-    figure = make_subplots(rows=2, cols=2, vertical_spacing=0.16, horizontal_spacing=0.1,
+    figure = make_subplots(rows=2, cols=2, vertical_spacing=0.16, horizontal_spacing=0.14,
                            subplot_titles=("load share per expert", "max / mean load",
                                            "router entropy (nats)", "losses"))
+    # the colour bar right of the heatmap's own panel (top left), not at the figure's right edge
     figure.add_trace(go.Heatmap(colorscale="Viridis", zmin=0.0, zmax=1.0, showscale=True,
-                                colorbar={"len": 0.42, "y": 0.79, "title": "share"}),
+                                colorbar={"len": 0.4, "y": 0.79, "xanchor": "left",
+                                          "x": figure.layout.xaxis.domain[1] + 0.005,
+                                          "thickness": 10, "title": {"text": "share"}}),
                      row=1, col=1)
     figure.add_trace(go.Scatter(mode="lines", name="max/mean load", showlegend=False,
                                 line={"color": "#d62728"}), row=1, col=2)
     figure.add_trace(go.Scatter(mode="lines", name="router entropy", showlegend=False,
                                 line={"color": "#2ca02c"}), row=2, col=1)
-    for i, name in enumerate(data.losses):
-        figure.add_trace(go.Scatter(mode="lines", name=name,
-                                    line={"color": LOSS_COLOURS[i % len(LOSS_COLOURS)]}),
+    for name in data.losses:
+        figure.add_trace(go.Scatter(mode="lines", name=name, line={"color": series_colour(name)}),
                          row=2, col=2)
     # reference lines: perfectly balanced (1.0 and log E) and fully collapsed (E)
     experts = max(data.num_experts, 1)
@@ -89,8 +110,10 @@ def dashboard_figure(data: DashboardData, title: str = "training") -> go.Figure:
     figure.update_yaxes(type="log", row=2, col=2)
     figure.update_xaxes(title_text="step", row=2, col=1)
     figure.update_xaxes(title_text="step", row=2, col=2)
-    figure.update_layout(title=title, height=520, margin={"t": 80, "b": 40, "l": 50, "r": 20},
-                         legend={"orientation": "h", "y": -0.12},
+    # the loss legend right of the losses panel, at its height (below the figure it covered the
+    # "step" axis title; inside the panel, the curves)
+    figure.update_layout(title=title, height=520, margin={"t": 80, "b": 40, "l": 50, "r": 100},
+                         legend={"x": 1.01, "xanchor": "left", "y": 0.42, "yanchor": "top"},
                          template="none")  # the default template adds 6 kB to every redraw
     apply_dashboard_data(figure, data)
     return figure
@@ -122,13 +145,13 @@ def compare_runs_figure(runs: Mapping[str, Sequence[StepStats]], metric: str = "
     """One line per run of ``metric`` ("max_over_mean", "router_entropy", "max_abs_logit" or a
     loss name) against the step."""
     figure = go.Figure()
-    for i, (name, history) in enumerate(runs.items()):
+    for name, history in runs.items():
         if metric in METRICS:
             values = [getattr(stats, metric) for stats in history]
         else:
             values = [stats.losses.get(metric) for stats in history]
         figure.add_trace(go.Scatter(x=[stats.step for stats in history], y=values, mode="lines",
-                                    name=name, line={"color": LOSS_COLOURS[i % len(LOSS_COLOURS)]}))
+                                    name=name, line={"color": series_colour(name)}))
     figure.update_layout(title=title or f"{metric} per step", height=340, template="none",
                          xaxis_title="step", yaxis_title=metric,
                          margin={"t": 60, "b": 40, "l": 50, "r": 20})

@@ -7,6 +7,7 @@ or a torch.profiler run into small tables (tested); the ``*_figure`` functions o
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -34,6 +35,12 @@ class BenchRow:
     strategy: str
     median_ms: float
     ratio_to_dense_limit: float
+    spread: float = 1.0  # upper / lower quartile of the repeats (1.0 when not recorded)
+
+    @property
+    def shape(self) -> str:
+        return (f"T={self.tokens} D={self.d_model} F={self.d_ff} E={self.num_experts} "
+                f"K={self.top_k}")
 
 
 def bench_rows(results: Iterable[object]) -> list[BenchRow]:
@@ -41,13 +48,15 @@ def bench_rows(results: Iterable[object]) -> list[BenchRow]:
     rows = []
     for result in results:
         if isinstance(result, dict):
-            row = {f.name: result[f.name] for f in fields(BenchRow)}
+            row = {f.name: result[f.name] for f in fields(BenchRow) if f.name != "spread"}
+            row["spread"] = float(result.get("spread", 1.0))
         elif hasattr(result, "shape") and hasattr(result, "strategy"):
             shape = result.shape
             row = {"tokens": shape.tokens, "d_model": shape.d_model, "d_ff": shape.d_ff,
                    "num_experts": shape.num_experts, "top_k": shape.top_k,
                    "strategy": result.strategy, "median_ms": result.median_ms,
-                   "ratio_to_dense_limit": result.ratio_to_dense_limit}
+                   "ratio_to_dense_limit": result.ratio_to_dense_limit,
+                   "spread": float(getattr(result, "spread", 1.0))}
         else:
             raise TypeError(f"results must hold BenchResult objects or dicts, "
                             f"got {type(result).__name__}")
@@ -89,6 +98,83 @@ def ratio_table(rows: Sequence[BenchRow]) -> list[dict[str, object]]:
     return [{k: v for k, v in e.items() if not k.endswith("_ms")} for e in table.values()]
 
 
+# A timing is not a finding when its middle repeats disagree this much (upper / lower quartile),
+# or when a strategy beats the dense limit, which does the same matmul FLOPs with none of the
+# routing work.
+SPREAD_LIMIT = 1.5
+FASTER_THAN_LIMIT = 0.9
+
+
+def timing_flags(rows: Sequence[BenchRow]) -> dict[tuple[str, str], str]:
+    """(shape, strategy) -> why that ratio is not to be read as a finding (unreliable timing).
+
+    A ratio is flagged when the strategy's repeats or the dense limit's at that shape varied
+    more than :data:`SPREAD_LIMIT` times (the machine was busy), or when it is below
+    :data:`FASTER_THAN_LIMIT` (faster than the same FLOPs without routing: the limit was slowed).
+    """
+    limits = {r.shape: r for r in rows if r.strategy == "dense_limit"}
+    flags = {}
+    for row in rows:
+        if row.strategy == "dense_limit":
+            continue
+        limit = limits.get(row.shape)
+        if row.spread > SPREAD_LIMIT:
+            flags[row.shape, row.strategy] = (f"its middle repeats differ {row.spread:.1f}x: "
+                                              "the machine was busy")
+        elif limit is not None and limit.spread > SPREAD_LIMIT:
+            flags[row.shape, row.strategy] = (f"the dense limit's middle repeats differ "
+                                              f"{limit.spread:.1f}x: the machine was busy")
+        elif row.ratio_to_dense_limit < FASTER_THAN_LIMIT:
+            flags[row.shape, row.strategy] = ("faster than the dense limit, which does the same "
+                                              "FLOPs with less work: the limit's timing was slowed")
+    return flags
+
+
+def bench_findings(rows: Sequence[BenchRow]) -> list[str]:
+    """What these timings say, in sentences built from them: sorted against loop at each shape
+    where both of their timings are steady (the dense limit does not enter that ratio), the
+    unreliable ratios to the dense limit named (not read), and a tally."""
+    flags = timing_flags(rows)
+    by_shape: dict[str, dict[str, BenchRow]] = {}
+    for row in rows:
+        by_shape.setdefault(row.shape, {})[row.strategy] = row
+    lines, faster, compared = [], 0, 0
+    for shape, strategies in by_shape.items():
+        sorted_row, loop_row = strategies.get("sorted"), strategies.get("loop")
+        if sorted_row is None or loop_row is None:
+            continue
+        if max(sorted_row.spread, loop_row.spread) > SPREAD_LIMIT:
+            lines.append(f"{shape}: sorted vs loop not compared (unreliable timing)")
+            continue
+        ratio = sorted_row.median_ms / loop_row.median_ms
+        compared += 1
+        faster += ratio < 1
+        lines.append(f"{shape}: sorted takes {ratio:.2f}x loop's time "
+                     f"({'faster' if ratio < 1 else 'slower'})")
+    for (shape, strategy), reason in flags.items():
+        ratio = by_shape[shape][strategy].ratio_to_dense_limit
+        lines.append(f"not a finding: {shape} {strategy} at {ratio:.2f}x the dense limit ({reason})")
+    if compared:
+        lines.append(f"sorted was faster than loop at {faster} of {compared} shapes with steady "
+                     "timings")
+    return lines
+
+
+def log_axis(values: Iterable[float], title: str) -> dict[str, object]:
+    """A readable log axis: ticks at 1, 2 and 5 times each power of ten that the values span,
+    labelled in plain numbers, at a legible size (plotly's own log ticks are small and crowded)."""
+    positive = [float(v) for v in values if v is not None and v > 0 and math.isfinite(v)]
+    axis: dict[str, object] = {"title": title, "type": "log", "tickfont": {"size": 13}}
+    if not positive:
+        return axis
+    low, high = min(positive), max(positive)
+    ticks = [m * 10.0**p for p in range(math.floor(math.log10(low)) - 1,
+                                        math.ceil(math.log10(high)) + 1) for m in (1, 2, 5)]
+    ticks = [t for t in ticks if low / 2.5 <= t <= high * 2.5]
+    axis.update(tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
+    return axis
+
+
 def scaling_figure(rows: Sequence[BenchRow], *, x: str = "tokens", y: str = "median_ms",
                    title: str = "") -> go.Figure:
     """One line per strategy: ``y`` (median_ms or ratio_to_dense_limit) against ``x``
@@ -104,26 +190,38 @@ def scaling_figure(rows: Sequence[BenchRow], *, x: str = "tokens", y: str = "med
     labels = {"tokens": "tokens N", "num_experts": "experts E", "top_k": "experts per token K",
               "median_ms": "forward + backward (ms, median)",
               "ratio_to_dense_limit": "time / dense limit"}
-    figure.update_layout(title=title, xaxis=dict(title=labels[x], type="log"),
-                         yaxis=dict(title=labels[y], type="log"), height=380,
+    figure.update_layout(title=title, xaxis=log_axis((getattr(r, x) for r in rows), labels[x]),
+                         yaxis=log_axis((getattr(r, y) for r in rows), labels[y]), height=380,
                          margin=dict(l=60, r=20, t=50, b=50))
     return figure
 
 
 def ratio_figure(rows: Sequence[BenchRow], title: str = "") -> go.Figure:
-    """Grouped bars: each strategy's time / dense limit, one group per shape (1 = free routing)."""
+    """Grouped bars: each strategy's time / dense limit, one group per shape (1 = free routing).
+    A ratio :func:`timing_flags` flags is drawn hatched and faint, its reason in the hover."""
     figure = go.Figure()
-    shapes = list(dict.fromkeys(
-        f"T={r.tokens} D={r.d_model} F={r.d_ff} E={r.num_experts} K={r.top_k}" for r in rows))
+    flags = timing_flags(rows)
+    shapes = list(dict.fromkeys(r.shape for r in rows))
     for strategy in dict.fromkeys(r.strategy for r in rows if r.strategy != "dense_limit"):
-        by_shape = {f"T={r.tokens} D={r.d_model} F={r.d_ff} E={r.num_experts} K={r.top_k}":
-                    r.ratio_to_dense_limit for r in rows if r.strategy == strategy}
+        by_shape = {r.shape: r.ratio_to_dense_limit for r in rows if r.strategy == strategy}
+        reasons = [flags.get((s, strategy), "") for s in shapes]
         figure.add_bar(x=shapes, y=[by_shape.get(s) for s in shapes], name=strategy,
-                       marker_color=STRATEGY_COLORS.get(strategy))
-    figure.add_hline(y=1.0, line_dash="dot", annotation_text="dense limit")
-    figure.update_layout(barmode="group", title=title, height=380,
-                         yaxis=dict(title="time / dense limit", type="log"),
-                         margin=dict(l=60, r=20, t=50, b=80))
+                       marker=dict(color=STRATEGY_COLORS.get(strategy),
+                                   opacity=[0.35 if r else 1.0 for r in reasons],
+                                   pattern=dict(shape=["/" if r else "" for r in reasons])),
+                       hovertext=[f"unreliable: {r}" if r else "" for r in reasons],
+                       hovertemplate="%{x}: %{y:.2f}x the dense limit<br>%{hovertext}"
+                                     "<extra>" + strategy + "</extra>")
+    figure.add_hline(y=1.0, line_dash="dot")
+    # the label by hand: on a log axis an annotation's y is log10 of the value (add_hline's own
+    # label landed at 10)
+    figure.add_annotation(text="dense limit", x=1.0, xref="paper", xanchor="right", y=0.0,
+                          yref="y", yanchor="bottom", showarrow=False)
+    if flags:
+        title = f"{title}<br><sup>hatched: unreliable timing (busy machine), not a finding</sup>"
+    figure.update_layout(barmode="group", title=title, height=400,
+                         yaxis=log_axis((r.ratio_to_dense_limit for r in rows), "time / dense limit"),
+                         margin=dict(l=60, r=20, t=70, b=80))
     return figure
 
 
@@ -216,3 +314,33 @@ def memory_figure(allocated_mb: dict[str, float], title: str = "") -> go.Figure:
     figure.update_layout(title=title, height=320, yaxis=dict(title="MB allocated"),
                          margin=dict(l=60, r=20, t=50, b=50))
     return figure
+
+
+def profile_reading(summaries: dict[str, ProfileSummary], num_experts: int) -> list[str]:
+    """The profiler's counts in words, from the counts: which grouped-GEMM path ``sorted`` ran
+    (torch's ``F.grouped_mm``, or the fallback of one ``mm`` per expert segment when this torch
+    has none, e.g. torch < 2.8), and the per-expert work of ``loop``."""
+    lines = []
+    if "sorted" in summaries:
+        calls = summaries["sorted"].op_calls
+        grouped, mm = calls.get("aten::_grouped_mm", 0), calls.get("aten::mm", 0)
+        if grouped:
+            lines.append(f"sorted ran torch's grouped GEMM (F.grouped_mm): {grouped} _grouped_mm "
+                         f"calls in one forward + backward, whatever E (on a CPU each is a C++ "
+                         f"loop over the groups, whose {mm} mm calls the profiler also counts)")
+        else:
+            lines.append(f"sorted ran the fallback, one mm per expert segment (this torch has no "
+                         f"usable F.grouped_mm): {mm} mm calls, {mm / num_experts:.1f} per expert")
+    if "loop" in summaries:
+        calls = summaries["loop"].op_calls
+        lines.append(f"loop: {calls.get('aten::mm', 0) / num_experts:.1f} mm and "
+                     f"{calls.get('aten::nonzero', 0) / num_experts:.1f} nonzero (a host sync on a "
+                     f"GPU) per expert, E = {num_experts}")
+    return lines
+
+
+def memory_order(allocated_mb: dict[str, float]) -> str:
+    """The strategies from least to most allocated, with their megabytes (measured, not assumed:
+    which keeps least depends on the shape, the padding and the allocator)."""
+    ranked = sorted(allocated_mb.items(), key=lambda item: item[1])
+    return "least allocated first: " + ", ".join(f"{name} {mb:.1f} MB" for name, mb in ranked)

@@ -181,6 +181,9 @@ def apply_explorer_traces(figure: go.Figure, traces: ExplorerTraces) -> None:
         grid.marker.color, grid.marker.opacity = traces.colour, traces.opacity
         bars.x = list(range(len(traces.bar_y)))
         bars.y, bars.marker.color = traces.bar_y, traces.bar_colour
+        # every expert on the load axis, which counts assignments: from 0 (0..1 with no tokens)
+        figure.layout.xaxis2.range = [-0.5, len(traces.bar_y) - 0.5]
+        figure.layout.yaxis2.range = [0, 1.1 * max(max(traces.bar_y, default=0), 1)]
         figure.layout.yaxis.range = [-rows + 0.4, 0.6]
         figure.layout.title.text = traces.title
 

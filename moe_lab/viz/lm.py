@@ -15,7 +15,7 @@ from plotly.subplots import make_subplots
 
 from moe_lab.model import TinyLM, route_text
 from moe_lab.text_routing import TextRouting
-from moe_lab.viz.dashboard import LOSS_COLOURS
+from moe_lab.viz.dashboard import series_colour
 from moe_lab.viz.explorer import RoutingFn
 
 CURVE_AXES = ("step", "wall_time")
@@ -40,10 +40,10 @@ def loss_curves_figure(logs: Mapping[str, Mapping], title: str = "validation los
     """Two panels: validation loss against steps, and against training wall time."""
     figure = make_subplots(rows=1, cols=2, subplot_titles=("against steps", "against wall time"))
     for col, x in enumerate(CURVE_AXES, start=1):
-        for i, curve in enumerate(loss_curve_table(logs, x)):
+        for curve in loss_curve_table(logs, x):
             figure.add_trace(go.Scatter(x=curve.x, y=curve.val_loss, name=curve.name,
                                         mode="lines", showlegend=col == 1,
-                                        line={"color": LOSS_COLOURS[i % len(LOSS_COLOURS)]}),
+                                        line={"color": series_colour(curve.name)}),
                              row=1, col=col)
     figure.update_xaxes(title_text="step", row=1, col=1)
     figure.update_xaxes(title_text="training seconds (this machine)", row=1, col=2)

@@ -47,11 +47,13 @@ def tokens_sent_figure(table: TokensSentTable, title: str = "rows sent between r
         text=table.rows, texttemplate="%{text}",
         hovertemplate="rank %{y} -> rank %{x}: %{z} rows<extra></extra>"))
     figure.update_layout(
-        title=f"{title}: {table.total} rows, {100 * table.remote_share:.0f} % cross ranks",
+        # two short lines: one line of ~50 characters was clipped by a figure this narrow
+        title=dict(text=f"{title}<br>{table.total} rows, {100 * table.remote_share:.0f} % cross ranks",
+                   font=dict(size=14)),
         xaxis=dict(title="destination rank (owns the experts)", tickvals=ranks),
         yaxis=dict(title="source rank (holds the tokens)", tickvals=ranks, autorange="reversed"),
-        height=120 + 60 * len(ranks), width=200 + 60 * len(ranks),
-        margin=dict(l=60, r=20, t=50, b=50))
+        height=150 + 60 * len(ranks), width=max(360, 200 + 60 * len(ranks)),
+        margin=dict(l=60, r=20, t=70, b=50))
     return figure
 
 

@@ -73,7 +73,9 @@ def router_heatmap_figure(table: RouterHeatmapTable, title: str = "router probab
     elif table.total_tokens > table.num_tokens:
         title = f"{title}: first {table.num_tokens} of {table.total_tokens} tokens"
     figure.update_layout(
-        title=title, xaxis=dict(title="expert", tickmode="array", tickvals=experts),
+        title=title,  # every expert on the axis, with or without tokens (none: autorange shows -1..6)
+        xaxis=dict(title="expert", tickmode="array", tickvals=experts,
+                   range=[-0.5, table.num_experts - 0.5]),
         yaxis=dict(title="token", tickmode="array", tickvals=rows, ticktext=table.token_labels,
                    autorange="reversed"),
         height=min(900, 160 + 18 * max(len(rows), 4)), showlegend=False,

@@ -1,19 +1,25 @@
 """A live training dashboard: pass it as a callback to a training loop and watch the expert load,
 the router entropy and the losses move while it trains. Lesson 04.
 
-    dashboard = TrainingDashboard(num_experts=8)
-    display(dashboard)
+    dashboard = TrainingDashboard(num_experts=8, title="no balancing loss", pace_s=0.2)
+    dashboard.show()                                 # in the cell that trains
     run = train_toy(config, callbacks=[dashboard])   # redraws every ``redraw_every`` steps
-    dashboard.finish()                               # last redraw
+    dashboard.finish()                               # last redraw; the cell keeps the final figure
 
-One figure is reused for every run (``reset`` starts a new one): redraws update its traces in
-place and show its JSON in an ``ipywidgets.Output`` (see :mod:`moe_lab.widgets._output`).
-``current_data()`` is the data drawn last, ``figure_data()`` what the figure holds.
+One dashboard per run, shown next to the code that trains it. Redraws update the figure's traces
+and show its JSON in an ``ipywidgets.Output`` (see :mod:`moe_lab.widgets._output`); ``pace_s``
+waits after each redraw during training, so a run of a second stays visible while it runs.
+``finish()`` also replaces the cell's display with the final one, so a saved notebook (and a
+front end without the widget) shows the run's result. ``current_data()`` is the data drawn last,
+``figure_data()`` what the figure holds.
 """
 
 from __future__ import annotations
 
+import time
+
 import ipywidgets as widgets
+from IPython.display import DisplayHandle, display
 
 from moe_lab.stats import StepStats
 from moe_lab.validation import check_positive_int
@@ -30,9 +36,15 @@ class TrainingDashboard(StaticFallback, widgets.VBox):
     """A callback ``dashboard(stats)`` that draws the run so far every ``redraw_every`` steps."""
 
     def __init__(self, num_experts: int, *, redraw_every: int = 10,
-                 title: str = "training") -> None:
+                 title: str = "training", pace_s: float = 0.0) -> None:
         self.num_experts = check_positive_int("num_experts", num_experts)
         self.redraw_every = check_positive_int("redraw_every", redraw_every)
+        if isinstance(pace_s, bool) or not isinstance(pace_s, (int, float)):
+            raise TypeError(f"pace_s must be a number of seconds, got {type(pace_s).__name__}")
+        if not 0 <= pace_s <= 5:
+            raise ValueError(f"pace_s must lie in [0, 5] seconds, got {pace_s}")
+        self.pace_s = float(pace_s)
+        self._handle: DisplayHandle | None = None
         self.history: list[StepStats] = []
         self.title = title
         self.status = widgets.HTML(value="waiting for the first step")
@@ -42,6 +54,19 @@ class TrainingDashboard(StaticFallback, widgets.VBox):
         self.output.add_class("moe-dashboard-plot")
         show_in_output(self.output, self.figure)
         super().__init__([self.status, self.output])
+
+    def show(self) -> None:
+        """Display the dashboard (in the cell that trains); :meth:`finish` updates this display."""
+        self._handle = display(self._display_bundle(), raw=True, display_id=True)
+        displayed = getattr(self, "_handle_displayed", None)  # ipywidgets 7's on_displayed hook
+        if displayed is not None:
+            displayed()
+
+    def _display_bundle(self) -> dict[str, object]:
+        bundle = self._repr_mimebundle_()
+        if bundle is None:
+            raise ValueError("the dashboard was closed; make a new one")
+        return bundle
 
     def reset(self, title: str = "training") -> None:
         """Forget the previous run and clear the figure."""
@@ -60,10 +85,15 @@ class TrainingDashboard(StaticFallback, widgets.VBox):
         self.history.append(stats)
         if len(self.history) == 1 or stats.step % self.redraw_every == 0:
             self._draw()
+            if self.pace_s:
+                time.sleep(self.pace_s)  # the redraw stays on screen a moment
 
     def finish(self) -> None:
-        """Draw the last steps (call after training)."""
+        """Draw the last steps (call after training); the display made by :meth:`show` becomes
+        the final figure, the one a saved notebook keeps."""
         self._draw()
+        if self._handle is not None:
+            self._handle.update(self._display_bundle(), raw=True)
 
     def current_data(self) -> DashboardData:
         return dashboard_data(self.history, self.num_experts)

@@ -13,7 +13,6 @@ own process group and stopped by its own PID (then its group, for any kernel it 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -64,20 +63,9 @@ class JupyterServer:
             return ""
 
 
-# User settings of the private JupyterLab: no "get notified about Jupyter news?" toast (it would
-# cover the widgets in screenshots) and no update check.
-LAB_SETTINGS = {
-    "@jupyterlab/apputils-extension/notification.jupyterlab-settings":
-        {"fetchNews": "false", "checkForUpdates": False},
-}
-
-
-def write_lab_settings(settings_dir: Path) -> None:
-    """Write :data:`LAB_SETTINGS` into a JupyterLab user settings directory."""
-    for name, values in LAB_SETTINGS.items():
-        path = settings_dir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(values, indent=2))
+# The course's own JupyterLab settings (what `bash run.sh course` uses): the contents manager that
+# sends saved widget outputs without their widget view, no news pop-up, no news feed.
+COURSE_CONFIG = Path(__file__).resolve().parents[2] / "course"
 
 
 def lab_command(port: int, token: str, root: Path, state: Path) -> list[str]:
@@ -92,8 +80,7 @@ def lab_command(port: int, token: str, root: Path, state: Path) -> list[str]:
         "--LabApp.expose_app_in_browser=True",
         f"--LabApp.workspaces_dir={state / 'workspaces'}",
         f"--LabApp.user_settings_dir={state / 'settings'}",
-        # No announcements feed and no update check: both would reach out to the internet.
-        "--LabApp.news_url=None",
+        # No update check (it would reach out to the internet); the news feed is off in course/.
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
     ]
     if os.name == "posix" and os.geteuid() == 0:
@@ -149,10 +136,11 @@ def jupyter_lab(notebooks_dir: Path, *,
     env = dict(os.environ,
                JUPYTER_RUNTIME_DIR=str(state / "runtime"),
                JUPYTER_CONFIG_DIR=str(state / "config"),
+               JUPYTER_CONFIG_PATH=str(COURSE_CONFIG),
                IPYTHONDIR=str(state / "ipython"),
                JUPYTER_PLATFORM_DIRS="1",
                PYTHONUNBUFFERED="1")
-    write_lab_settings(state / "settings")
+    (state / "settings").mkdir(parents=True)
     port, token = free_port(), secrets.token_hex(24)
     log_path = work / "server.log"
     process = None
