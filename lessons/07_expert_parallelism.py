@@ -1,23 +1,37 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown] tags=["launch"]
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/moe-lab/moe-lab/blob/main/notebooks/07_expert_parallelism.ipynb) [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/moe-lab/moe-lab/main?urlpath=lab/tree/notebooks/07_expert_parallelism.ipynb)
 
-# %% jupyter={"source_hidden": true} tags=["launch"]
+# %% tags=["launch"] jupyter={"source_hidden": true}
 # NBVAL_IGNORE_OUTPUT
 # Setup for Google Colab only: elsewhere (JupyterLab, Binder) this cell does nothing.
 # Colab has torch and numpy; it lacks plotly >= 6 with anywidget (for the live figures), the
-# corpus of lesson 05 and the course package. Its ipywidgets 7 is kept: ipywidgets 8 breaks there.
+# corpus of lesson 05, transformers 5 (lesson 09) and the course package. Its ipywidgets 7 is
+# kept: ipywidgets 8 breaks there.
 import sys
 
 if "google.colab" in sys.modules:
     import subprocess
 
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "plotly>=6", "anywidget",
-                    "pyyaml", "chatterbot-corpus>=1.3.3",
+                    "pyyaml", "chatterbot-corpus>=1.3.3", "transformers>=5.0,<6",
                     "moe-lab @ git+https://github.com/moe-lab/moe-lab@main"], check=True)
     from google.colab import output
 
     output.enable_custom_widget_manager()
-
 
 # %% [markdown]
 # # 07 · Expert parallelism: experts on several processes
