@@ -416,6 +416,7 @@ grid.capacity_factor.value = 1.0
 # - Top-$k$: keep each token's $K$ most probable experts. Mixtral renormalises their probabilities
 #   to sum to 1, which equals a softmax over the top-$k$ logits; Switch (top-1) and Qwen with
 #   `norm_topk_prob=False` keep the raw probabilities; DeepSeek-V3 renormalises sigmoid scores.
+#   Lesson 09 runs each of these conventions against the real transformers blocks.
 # - `expert_mask` $(N, E)$ and `tokens_per_expert` $(E,)$ describe the load.
 # - Capacity $C = \lceil \text{factor} \cdot NK/E \rceil$; assignments past position $C - 1$ of
 #   their expert are dropped and contribute nothing. `SparseMoE(capacity_factor=...)` reports them

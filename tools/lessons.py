@@ -55,6 +55,15 @@ def cell_key(cell: nbformat.NotebookNode) -> tuple:
             cell.metadata.get("jupyter", {}).get("source_hidden", False))
 
 
+def _first_line_differing(text: str, other: str) -> str:
+    """The first line of ``text`` that ``other`` does not have at the same place ('' if none)."""
+    mine, theirs = text.splitlines(), other.splitlines()
+    for j, line in enumerate(mine):
+        if j >= len(theirs) or line != theirs[j]:
+            return f"line {j + 1}: {line[:100]}"
+    return f"line {len(mine) + 1}: (end of cell)"
+
+
 def first_difference(source: Path, notebook: Path) -> str | None:
     """None when the notebook's cells are the source's; else a message naming the first
     differing cell (1-based, as JupyterLab counts)."""
@@ -63,8 +72,8 @@ def first_difference(source: Path, notebook: Path) -> str | None:
     for i, (w, h) in enumerate(zip(want, have, strict=False)):
         if w != h:
             return (f"{notebook.name}: cell {i + 1} differs from {source.name}\n"
-                    f"  source:   {w[0]} {w[1][:120]!r} tags={w[2]} hidden={w[3]}\n"
-                    f"  notebook: {h[0]} {h[1][:120]!r} tags={h[2]} hidden={h[3]}")
+                    f"  source:   {w[0]} {_first_line_differing(w[1], h[1])!r} tags={w[2]} hidden={w[3]}\n"
+                    f"  notebook: {h[0]} {_first_line_differing(h[1], w[1])!r} tags={h[2]} hidden={h[3]}")
     if len(want) != len(have):
         return (f"{notebook.name}: {len(have)} cells, but {source.name} has {len(want)} "
                 f"(the first {min(len(want), len(have))} agree)")
