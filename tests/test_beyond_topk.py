@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from plain_experts import one_expert
 
 from moe_lab import ExpertChoiceMoE, Experts, SoftMoE, SparseMoE, upcycle
 from moe_lab.causality import last_token_perturbation
@@ -14,17 +15,6 @@ from moe_lab.dispatch import DISPATCH_STRATEGIES
 from moe_lab.expert_choice import expert_choice_capacity, expert_choice_routing
 from moe_lab.model import DenseFFN
 from moe_lab.soft_moe import soft_moe_weights
-
-
-def one_expert(experts, e, x_n):
-    """Expert e on one token, written out."""
-    if experts.activation == "swiglu":
-        hidden = torch.nn.functional.silu(x_n @ experts.w_gate[e]) * (x_n @ experts.w_up[e])
-    elif experts.activation == "gelu":
-        hidden = torch.nn.functional.gelu(x_n @ experts.w_up[e])
-    else:
-        hidden = torch.relu(x_n @ experts.w_up[e])
-    return hidden @ experts.w_down[e]
 
 
 def grads_of(y, inputs, grad_y):

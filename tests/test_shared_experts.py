@@ -6,20 +6,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from plain_experts import one_expert
 
 from moe_lab import SparseMoE
 from moe_lab.dispatch import DISPATCH_STRATEGIES
-
-
-def swiglu_expert(experts, e, x_n):
-    """One expert on one token, written out: (silu(x W_gate) * (x W_up)) W_down."""
-    if experts.activation == "swiglu":
-        hidden = torch.nn.functional.silu(x_n @ experts.w_gate[e]) * (x_n @ experts.w_up[e])
-    elif experts.activation == "gelu":
-        hidden = torch.nn.functional.gelu(x_n @ experts.w_up[e])
-    else:
-        hidden = torch.relu(x_n @ experts.w_up[e])
-    return hidden @ experts.w_down[e]
 
 
 def loop_reference(layer, x):
@@ -30,11 +20,11 @@ def loop_reference(layer, x):
     for n in range(x_flat.shape[0]):
         y_n = torch.zeros(layer.d_model)
         for s in range(layer.num_shared_experts):
-            y_n = y_n + swiglu_expert(layer.shared_experts, s, x_flat[n])
+            y_n = y_n + one_expert(layer.shared_experts, s, x_flat[n])
         for k in range(layer.top_k):
             if not out.dropped[n, k]:
                 e = int(out.router.topk_idx[n, k])
-                y_n = y_n + out.router.topk_weights[n, k] * swiglu_expert(layer.experts, e, x_flat[n])
+                y_n = y_n + out.router.topk_weights[n, k] * one_expert(layer.experts, e, x_flat[n])
         rows.append(y_n)
     return torch.stack(rows).view(x.shape) if rows else x.new_zeros(x.shape)
 
