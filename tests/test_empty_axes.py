@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from moe_lab.routing import TopKRouter
+from moe_lab.text_routing import route_text
 from moe_lab.viz.capacity import capacity_grid_figure, capacity_grid_table
-from moe_lab.viz.explorer import explorer_figure, routing_table
+from moe_lab.viz.explorer import explorer_figure
 from moe_lab.viz.parallel import tokens_sent_figure
 from moe_lab.viz.router import router_heatmap_figure, router_heatmap_table
 
@@ -21,10 +22,20 @@ def _routing(num_tokens: int):
     return router(torch.randn(num_tokens, D))
 
 
+def _text_routing(num_tokens: int):
+    """A text of ``num_tokens`` bytes routed by a seeded byte embedding and router."""
+    torch.manual_seed(0)
+    embedding, router = torch.nn.Embedding(256, D), TopKRouter(D, E, K)
+    with torch.no_grad():
+        routing = route_text("ab" * num_tokens, lambda ids: [router(embedding(ids))],
+                             max_tokens=max(1, num_tokens))
+    assert routing.num_tokens == num_tokens
+    return routing
+
+
 @pytest.mark.parametrize("num_tokens", [0, 1, 5])
 def test_router_heatmap_shows_every_expert(num_tokens):
-    routing = _routing(num_tokens)
-    table = router_heatmap_table(routing, [f"t{i}" for i in range(num_tokens)])
+    table = router_heatmap_table(_text_routing(num_tokens))
     axis = router_heatmap_figure(table).layout.xaxis
     assert tuple(axis.range) == (-0.5, E - 0.5)
     assert tuple(axis.tickvals) == tuple(range(E))
@@ -40,9 +51,7 @@ def test_capacity_grid_shows_every_expert(num_tokens):
 
 @pytest.mark.parametrize("num_tokens", [0, 1, 5])
 def test_explorer_load_axis_is_non_negative_with_every_expert(num_tokens):
-    routing = _routing(num_tokens)
-    table = routing_table([f"t{i}" for i in range(num_tokens)], [routing.topk_idx],
-                          [routing.topk_weights], E)
+    table = _text_routing(num_tokens)
     layout = explorer_figure(table).layout
     assert tuple(layout.xaxis2.range) == (-0.5, E - 0.5)
     low, high = layout.yaxis2.range
