@@ -131,7 +131,7 @@ SELECT_BUGS = [
     (select_wrong_gates, "router_probs[token_idx[e, c], e]"),
     (select_wrong_grad, "gradient is not"),
     (select_float_idx, "integer tensor"),
-    (lambda p, c: select_solution(p, c)[0], "return a pair"),
+    (lambda p, c: select_solution(p, c)[0], "Return a pair"),
 ]
 
 
@@ -205,7 +205,7 @@ SOFT_BUGS = [
     (soft_detached, "carry no gradient"),
     (soft_combine_over_tokens, "combine_weights is a softmax"),
     (soft_wrong_grad, "gradient is not"),
-    (lambda z: torch.softmax(z, -1), "return a pair"),
+    (lambda z: torch.softmax(z, -1), "Return a pair"),
 ]
 
 

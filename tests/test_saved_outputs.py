@@ -62,12 +62,16 @@ def test_stored_lesson_03_shows_its_figure(tmp_path):
     """Lesson 03 as shipped, read through the course's contents manager: no widget view left, the
     explorer's figure still there, the file on disk unchanged."""
     import asyncio
+    import concurrent.futures
 
     path = tmp_path / "03_weighted_sum.ipynb"
     path.write_bytes((ROOT / "notebooks" / "03_weighted_sum.ipynb").read_bytes())
     before = path.read_bytes()
     assert WIDGET_VIEW.encode() in before
-    model = asyncio.run(CourseContentsManager(root_dir=str(tmp_path)).get(path.name))
+    manager = CourseContentsManager(root_dir=str(tmp_path))
+    # in a thread of its own: an earlier test (the browser session) may run an event loop here
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        model = pool.submit(asyncio.run, manager.get(path.name)).result()
     sent = json.dumps(model["content"])
     assert WIDGET_VIEW not in sent and PLOTLY in sent
     assert path.read_bytes() == before
