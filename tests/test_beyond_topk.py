@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from plain_experts import one_expert
+from plain_references import one_expert
 
 from moe_lab import ExpertChoiceMoE, Experts, SoftMoE, SparseMoE, upcycle
 from moe_lab.causality import last_token_perturbation

@@ -8,9 +8,10 @@ import time
 
 import pytest
 import torch
+from plain_references import fixed_layers
 from torch import nn
 
-from moe_lab import RouterOutput, TopKRouter, topk_routing
+from moe_lab import TopKRouter
 from moe_lab.stats import StepStats, max_over_mean_load, router_entropy, step_stats
 from moe_lab.text_routing import TextRouting
 from moe_lab.text_routing import route_text as route_token_ids
@@ -110,23 +111,12 @@ def test_route_text_rejects_bad_arguments(byte_model):
         route_text("a", embedding, router, top_k=1, noise=-1.0)
 
 
-def several_layers(probs: torch.Tensor, top_k: int):
-    """A routing callable over L layers of fixed probabilities (L, T_max, E), cut to T tokens."""
-
-    def route_ids(ids: torch.Tensor) -> list[RouterOutput]:
-        layers = []
-        for p in probs[:, :len(ids)]:
-            idx, weights = topk_routing(p, top_k)
-            layers.append(RouterOutput(p.log(), p, idx, weights))
-        return layers
-
-    return route_ids
 
 
 def test_the_explorer_draws_a_several_layer_routing():
     """What lesson 05 does with a trained model: L layers of one text in one table."""
     probs = torch.softmax(torch.randn(3, 5, 4), dim=-1)  # (L, T, E)
-    table = route_token_ids("abcdefghi", several_layers(probs, 2), max_tokens=5)
+    table = route_token_ids("abcdefghi", fixed_layers(probs, 2), max_tokens=5)
     assert RoutingTable is TextRouting  # the explorer's old name still imports
     assert (table.num_layers, table.num_tokens, table.top_k, table.total_tokens) == (3, 5, 2, 9)
     assert table.truncated and table.layer_names == ("layer 0", "layer 1", "layer 2")
@@ -184,7 +174,7 @@ def test_explorer_widget_with_several_layers_and_fixed_k():
     def route_fn(text: str, top_k: int, noise: float) -> TextRouting:
         calls.append(text)
         probs = torch.softmax(torch.arange(2 * 10 * 4.0).view(2, 10, 4).sin(), -1)  # (L, T, E)
-        return route_token_ids(text, several_layers(probs, 1), max_tokens=10)
+        return route_token_ids(text, fixed_layers(probs, 1), max_tokens=10)
 
     explorer = RoutingExplorer(route_fn, num_experts=4, top_k=1, show_top_k=False,
                                show_noise=False)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from plain_experts import one_expert
+from plain_references import one_expert
 
 from moe_lab import SparseMoE
 from moe_lab.dispatch import DISPATCH_STRATEGIES

@@ -5,25 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from plain_references import fixed_layers
 
-from moe_lab import RouterOutput, topk_routing
+from moe_lab import RouterOutput
 from moe_lab.text_routing import TextRouting, route_text
 from moe_lab.widgets._toy import ToyByteRouter
-
-
-def fixed_layers(probs: torch.Tensor, top_k: int, calls: list | None = None):
-    """A routing callable over L layers of fixed probabilities (L, T_max, E), cut to T tokens."""
-
-    def route_ids(ids: torch.Tensor) -> list[RouterOutput]:
-        if calls is not None:
-            calls.append(ids)
-        layers = []
-        for p in probs[:, :len(ids)]:
-            idx, weights = topk_routing(p, top_k)
-            layers.append(RouterOutput(p.log(), p, idx, weights))
-        return layers
-
-    return route_ids
 
 
 def test_route_text_stacks_every_layer():
