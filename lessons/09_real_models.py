@@ -426,14 +426,20 @@ ratio = [a.mutual_information_bits / b.mutual_information_bits
 print("OLMoE / Mixtral mutual information per layer:", [f"{q:.0f}x" for q in ratio])
 print("agrees with the paper (OLMoE's experts far more domain-specialised than Mixtral's):",
       all(q > 10 for q in ratio) and all(r.experts_over_twice_uniform == 0 for r in summaries["mistral"]))
+for routing in real.values():
+    # n = fewest assignments of a domain (tokens x K); bias of I ~ (D - 1)(E - 1) / (2 n ln 2) bits
+    n = min(routing.tokens.values()) * routing.top_k
+    bias = (len(routing.domains) - 1) * (routing.num_experts - 1) / (2 * n * math.log(2))
+    print(f"{routing.model}: at least {n / 1e6:.2f} million assignments per domain, "
+          f"sampling bias of I about {bias:.1e} bits")
 
 # %% [markdown]
 # The numbers agree with the paper's reading of its figure: OLMoE's experts depend on the domain
 # (tens of experts carry more than twice the uniform share of some domain, and the dependence
 # grows with depth), while Mixtral's routing hardly depends on the domain at all (no expert
 # reaches twice the uniform share; the mutual information is more than ten times smaller at every
-# layer). With 1.67 million assignments per domain, the sampling bias of the mutual information,
-# about $(D-1)(E-1) / (2 n \ln 2)$ bits, is negligible next to both. Why they differ (Mixtral is
+# layer). The sampling bias of the mutual information, about $(D-1)(E-1) / (2 n \ln 2)$ bits for
+# $n$ assignments per domain (printed above), is far below both models' values. Why they differ (Mixtral is
 # widely believed to be upcycled from a dense model, lesson 08; OLMoE was trained from scratch
 # with fine-grained experts) is a hypothesis these counts cannot test.
 
