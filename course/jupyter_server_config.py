@@ -2,12 +2,12 @@
 # so they apply to the course's server only (a learner's own ~/.jupyter settings still win).
 from pathlib import Path
 
-from moe_lab.saved_outputs import CourseContentsManager
+from moe_lab.course.saved_outputs import CourseContentsManager
 
 c = get_config()  # noqa: F821 (defined by the config loader)
 
 # A saved widget output shows the widget's last figure, not "Error displaying widget: model not
-# found", once the kernel that drew it is gone (moe_lab/saved_outputs.py).
+# found", once the kernel that drew it is gone (moe_lab/course/saved_outputs.py).
 c.ServerApp.contents_manager_class = CourseContentsManager
 
 # Default settings of this JupyterLab (lab-settings/overrides.json): no "get notified about

@@ -60,7 +60,7 @@ if "google.colab" in sys.modules:
 # | 07 | expert parallelism: experts on several processes, the all-to-all exchange |
 # | 08 | beyond top-k routing |
 # | 09 | real models |
-# | 10 | review and interview practice |
+# | 12 | review and interview practice |
 
 # %% [markdown]
 # ## 1. Environment check
@@ -104,7 +104,7 @@ print("lessons will run on:", device)
 import torch
 
 from moe_lab import Experts, SparseMoE
-from moe_lab.params import ffn_params
+from moe_lab.systems.params import ffn_params
 
 moe_lab.seed_everything(0)
 d_model, d_ff, n_tokens = 64, 256, 10
@@ -153,14 +153,14 @@ print("MoE(E=1, K=1) == dense FFN:", torch.allclose(out.y, y_dense, atol=1e-6))
 #
 # The terms that make MoE different are the router and the experts: $L\,(DE + E \cdot 3DF)$ stored,
 # $L\,(DE + K \cdot 3DF)$ run per token. Write `moe_ffn_params(config)` returning the pair
-# `(total, active)` as Python ints for a `moe_lab.params.TransformerConfig` (fields `num_layers`,
+# `(total, active)` as Python ints for a `moe_lab.systems.params.TransformerConfig` (fields `num_layers`,
 # `d_model`, `d_ff`, `num_experts`, `top_k`, and `ffn_matrices`: 3 weight matrices per expert for
 # SwiGLU, 2 for a GELU FFN). A dense model ($E = 1$) has no router. The checker tries Mixtral
 # 8x7B, a dense model, $K = E$, a Switch-style model and a DeepSeek-V3-sized stack.
 
 # %%
 from moe_lab.checks.params import check_moe_ffn_params
-from moe_lab.params import MIXTRAL_8X7B, TransformerConfig, count_parameters
+from moe_lab.systems.params import MIXTRAL_8X7B, TransformerConfig, count_parameters
 
 
 def moe_ffn_params(config: TransformerConfig) -> tuple[int, int]:
@@ -186,7 +186,7 @@ def moe_ffn_params_solution(config: TransformerConfig) -> tuple[int, int]:
 solution_passed = check_moe_ffn_params(moe_ffn_params_solution)
 
 # %% [markdown]
-# **In the package:** `moe_lab.params.count_parameters`, which counts every component of the model
+# **In the package:** `moe_lab.systems.params.count_parameters`, which counts every component of the model
 # the same way, the embeddings, attention and norms included:
 
 # %%
@@ -217,7 +217,7 @@ print(f"the experts hold {100 * counts['experts'].total / counts.total:.1f} % of
 # NBVAL_CHECK_OUTPUT
 import dataclasses
 
-from moe_lab.params import dense_equivalent, flops_per_token
+from moe_lab.systems.params import dense_equivalent, flops_per_token
 
 models = {
     "Mixtral 8x7B (E=8, K=2)": MIXTRAL_8X7B,

@@ -319,7 +319,7 @@ for normalize in (True, False):
 # %% [markdown]
 # ## 6. Visualise: the routing explorer
 #
-# Type a sentence. Each byte token (`moe_lab.tokenizer.ByteTokenizer`: one token per UTF-8 byte,
+# Type a sentence. Each byte token (`moe_lab.lm.tokenizer.ByteTokenizer`: one token per UTF-8 byte,
 # so a Hangul syllable is three tokens and the continuation bytes show as `Â·`) is a square
 # coloured by its top expert, more opaque when that expert's weight is larger; hover for all $K$
 # experts and weights. The bars are each expert's load. Move $K$ and the noise (Gaussian noise
@@ -346,7 +346,7 @@ explorer = RoutingExplorer(route_fn, num_experts=8, text="Mixture of experts: ì 
 explorer
 
 # %% [markdown]
-# The figure is drawn from a plain `TextRouting` (the package's `moe_lab.text_routing.TextRouting`,
+# The figure is drawn from a plain `TextRouting` (the package's `moe_lab.lm.text_routing.TextRouting`,
 # the one result type of routing a text), the same one `route_text` returns (the widget's
 # `current_table()`). Here it is for a fixed sentence, the top expert of every token:
 

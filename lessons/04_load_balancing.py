@@ -92,14 +92,14 @@ from moe_lab.checks.balance import (
     check_switch_loss,
     check_z_loss,
 )
-from moe_lab.toy import ToyConfig, train_toy
+from moe_lab.lm.toy import ToyConfig, train_toy
 from moe_lab.viz.dashboard import compare_runs_figure
 from moe_lab.widgets.dashboard import TrainingDashboard
 
 # %% [markdown]
 # ## 2. Routing collapse, reproduced
 #
-# The toy task (`moe_lab.toy`): 64 token ids in 8 groups, and the model must output a random,
+# The toy task (`moe_lab.lm.toy`): 64 token ids in 8 groups, and the model must output a random,
 # group-specific permutation of its input. The model is an embedding, one `SparseMoE` with 8
 # experts and top-1 routing weighted by the raw router probability (Switch style, lesson 03), and a
 # linear head; no residual, so everything goes through the experts. Every token's input shares one

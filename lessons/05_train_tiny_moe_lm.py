@@ -95,16 +95,16 @@ import torch
 
 from moe_lab import average_over_layers, load_balancing_loss
 from moe_lab.checks.lm import check_average_aux_loss, check_mutual_information
-from moe_lab.data import SCRIPTS, eval_batches, load_lesson_data
-from moe_lab.model import TinyLM
-from moe_lab.specialisation import (
+from moe_lab.lm.data import SCRIPTS, eval_batches, load_lesson_data
+from moe_lab.lm.model import TinyLM
+from moe_lab.lm.specialisation import (
     BYTE_CLASSES,
     collect_routing,
     mutual_information,
     specialisation_report,
 )
-from moe_lab.tokenizer import ByteTokenizer
-from moe_lab.train import (
+from moe_lab.lm.tokenizer import ByteTokenizer
+from moe_lab.lm.train import (
     BASE_TRAIN,
     GPU_RESULTS_DIR,
     LESSON05_RUNS,
@@ -131,7 +131,7 @@ _ = torch.manual_seed(0)
 # %% [markdown]
 # ## 2. The data: chatterbot-corpus, 28 languages
 #
-# `moe_lab.data` reads the YAML files of the `chatterbot-corpus` package (BSD licence, installed
+# `moe_lab.lm.data` reads the YAML files of the `chatterbot-corpus` package (BSD licence, installed
 # with the course, nothing downloaded): short dialogues in 28 languages. One conversation is one
 # sequence, labelled with its language. The split is by a hash of the text, so it is the same on
 # every machine and no text is in both train and validation.
@@ -172,7 +172,7 @@ print("sampling share, english vs telugu:",
 # %% [markdown]
 # ## 3. The model: dense and MoE at equal active compute
 #
-# The lesson's runs (`moe_lab.train.LESSON05_RUNS`) share everything but the FFN:
+# The lesson's runs (`moe_lab.lm.train.LESSON05_RUNS`) share everything but the FFN:
 #
 # - `dense`: one SwiGLU FFN of width $KF = 128$ per block;
 # - `moe`: 8 experts of width $F = 64$, top-2: **the same active parameters** (up to the router);
@@ -266,7 +266,7 @@ print("equals the model's aux loss:", torch.allclose(mine, out.aux_loss))
 # %% [markdown]
 # ## 5. Train, live (a short run)
 #
-# `moe_lab.train.train` runs the loop: sample a batch, forward (bf16 autocast when asked), backward,
+# `moe_lab.lm.train.train` runs the loop: sample a batch, forward (bf16 autocast when asked), backward,
 # clip the gradient norm to 1, AdamW, warm-up then cosine learning rate, and call the callbacks. The
 # lesson-04 dashboard plugs in as a callback. Here 30 steps of 8 windows of 64 bytes, so it runs in
 # seconds on a CPU; the full runs of section 6 are 400 steps of 16 x 128 bytes.
@@ -437,7 +437,7 @@ def mutual_info_solution(counts):
 solution_passed = check_mutual_information(mutual_info_solution)
 
 # %% [markdown]
-# **In the package:** `moe_lab.specialisation.mutual_information`.
+# **In the package:** `moe_lab.lm.specialisation.mutual_information`.
 #
 # Now the trained MoE on 8 validation windows per language (up to 1,024 bytes each). For every real
 # token and layer we keep its 2 experts, its language and its byte class. The **random router**
@@ -585,7 +585,7 @@ show_quiz(5)
 # 2. Train with `aux_loss_coef=0`: does the load collapse in a language model as it did in the toy
 #    of lesson 04? What happens to the specialisation numbers?
 # 3. Repeat section 8 on an MoE with 3 layers (edit `BASE_MODEL` in
-#    [`moe_lab/train.py`](../moe_lab/train.py), `n_layers=3`): does the last layer carry more language information
+#    [`moe_lab/lm/train.py`](../moe_lab/lm/train.py), `n_layers=3`): does the last layer carry more language information
 #    beyond the script, $I(\text{lang}; E \mid \text{script})$, than the first?
 # 4. *Interview:* why average the auxiliary loss over layers rather than sum it?
 # 5. *Interview:* a colleague shows a heatmap where Korean tokens go mostly to expert 3 and says

@@ -55,14 +55,14 @@ from torch.profiler import ProfilerActivity, profile
 
 import moe_lab
 from moe_lab import SparseMoE, seed_everything
-from moe_lab.bench import (
+from moe_lab.checks.efficiency import check_sort_by_expert, sort_by_expert_reference
+from moe_lab.systems.bench import (
     BenchShape,
     format_results,
     native_stderr_silenced,
     run_bench,
     time_interleaved,
 )
-from moe_lab.checks.efficiency import check_sort_by_expert, sort_by_expert_reference
 from moe_lab.viz.efficiency import (
     RECORDED_GPU_RESULTS,
     bench_findings,
@@ -280,9 +280,9 @@ padding_figure(padding_table(demand, moe_lab.compute_capacity(1.25, 512, 2, 8)),
                title="capacity factor 1.25")
 
 # %% [markdown]
-# ## Visualise: timings against the dense limit (`moe_lab.bench`)
+# ## Visualise: timings against the dense limit (`moe_lab.systems.bench`)
 #
-# `moe_lab.bench.run_bench` times forward + backward of each strategy and of the dense limit,
+# `moe_lab.systems.bench.run_bench` times forward + backward of each strategy and of the dense limit,
 # interleaved repeat by repeat so a noisy machine slows them alike, and reports medians. These
 # are small CPU shapes so the lesson stays quick; `python -m moe_lab.bench` runs the target
 # shapes (minutes). Your numbers will differ from anyone else's; the *ratios* are what to read.

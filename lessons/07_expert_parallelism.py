@@ -58,7 +58,7 @@ import torch
 import moe_lab
 from moe_lab import SparseMoE, seed_everything
 from moe_lab.checks.parallel import check_local_expert_order, check_send_splits
-from moe_lab.parallel import (
+from moe_lab.systems.parallel import (
     ExpertParallelError,
     RemoteExperts,
     expert_owner,
@@ -145,10 +145,10 @@ def my_send_splits_solution(topk_idx, num_experts, world_size):
 solution_passed = check_send_splits(my_send_splits_solution)
 
 # %% [markdown]
-# **In the package:** `moe_lab.parallel.send_splits`.
+# **In the package:** `moe_lab.systems.parallel.send_splits`.
 #
 # From here on we use your function if it passed, and the package's
-# `moe_lab.parallel.send_splits` otherwise.
+# `moe_lab.systems.parallel.send_splits` otherwise.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -191,10 +191,10 @@ def my_local_expert_order_solution(recv_counts):
 solution_passed = check_local_expert_order(my_local_expert_order_solution)
 
 # %% [markdown]
-# **In the package:** `moe_lab.parallel.local_expert_order`.
+# **In the package:** `moe_lab.systems.parallel.local_expert_order`.
 #
 # From here on we use your function if it passed, and the package's
-# `moe_lab.parallel.local_expert_order` otherwise.
+# `moe_lab.systems.parallel.local_expert_order` otherwise.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -208,7 +208,7 @@ print("local expert of each row after the regroup:",
 # %% [markdown]
 # ## The package's implementation
 #
-# `moe_lab.parallel.RemoteExperts` stands in for `Experts` inside the *same* `dispatch_sorted` of
+# `moe_lab.systems.parallel.RemoteExperts` stands in for `Experts` inside the *same* `dispatch_sorted` of
 # lesson 06: its `forward_grouped` does the round trip. Read it:
 
 # %%

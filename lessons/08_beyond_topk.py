@@ -56,17 +56,15 @@ from dataclasses import replace
 import torch
 
 from moe_lab import ExpertChoiceMoE, SoftMoE, SparseMoE, upcycle
-from moe_lab.causality import last_token_perturbation
 from moe_lab.checks.beyond_topk import (
     check_expert_choice_select,
     check_fine_grained_layout,
     check_soft_moe_weights,
 )
-from moe_lab.data import eval_batches, load_lesson_data
-from moe_lab.model import DenseFFN, TinyLM, upcycle_model
-from moe_lab.params import QWEN3_30B_A3B, count_parameters, fine_grained_config
-from moe_lab.tokenizer import ByteTokenizer
-from moe_lab.train import (
+from moe_lab.lm.data import eval_batches, load_lesson_data
+from moe_lab.lm.model import DenseFFN, TinyLM, upcycle_model
+from moe_lab.lm.tokenizer import ByteTokenizer
+from moe_lab.lm.train import (
     BASE_TRAIN,
     LESSON08_RESULTS_DIR,
     LESSON08_RUNS,
@@ -76,6 +74,8 @@ from moe_lab.train import (
     load_log,
     train,
 )
+from moe_lab.systems.params import QWEN3_30B_A3B, count_parameters, fine_grained_config
+from moe_lab.variants.causality import last_token_perturbation
 from moe_lab.viz.beyond_topk import slot_weights_heatmap_figure
 from moe_lab.viz.lm import loss_curves_figure
 from moe_lab.widgets.expert_choice import ExpertChoiceExplorer
@@ -166,13 +166,13 @@ def fine_grained_layout_solution(num_experts, top_k, d_ff, granularity, num_shar
 ok_solution = check_fine_grained_layout(fine_grained_layout_solution)
 
 # %% [markdown]
-# **In the package:** `moe_lab.params.fine_grained` (it returns an `ExpertLayout`), and
+# **In the package:** `moe_lab.systems.params.fine_grained` (it returns an `ExpertLayout`), and
 # `SparseMoE(..., num_shared_experts=S)` holds the shared experts as an `Experts` bank,
 # `layer.shared_experts`, whose output is added to the routed sum.
 #
 # Lesson 05's MoE has $E = 8$ experts of $F = 64$, top-2. Cut by $m = 4$ it becomes 32 experts of
 # width 16, top-8; with one shared expert, 31 routed, top-7. The three tiny LMs below (the runs of
-# `moe_lab.train.LESSON08_RUNS`) store and run the same expert hidden units; only the router grows.
+# `moe_lab.lm.train.LESSON08_RUNS`) store and run the same expert hidden units; only the router grows.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -189,7 +189,7 @@ print("shared experts of the last layout:", layer.shared_experts)
 # %% [markdown]
 # The same rule on a published model. Qwen3-30B-A3B (Qwen team 2025) has 48 layers of 128 experts
 # of width 768, 8 per token, no shared expert; its model card says 30.5B parameters, 3.3B active.
-# The calculator of lesson 00 (`moe_lab.params.count_parameters`, now with shared and fine-grained
+# The calculator of lesson 00 (`moe_lab.systems.params.count_parameters`, now with shared and fine-grained
 # settings) reproduces it, and shows that cutting finer or adding shared experts at equal budget
 # moves only the router:
 
@@ -286,7 +286,7 @@ def expert_choice_select_solution(router_probs, capacity):
 ok_solution = check_expert_choice_select(expert_choice_select_solution)
 
 # %% [markdown]
-# **In the package:** `moe_lab.expert_choice.expert_choice_routing`, used by
+# **In the package:** `moe_lab.variants.expert_choice.expert_choice_routing`, used by
 # `moe_lab.ExpertChoiceMoE`, which runs every expert on its $C$ tokens as one $(E, C, D)$ batch and
 # adds `gates * Expert_e(x)` back to each picked token.
 
@@ -318,7 +318,7 @@ ExpertChoiceExplorer("the cat sat on the mat, and the dog sat too", capacity_fac
 # A decoder generates token $t+1$ from tokens $\le t$ and caches what earlier tokens computed; a
 # layer whose output at position $t$ depends on a later token would compute something at
 # generation time that differs from what it computed in training. We perturb the last token of
-# sequence 0 in a batch of 4 sequences of 32 tokens (`moe_lab.causality.last_token_perturbation`)
+# sequence 0 in a batch of 4 sequences of 32 tokens (`moe_lab.variants.causality.last_token_perturbation`)
 # and measure how many outputs move, at the earlier positions of sequence 0 and in the other
 # three sequences. Each layer has 4 experts and spends the compute of top-2.
 
@@ -389,7 +389,7 @@ def soft_moe_weights_solution(slot_logits):
 ok_solution = check_soft_moe_weights(soft_moe_weights_solution)
 
 # %% [markdown]
-# **In the package:** `moe_lab.soft_moe.soft_moe_weights`, used by `moe_lab.SoftMoE`.
+# **In the package:** `moe_lab.variants.soft_moe.soft_moe_weights`, used by `moe_lab.SoftMoE`.
 #
 # Below, the dispatch weights of a Soft MoE layer (4 experts, 2 slots each) over the bytes of a
 # sentence, with lesson 05's trained embeddings as the tokens. $\Phi$ is freshly initialised, not
@@ -430,7 +430,7 @@ slot_weights_heatmap_figure(dispatch, tokenizer.pieces(sentence), slots_per_expe
 #
 # Lesson 05's dense model (`dense.pt`, one SwiGLU FFN of width 128 per block, trained 400 steps)
 # becomes an MoE of 8 copies of that FFN, top-2 renormalised, with fresh routers
-# (`moe_lab.model.upcycle_model`, built on `moe_lab.upcycle`). At step 0 the two are the same
+# (`moe_lab.lm.model.upcycle_model`, built on `moe_lab.upcycle`). At step 0 the two are the same
 # function:
 
 # %%
@@ -499,7 +499,7 @@ loss_curves_figure(curves, title="upcycled vs from scratch (same MoE, 40 steps)"
 # | sparse upcycling | Komatsuzaki et al. 2022; reported for Qwen1.5-MoE | reuses a dense checkpoint's training; equal at step 0 | experts start identical and must diverge; total parameters grow $E$-fold |
 #
 # You built the fine-grained layout rule, the expert-choice selection and the Soft MoE weights;
-# the package has `SparseMoE(..., num_shared_experts=...)`, `moe_lab.params.fine_grained`,
+# the package has `SparseMoE(..., num_shared_experts=...)`, `moe_lab.systems.params.fine_grained`,
 # `ExpertChoiceMoE`, `SoftMoE`, `upcycle` and `upcycle_model`.
 
 # %% [markdown]

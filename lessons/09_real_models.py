@@ -89,6 +89,22 @@ import warnings
 import torch
 
 from moe_lab import Experts, SparseMoE
+from moe_lab.analysis.placement import (
+    balanced_packing,
+    contiguous_placement,
+    device_loads,
+    greedy_placement,
+    replicated_placement,
+)
+from moe_lab.analysis.real_routing import (
+    COMMON_DOMAINS,
+    DATA_DIR,
+    coactivation_information,
+    load_entropy_bits,
+    load_imbalance,
+    load_real_routing,
+    specialisation_summary,
+)
 from moe_lab.checks.real_models import (
     check_convert_mixtral_experts,
     check_greedy_packing,
@@ -104,24 +120,8 @@ from moe_lab.interop import (
     mixtral_expert_weights,
     tiny_block,
 )
-from moe_lab.placement import (
-    balanced_packing,
-    contiguous_placement,
-    device_loads,
-    greedy_placement,
-    replicated_placement,
-)
-from moe_lab.real_routing import (
-    COMMON_DOMAINS,
-    DATA_DIR,
-    coactivation_information,
-    load_entropy_bits,
-    load_imbalance,
-    load_real_routing,
-    specialisation_summary,
-)
+from moe_lab.lm.stats import max_over_mean_load
 from moe_lab.routing import topk_routing
-from moe_lab.stats import max_over_mean_load
 
 warnings.filterwarnings("ignore", module="transformers")  # config notes about unused fields
 
@@ -361,7 +361,7 @@ print("converted by hand equals MixtralSparseMoeBlock (max |gap| < 1e-5):", gap 
 # %% [markdown]
 # ## 6. How two trained MoEs route: load and specialisation
 #
-# `moe_lab.real_routing.load_real_routing` reads counts shipped with the package (from the
+# `moe_lab.analysis.real_routing.load_real_routing` reads counts shipped with the package (from the
 # [OLMoE repository](https://github.com/allenai/OLMoE), Apache-2.0): how often each expert of
 # **OLMoE-1B-7B** (64 experts, top-8, trained from scratch) and **Mixtral-8x7B** (8 experts,
 # top-2) was chosen at layers 0, 7 and 15, over 208,896 tokens of each of five domains (arXiv,
@@ -408,7 +408,7 @@ print(f"{'uniform':13s} {'any':>5s}  {1.0:5.2f}   1.000")
 # expert $i$ and domain $D$, the share of $D$'s tokens routed to $i$, $100\, c_i(D) / \text{tokens}(D)$
 # percent, against uniform routing's $100K/E$ (12.5 % for OLMoE, 25 % for Mixtral). One number per
 # layer as well: the mutual information $I(\text{domain}; \text{expert})$ of the assignment counts
-# (lesson 05's measure, `moe_lab.specialisation.mutual_information`), at most
+# (lesson 05's measure, `moe_lab.lm.specialisation.mutual_information`), at most
 # $H(\text{domain}) = \log_2 5 = 2.32$ bits.
 
 # %%
@@ -488,7 +488,7 @@ def greedy_packing_solution(expert_load: torch.Tensor, num_devices: int) -> list
 solution_passed = check_greedy_packing(greedy_packing_solution)
 
 # %% [markdown]
-# **In the package:** `moe_lab.placement.balanced_packing` (and `greedy_placement`,
+# **In the package:** `moe_lab.analysis.placement.balanced_packing` (and `greedy_placement`,
 # `contiguous_placement`, `replicated_placement` around it).
 #
 # The real loads, summed over the five domains, on $G = 8$ devices: OLMoE has 8 experts per

@@ -10,46 +10,41 @@ Shape legend, used in every trailing comment of the package:
     E experts        K experts per token    C capacity (assignments per expert)
     M kept assignments (N*K minus the dropped ones)
 
-Where each piece is introduced in the course (the core first, then what stands on it):
+The tree is the architecture. At the top, the core that lessons 00-04 and 06 build:
 
     routing       TopKRouter, RouterOutput                     notebooks/01, 02
     experts       Experts                                      notebooks/00, 03
     dispatch      dense / loop / sorted / padded, capacity     notebooks/02, 03, 06
     layer         SparseMoE, MoEOutput (+ shared experts)      notebooks/03, 08
-    expert_choice ExpertChoiceMoE (Zhou et al. 2022)           notebooks/08
-    soft_moe      SoftMoE (Puigcerver et al. 2023)             notebooks/08
-    upcycling     upcycle: an MoE from a dense FFN             notebooks/08
     losses        load_balancing_loss, router_z_loss, ...      notebooks/04
     balancing     BiasBalancer (DeepSeek-V3)                   notebooks/04
-    device        pick_device, seed_everything                 notebooks/00
-    params        total vs active parameters and FLOPs         notebooks/00
-                  fine_grained: (E, K, F) -> (mE - S, mK - S, F/m) notebooks/08
-    tokenizer     ByteTokenizer (UTF-8 bytes)                  notebooks/03, 05
-    text_routing  route_text, TextRouting: a text's routing    notebooks/01, 02, 03, 05
-    toy, stats    the toy task and the per-step routing stats  notebooks/04
-    model, data   a tiny MoE transformer, the multilingual corpus          notebooks/05
-    train         training loop, ``python -m moe_lab.train``               notebooks/05
-    specialisation  language x expert counts, mutual information           notebooks/05
-    causality     does a later token change an earlier output?               notebooks/08
-    bench         ``python -m moe_lab.bench``                  notebooks/06
-    parallel      expert parallelism over torch.distributed    notebooks/07
-    syncs         count host syncs (CPU waits for the GPU)     issue 14
-    gpu_check     ``python -m moe_lab.gpu_check``: the whole course on a GPU
-    interop       transformers MoE blocks -> SparseMoE          notebooks/09
-    real_routing  OLMoE / Mixtral expert counts, their stats  notebooks/09
-    placement     experts on devices: packing, replication    notebooks/09
-    viz, widgets  figures from plain data; live widgets on top of them
-    checks        the exercise checkers, ``moe_lab.checks.check_*``
-    quizzes       self-check quizzes (``quizzes/NN.yaml``), loader, grading   every lesson; notebooks/10
+    validation    the argument checks every public function runs first
 
-Layering: the core (routing, experts, dispatch, layer, losses, balancing, expert_choice,
-soft_moe, upcycling) imports nothing of plotting, widgets, checks or training.
+Then folders, each named for what it is (each folder's docstring lists its modules):
+
+    variants/     expert choice, Soft MoE, upcycling, causality               notebooks/08
+    lm/           tokenizer, text routing, toy task, corpus, model, training,  notebooks/03-05
+                  specialisation (language x expert, mutual information)
+    analysis/     real OLMoE / Mixtral routing, expert placement              notebooks/09
+    systems/      device, params and FLOPs, bench, syncs, threads, parallel   notebooks/00, 06, 07
+    interop/      transformers MoE blocks -> moe_lab layers                   notebooks/09
+    viz/          plotly figures from plain data (no widget)
+    widgets/      ipywidgets wiring the core and the figures
+    checks/       the exercise checkers, ``moe_lab.checks.check_*``
+    quizzes/      self-check quizzes (``quizzes/NN.yaml``), loader, grading
+    course/       the course's machinery: JupyterLab contents manager, gpu_check
+
+    bench.py, train.py, gpu_check.py   the commands ``python -m moe_lab.bench`` (``.train``,
+                                       ``.gpu_check``); each is its folder's module
+
+Layering (docs/architecture.md, section 2; tests/test_layering.py holds it), bottom to top:
+core; variants/, systems/, interop/ (the core only); lm/ (+ variants, systems); analysis/
+(+ lm); viz/ (no widget); widgets/; checks/ and quizzes/; course/ (anything). Nothing imports
+a notebook.
 """
 
 from moe_lab.balancing import BiasBalancer
-from moe_lab.device import environment_summary, pick_device, print_environment, seed_everything
 from moe_lab.dispatch import DISPATCH_STRATEGIES, RoutingPlan, compute_capacity, make_routing_plan
-from moe_lab.expert_choice import ExpertChoiceMoE, ExpertChoiceOutput
 from moe_lab.experts import Experts
 from moe_lab.layer import MoEOutput, SparseMoE
 from moe_lab.losses import (
@@ -60,8 +55,10 @@ from moe_lab.losses import (
     router_z_loss,
 )
 from moe_lab.routing import RouterOutput, TopKRouter, topk_routing
-from moe_lab.soft_moe import SoftMoE, SoftMoEOutput
-from moe_lab.upcycling import upcycle
+from moe_lab.systems.device import environment_summary, pick_device, print_environment, seed_everything
+from moe_lab.variants.expert_choice import ExpertChoiceMoE, ExpertChoiceOutput
+from moe_lab.variants.soft_moe import SoftMoE, SoftMoEOutput
+from moe_lab.variants.upcycling import upcycle
 
 __all__ = [
     "DISPATCH_STRATEGIES",

@@ -66,7 +66,7 @@ class MoEOutput:
 class SparseMoEConfig:
     """SparseMoE's constructor arguments, stored by the layer: ``SparseMoE.from_config(moe.config)``
     builds the same layer (then ``load_state_dict`` copies its weights), e.g. on every rank of
-    :mod:`moe_lab.parallel`. ``dispatch``, ``capacity_factor`` and ``weight_inputs`` follow the
+    :mod:`moe_lab.systems.parallel`. ``dispatch``, ``capacity_factor`` and ``weight_inputs`` follow the
     layer's attributes of those names when they are changed (lesson 03 does)."""
 
     d_model: int

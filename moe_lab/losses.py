@@ -62,7 +62,7 @@ def load_balancing_loss(router_probs: torch.Tensor, topk_idx: torch.Tensor,
 
     ``check_range=False`` skips the check that every id lies in [0, E), which reads the ids'
     min and max on the host (two syncs on a GPU): for ids straight from a router, as in
-    :class:`moe_lab.model.TinyLM`. Types and shapes are checked either way.
+    :class:`moe_lab.lm.model.TinyLM`. Types and shapes are checked either way.
     """
     router_probs = _compute_dtype(_check_probs(router_probs))
     num_tokens, num_experts = router_probs.shape

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from moe_lab import bench
 from moe_lab.experts import Experts, grouped_matmul, grouped_mm_supported
+from moe_lab.systems import bench
 
 
 @pytest.mark.parametrize("counts", [[3, 0, 5, 2], [0, 0, 10, 0], [1, 1, 1, 1]])

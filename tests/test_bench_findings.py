@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 
-from moe_lab.bench import (
+from moe_lab.systems.bench import (
     BenchShape,
     interleaved_samples,
     native_stderr_silenced,
@@ -117,7 +117,7 @@ def test_profiler_usdt_lines_are_silenced():
     code = textwrap.dedent("""
         import os, torch
         from torch.profiler import ProfilerActivity, profile
-        from moe_lab.bench import native_stderr_silenced
+        from moe_lab.systems.bench import native_stderr_silenced
         with native_stderr_silenced():
             os.write(2, b"inside\\n")
             with profile(activities=[ProfilerActivity.CPU]):

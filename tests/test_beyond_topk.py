@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 from plain_references import one_expert
 
 from moe_lab import ExpertChoiceMoE, Experts, SoftMoE, SparseMoE, upcycle
-from moe_lab.causality import last_token_perturbation
 from moe_lab.dispatch import DISPATCH_STRATEGIES
-from moe_lab.expert_choice import expert_choice_capacity, expert_choice_routing
-from moe_lab.model import DenseFFN
-from moe_lab.soft_moe import soft_moe_weights
+from moe_lab.lm.model import DenseFFN
+from moe_lab.variants.causality import last_token_perturbation
+from moe_lab.variants.expert_choice import expert_choice_capacity, expert_choice_routing
+from moe_lab.variants.soft_moe import soft_moe_weights
 
 
 def grads_of(y, inputs, grad_y):

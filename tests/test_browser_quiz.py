@@ -1,6 +1,6 @@
 """The self-check quiz in a real browser (JupyterLab 4 + Debian's chromium, driven by Playwright).
 
-Lesson 10 (review and interview): run all cells; in the mixed review, a wrong numeric answer and a
+Lesson 12 (review and interview): run all cells; in the mixed review, a wrong numeric answer and a
 wrong option show their explanation, the right ones are marked; in the card's quiz, a written
 answer reveals the model answer with its linked checklist; the language switch turns every
 prompt into the kernel's Korean text and back. No console errors, the lesson stays under the
@@ -26,7 +26,7 @@ from browser.session import (
 
 pytestmark = BROWSER_MARKS
 
-QUIZ_LESSON = "10_review_and_interview.ipynb"
+QUIZ_LESSON = "12_review_and_interview.ipynb"
 MAX_BYTES_PER_ANSWER = 30_000  # one click or a typed answer and its feedback, both directions
 
 # Every QuizWidget of the lesson (the last expression of a cell lands in Out), as JSON: per

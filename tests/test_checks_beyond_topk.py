@@ -26,7 +26,7 @@ layout_solution = lesson_solution("08", "fine_grained_layout")
 
 
 def layout_via_package(e, k, f, m, s):
-    from moe_lab.params import fine_grained
+    from moe_lab.systems.params import fine_grained
 
     layout = fine_grained(e, k, f, m, s)
     return layout.num_experts, layout.top_k, layout.d_ff

@@ -4,6 +4,7 @@ written differently pass, and each catalogued mistake fails with its hint."""
 import torch
 from lesson_sources import lesson_solution
 
+from moe_lab.analysis.placement import balanced_packing, greedy_placement
 from moe_lab.checks.real_models import (
     check_convert_mixtral_experts,
     check_greedy_packing,
@@ -11,7 +12,6 @@ from moe_lab.checks.real_models import (
     check_input_weighted_combine,
 )
 from moe_lab.interop import mixtral_expert_weights
-from moe_lab.placement import balanced_packing, greedy_placement
 from moe_lab.routing import limit_to_top_groups
 
 

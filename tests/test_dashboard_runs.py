@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from moe_lab.stats import StepStats
+from moe_lab.lm.stats import StepStats
 from moe_lab.viz.dashboard import (
     LOSS_COLOURS,
     SERIES_COLOURS,

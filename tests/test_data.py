@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from moe_lab.data import (
+from moe_lab.lm.data import (
     SEPARATOR,
     LanguageStreams,
     Sample,
@@ -13,8 +13,8 @@ from moe_lab.data import (
     sample_batch,
     split_corpus,
 )
-from moe_lab.model import IGNORE_INDEX
-from moe_lab.tokenizer import ByteTokenizer
+from moe_lab.lm.model import IGNORE_INDEX
+from moe_lab.lm.tokenizer import ByteTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_tokenizer_round_trip_on_every_language(corpus, language):
 
 
 def test_every_language_has_a_script():
-    from moe_lab.data import SCRIPTS
+    from moe_lab.lm.data import SCRIPTS
 
     assert set(SCRIPTS) == set(list_languages())
 

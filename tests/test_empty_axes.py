@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from moe_lab.lm.text_routing import route_text
 from moe_lab.routing import TopKRouter
-from moe_lab.text_routing import route_text
 from moe_lab.viz.capacity import capacity_grid_figure, capacity_grid_table
 from moe_lab.viz.explorer import explorer_figure
 from moe_lab.viz.parallel import tokens_sent_figure

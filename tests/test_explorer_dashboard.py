@@ -12,9 +12,9 @@ from plain_references import fixed_layers
 from torch import nn
 
 from moe_lab import TopKRouter
-from moe_lab.stats import StepStats, max_over_mean_load, router_entropy, step_stats
-from moe_lab.text_routing import TextRouting
-from moe_lab.text_routing import route_text as route_token_ids
+from moe_lab.lm.stats import StepStats, max_over_mean_load, router_entropy, step_stats
+from moe_lab.lm.text_routing import TextRouting
+from moe_lab.lm.text_routing import route_text as route_token_ids
 from moe_lab.viz.dashboard import compare_runs_figure, dashboard_data, dashboard_figure
 from moe_lab.viz.explorer import (
     COLUMNS,
@@ -264,7 +264,7 @@ def test_dashboard_redraws_every_step_and_reports_its_time():
 def test_widgets_send_small_plotly_json_not_a_figurewidget(byte_model):
     import json
 
-    from moe_lab.threads import torch_threads
+    from moe_lab.systems.threads import torch_threads
     from moe_lab.widgets._output import PLOTLY_MIMETYPE
 
     embedding, router = byte_model

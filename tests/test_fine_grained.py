@@ -4,7 +4,7 @@ total and active expert parameters and FLOPs, the calculator reproduces Qwen3-30
 import pytest
 
 from moe_lab import SparseMoE
-from moe_lab.params import (
+from moe_lab.systems.params import (
     MIXTRAL_8X7B,
     QWEN3_30B_A3B,
     count_parameters,
@@ -115,7 +115,7 @@ def test_calculator_clamps_shared_below_the_routed_budget():
 
 
 def test_tiny_lm_with_shared_experts_counts_them_active():
-    from moe_lab.model import ModelConfig, TinyLM
+    from moe_lab.lm.model import ModelConfig, TinyLM
 
     config = ModelConfig(d_model=16, n_layers=2, n_heads=2, max_seq_len=16, d_ff=8,
                          num_experts=7, top_k=3, num_shared_experts=1)

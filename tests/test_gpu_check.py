@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from moe_lab import gpu_check
-from moe_lab.device import DEVICE_ENV, pick_device
-from moe_lab.parallel import run_expert_parallel
+from moe_lab.course import gpu_check
+from moe_lab.systems.device import DEVICE_ENV, pick_device
+from moe_lab.systems.parallel import run_expert_parallel
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop(DEVICE_ENV, None)
-    done = subprocess.run([sys.executable, "-m", "moe_lab.gpu_check", "--device", "cpu",
+    done = subprocess.run([sys.executable, "-m", "moe_lab.course.gpu_check", "--device", "cpu",
                            "--quick", "--out", str(out)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600, check=False)
     return out, done

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from moe_lab.layer import SparseMoE, SparseMoEConfig
-from moe_lab.parallel import _layer_config
+from moe_lab.systems.parallel import _layer_config
 
 # every constructor argument away from its default, so one the config forgets shows up
 CUSTOM = dict(d_model=12, d_ff=20, num_experts=6, top_k=3, dispatch="padded",

@@ -1,5 +1,6 @@
-"""The way through the package goes one direction (docs/architecture.md, section 2): the core imports no
-plotting, widgets, checks or training; figures know no widget; nothing imports a notebook."""
+"""The way through the package goes one direction, folder by folder (docs/architecture.md,
+section 2, cites this table; the package docstring draws it). A part of the package may import
+only the parts listed for it; nothing imports a notebook or edits sys.path."""
 
 import ast
 from pathlib import Path
@@ -7,10 +8,35 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "moe_lab"
-CORE = ["routing", "experts", "dispatch", "layer", "losses", "balancing", "validation",
-        "expert_choice", "soft_moe", "upcycling"]
-FORBIDDEN_FOR_CORE = ("plotly", "ipywidgets", "moe_lab.viz", "moe_lab.widgets", "moe_lab.checks",
-                      "moe_lab.train", "moe_lab.model", "moe_lab.data", "tqdm")
+CORE_MODULES = ("routing", "experts", "dispatch", "layer", "losses", "balancing", "validation")
+CORE = tuple(f"moe_lab.{m}" for m in CORE_MODULES)
+
+# part of the package -> the parts of moe_lab it may import (besides itself). Bottom to top.
+ALLOWED = {
+    "core": CORE,
+    "variants": CORE,
+    "systems": CORE,
+    "interop": CORE,
+    "lm": CORE + ("moe_lab.variants", "moe_lab.systems"),
+    "analysis": CORE + ("moe_lab.lm",),
+    "viz": CORE + ("moe_lab.variants", "moe_lab.systems", "moe_lab.lm", "moe_lab.analysis"),
+    "widgets": CORE + ("moe_lab.variants", "moe_lab.systems", "moe_lab.lm", "moe_lab.analysis",
+                       "moe_lab.viz", "moe_lab.quizzes"),
+    "quizzes": CORE + ("moe_lab.variants", "moe_lab.systems", "moe_lab.lm", "moe_lab.analysis"),
+    "checks": CORE + ("moe_lab.variants", "moe_lab.systems", "moe_lab.lm", "moe_lab.analysis",
+                      "moe_lab.interop"),
+    "course": ("moe_lab",),  # the top: anything
+}
+# Outer layers never reach the core; only these may import plotting or Jupyter libraries.
+DRAWS = ("viz", "widgets", "quizzes", "checks", "course")
+FRONT_END = ("plotly", "ipywidgets", "anywidget", "IPython", "tqdm", "jupyter_server")
+
+
+def part_of(path: Path) -> str:
+    relative = path.relative_to(PACKAGE)
+    if len(relative.parts) == 1:
+        return "core" if path.stem in CORE_MODULES else path.stem
+    return relative.parts[0]
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -20,27 +46,36 @@ def imported_modules(path: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module)
+            if node.module == "moe_lab":  # from moe_lab import text_routing: a submodule or a name
+                names.update(f"moe_lab.{alias.name}" for alias in node.names)
     return names
 
 
-@pytest.mark.parametrize("module", CORE)
-def test_core_imports_no_outer_layer(module):
-    imports = imported_modules(PACKAGE / f"{module}.py")
-    assert not [m for m in imports if m.startswith(FORBIDDEN_FOR_CORE)]
+SOURCES = sorted(p for p in PACKAGE.rglob("*.py") if part_of(p) in ALLOWED)
 
 
-@pytest.mark.parametrize("module", ["tokenizer", "text_routing"])
-def test_text_routing_is_as_plain_as_the_core(module):
-    """Built on the core, under the model and the figures: routing a text (moe_lab.text_routing)
-    knows no figure, widget, checker, model or training, so each of them can use it."""
-    imports = imported_modules(PACKAGE / f"{module}.py")
-    assert not [m for m in imports if m.startswith(FORBIDDEN_FOR_CORE)]
+def test_every_part_of_the_package_has_a_rule():
+    commands = {"__init__", "bench", "train", "gpu_check"}  # the root and the three entry points
+    parts = {part_of(p) for p in PACKAGE.rglob("*.py")}
+    assert parts - set(ALLOWED) <= commands, parts - set(ALLOWED) - commands
 
 
-@pytest.mark.parametrize("path", sorted((PACKAGE / "viz").glob("*.py")), ids=lambda p: p.name)
-def test_figures_know_no_widget(path):
-    imports = imported_modules(path)
-    assert not [m for m in imports if m.startswith(("ipywidgets", "moe_lab.widgets"))]
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_follow_the_layering(path):
+    part = part_of(path)
+    own = CORE if part == "core" else (f"moe_lab.{part}",)
+    allowed = ALLOWED[part] + own
+    inside = [m for m in imported_modules(path) if m.startswith("moe_lab")]
+    wrong = [m for m in inside if not any(m == a or m.startswith(a + ".") for a in allowed)
+             and m != "moe_lab"]
+    if part != "course":  # the package root re-exports the core: only the outer layers may use it
+        wrong += [m for m in inside if m == "moe_lab" and part in ("core", "variants", "systems",
+                                                                  "interop")]
+    assert not wrong, f"{path.relative_to(PACKAGE)} ({part}) imports {wrong}"
+    if part not in DRAWS:  # the language model's training loop shows a progress bar (tqdm)
+        front_end = tuple(f for f in FRONT_END if not (part == "lm" and f == "tqdm"))
+        drawn = [m for m in imported_modules(path) if m.split(".")[0] in front_end]
+        assert not drawn, f"{path.relative_to(PACKAGE)} ({part}) imports {drawn}"
 
 
 def test_nothing_imports_a_notebook_or_edits_sys_path():

@@ -7,8 +7,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from moe_lab.model import ModelConfig, TinyLM, upcycle_model
-from moe_lab.train import LESSON08_RESULTS_DIR, LESSON08_RUNS, TrainConfig, load_log, main, train
+from moe_lab.lm.model import ModelConfig, TinyLM, upcycle_model
+from moe_lab.lm.train import LESSON08_RESULTS_DIR, LESSON08_RUNS, TrainConfig, load_log, main, train
 from moe_lab.viz.beyond_topk import choice_loads, choice_loads_figure, slot_weights_heatmap_figure
 from moe_lab.widgets.expert_choice import ExpertChoiceExplorer
 

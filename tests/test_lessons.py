@@ -38,7 +38,7 @@ SKELETON = [
     ("further reading", r"^#+ .*Further reading"),
 ]
 # A review lesson builds nothing new: it has no math, exercise or live figure of its own.
-REVIEW_LESSONS = {"10_review_and_interview"}
+REVIEW_LESSONS = {"12_review_and_interview"}
 
 
 def cells(source: Path) -> list[nbformat.NotebookNode]:

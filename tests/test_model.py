@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from moe_lab import average_over_layers, load_balancing_loss, router_z_loss
-from moe_lab.model import IGNORE_INDEX, LMOutput, ModelConfig, TinyLM, route_text
+from moe_lab.lm.model import IGNORE_INDEX, LMOutput, ModelConfig, TinyLM, route_text
 
 SMALL = dict(d_model=32, n_layers=2, n_heads=4, max_seq_len=16, d_ff=16, num_experts=4, top_k=2)
 

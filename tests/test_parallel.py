@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moe_lab import SparseMoE
-from moe_lab.parallel import (
+from moe_lab.systems.parallel import (
     ExpertParallelError,
     expert_owner,
     free_port,

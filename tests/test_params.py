@@ -1,4 +1,4 @@
-"""moe_lab.params: Mixtral 8x7B's published totals, agreement with the real modules, FLOPs."""
+"""moe_lab.systems.params: Mixtral 8x7B's published totals, agreement with the real modules, FLOPs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from moe_lab import Experts, SparseMoE, TopKRouter
-from moe_lab.params import (
+from moe_lab.systems.params import (
     MIXTRAL_8X7B,
     TransformerConfig,
     attention_params,

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moe_lab.placement import (
+from moe_lab.analysis.placement import (
     balanced_packing,
     contiguous_placement,
     device_loads,

@@ -55,7 +55,7 @@ def test_every_file_validates_in_both_languages(path):
     assert path.stem == quiz.lesson[:2]
     assert (ROOT / "notebooks" / f"{quiz.lesson}.ipynb").is_file() or \
         (ROOT / "lessons" / f"{quiz.lesson}.py").is_file(), quiz.lesson
-    if quiz.lesson[:2] != "10":
+    if quiz.lesson[:2] != "12":
         assert 4 <= len(quiz.questions) <= 8, len(quiz.questions)
     for question in quiz.questions:
         for lang in LANGUAGES:
@@ -226,10 +226,10 @@ def test_grading_marks_right_wrong_and_unreadable():
     assert grade(short, "my answer").show_explanation
 
 
-# ---- lesson 10: the starting card's questions ------------------------------------------------
+# ---- lesson 12: the starting card's questions ------------------------------------------------
 
 def test_lesson_10_quotes_the_card_questions_and_answers_as_its_quiz_holds_them():
-    source = ROOT / "lessons" / "10_review_and_interview.py"
+    source = ROOT / "lessons" / "12_review_and_interview.py"
     text = source.read_text(encoding="utf-8")
     markdown = "\n".join(line[2:] for line in text.splitlines() if line.startswith("# "))
     card = load_quiz(10)
@@ -245,7 +245,7 @@ def test_lesson_10_quotes_the_card_questions_and_answers_as_its_quiz_holds_them(
 def test_review_draws_one_marked_question_per_lesson():
     from moe_lab.quizzes import review_questions
     review = review_questions(seed=0)
-    lessons = [quiz.lesson[:2] for quiz in load_all() if quiz.lesson[:2] != "10"]
+    lessons = [quiz.lesson[:2] for quiz in load_all() if quiz.lesson[:2] != "12"]
     assert [q.id.split(":")[0] for q in review] == lessons
     assert all(q.kind in ("choice", "numeric") and q.prompt.en.startswith(f"[{q.id[:2]}] ")
                for q in review)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from moe_lab.real_routing import (
+from moe_lab.analysis.real_routing import (
     COMMON_DOMAINS,
     DATA_DIR,
     DATA_FILE,

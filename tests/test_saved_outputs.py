@@ -16,7 +16,7 @@ import nbformat
 import pytest
 from traitlets.config import Config
 
-from moe_lab.saved_outputs import RUN_TO_SHOW, WIDGET_VIEW, CourseContentsManager, drop_widget_views
+from moe_lab.course.saved_outputs import RUN_TO_SHOW, WIDGET_VIEW, CourseContentsManager, drop_widget_views
 
 ROOT = Path(__file__).resolve().parents[1]
 PLOTLY = "application/vnd.plotly.v1+json"

@@ -7,9 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moe_lab.data import Batch
-from moe_lab.model import ModelConfig, TinyLM
-from moe_lab.specialisation import (
+from moe_lab.lm.data import Batch
+from moe_lab.lm.model import ModelConfig, TinyLM
+from moe_lab.lm.specialisation import (
     BYTE_CLASSES,
     RoutingTrace,
     byte_class,

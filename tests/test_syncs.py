@@ -6,9 +6,9 @@ import torch
 import torch.distributed as dist
 
 from moe_lab import SparseMoE, load_balancing_loss
-from moe_lab.model import ModelConfig, TinyLM
-from moe_lab.parallel import ExpertParallelMoE, free_port
-from moe_lab.syncs import count_host_syncs
+from moe_lab.lm.model import ModelConfig, TinyLM
+from moe_lab.systems.parallel import ExpertParallelMoE, free_port
+from moe_lab.systems.syncs import count_host_syncs
 
 
 @pytest.mark.parametrize("make_sync, kind", [

@@ -1,4 +1,4 @@
-"""The one way a text is routed (moe_lab.text_routing): bytes -> a routing callable -> one table,
+"""The one way a text is routed (moe_lab.lm.text_routing): bytes -> a routing callable -> one table,
 and the adapters built on it (the toy byte router of the lesson 01-02 widgets)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 from plain_references import fixed_layers
 
 from moe_lab import RouterOutput
-from moe_lab.text_routing import TextRouting, route_text
+from moe_lab.lm.text_routing import TextRouting, route_text
 from moe_lab.widgets._toy import ToyByteRouter
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moe_lab.stats import StepStats
-from moe_lab.toy import ToyConfig, make_toy_targets, train_toy
+from moe_lab.lm.stats import StepStats
+from moe_lab.lm.toy import ToyConfig, make_toy_targets, train_toy
 
 
 def test_targets_permute_each_group():

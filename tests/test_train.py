@@ -6,9 +6,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from moe_lab.data import load_lesson_data
-from moe_lab.model import ModelConfig
-from moe_lab.train import (
+from moe_lab.lm.data import load_lesson_data
+from moe_lab.lm.model import ModelConfig
+from moe_lab.lm.train import (
     LESSON05_RUNS,
     RESULTS_DIR,
     Callback,

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from moe_lab.bench import BenchResult, BenchShape
+from moe_lab.systems.bench import BenchResult, BenchShape
 from moe_lab.viz.efficiency import (
     BenchRow,
     bench_rows,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from moe_lab.model import ModelConfig, TinyLM
+from moe_lab.lm.model import ModelConfig, TinyLM
 from moe_lab.viz.lm import (
     capacity_sweep_figure,
     capacity_sweep_table,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from moe_lab.real_routing import coactivation, domain_specialisation, load_real_routing
+from moe_lab.analysis.real_routing import coactivation, domain_specialisation, load_real_routing
 from moe_lab.viz.real_routing import VIEWS, real_routing_figure, real_routing_table
 from moe_lab.widgets.real_routing import RealRoutingExplorer
 

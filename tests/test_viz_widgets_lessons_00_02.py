@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moe_lab import RouterOutput
-from moe_lab.params import MIXTRAL_8X7B, count_parameters
-from moe_lab.text_routing import route_text
+from moe_lab.lm.text_routing import route_text
+from moe_lab.systems.params import MIXTRAL_8X7B, count_parameters
 from moe_lab.viz.capacity import (
     DROPPED,
     KEPT,

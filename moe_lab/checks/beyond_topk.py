@@ -2,13 +2,13 @@
 
 - :func:`check_fine_grained_layout`: ``fine_grained_layout(num_experts, top_k, d_ff, granularity,
   num_shared_experts) -> (routed experts, routed per token, d_ff)`` (compared with
-  :func:`moe_lab.params.fine_grained`).
+  :func:`moe_lab.systems.params.fine_grained`).
 - :func:`check_expert_choice_select`: ``expert_choice_select(router_probs, capacity) ->
   (token_idx, gates)``, each (E, C): every expert's C best tokens (compared with
-  :func:`moe_lab.expert_choice.expert_choice_routing`; any order within an expert's row).
+  :func:`moe_lab.variants.expert_choice.expert_choice_routing`; any order within an expert's row).
 - :func:`check_soft_moe_weights`: ``soft_moe_weights(slot_logits) -> (dispatch_weights,
   combine_weights)`` for slot_logits (B, T, E*S) (compared with
-  :func:`moe_lab.soft_moe.soft_moe_weights`).
+  :func:`moe_lab.variants.soft_moe.soft_moe_weights`).
 
 Each runs the learner's function on small seeded inputs (one token, other expert counts, large
 logits), checks gradients and that the inputs are left unchanged, and, when the answer is wrong,
@@ -22,9 +22,9 @@ from collections.abc import Callable
 import torch
 
 from moe_lab.checks.core import CheckFailed, checker, expect_close, expect_pair
-from moe_lab.expert_choice import expert_choice_routing
-from moe_lab.params import fine_grained
-from moe_lab.soft_moe import soft_moe_weights
+from moe_lab.systems.params import fine_grained
+from moe_lab.variants.expert_choice import expert_choice_routing
+from moe_lab.variants.soft_moe import soft_moe_weights
 
 # ------------------------------------------------------------------ fine-grained and shared
 

@@ -25,8 +25,8 @@ from moe_lab.checks.core import (
     fresh,
     set_case,
 )
+from moe_lab.lm.specialisation import entropy_bits, mutual_information
 from moe_lab.losses import average_over_layers, load_balancing_loss
-from moe_lab.specialisation import entropy_bits, mutual_information
 
 
 def _aux_case(seed: int, num_layers: int, num_tokens: int, num_experts: int, top_k: int,

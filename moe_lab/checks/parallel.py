@@ -1,6 +1,6 @@
 """Checkers for lesson 07 (expert parallelism): the bookkeeping of the all-to-all.
 
-References: :func:`moe_lab.parallel.send_splits`, :func:`moe_lab.parallel.local_expert_order`.
+References: :func:`moe_lab.systems.parallel.send_splits`, :func:`moe_lab.systems.parallel.local_expert_order`.
 
 - :func:`check_send_splits`: ``send_splits(topk_idx, num_experts, world_size) -> (W,)``: rows a
   rank sends to each rank, one per (token, expert) assignment, experts owned in contiguous
@@ -27,7 +27,7 @@ import torch
 
 from moe_lab.checks.core import CheckFailed, call, checker, fmt, fresh, set_case
 from moe_lab.checks.efficiency import expect_grouped_by
-from moe_lab.parallel import send_splits
+from moe_lab.systems.parallel import send_splits
 
 
 @checker("check_send_splits")

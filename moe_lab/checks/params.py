@@ -2,8 +2,8 @@
 
 - :func:`check_moe_ffn_params`: ``moe_ffn_params(config) -> (total, active)``, the parameters of
   the routers and experts of all ``config.num_layers`` layers of a
-  :class:`moe_lab.params.TransformerConfig`: stored (all E experts) and run per token (K of them),
-  compared with :func:`moe_lab.params.count_parameters`.
+  :class:`moe_lab.systems.params.TransformerConfig`: stored (all E experts) and run per token (K of them),
+  compared with :func:`moe_lab.systems.params.count_parameters`.
 
 The cases run from a dense model (E = K = 1: no router) to a DeepSeek-V3-sized stack whose counts
 do not fit in 32 bits; a wrong answer is recomputed with the usual mistakes to say which one it
@@ -16,7 +16,7 @@ import dataclasses
 from collections.abc import Callable
 
 from moe_lab.checks.core import CheckFailed, checker
-from moe_lab.params import MIXTRAL_8X7B, TransformerConfig, count_parameters, ffn_params
+from moe_lab.systems.params import MIXTRAL_8X7B, TransformerConfig, count_parameters, ffn_params
 
 CASES = (
     ("Mixtral 8x7B", MIXTRAL_8X7B),
@@ -38,7 +38,7 @@ CASES = (
 
 
 def reference_moe_ffn_params(config: TransformerConfig) -> tuple[int, int]:
-    """(total, active) of the routers and experts, from :func:`moe_lab.params.count_parameters`."""
+    """(total, active) of the routers and experts, from :func:`moe_lab.systems.params.count_parameters`."""
     counts = count_parameters(config)
     return (counts["router"].total + counts["experts"].total,
             counts["router"].active + counts["experts"].active)

@@ -11,7 +11,7 @@
   :func:`moe_lab.interop.mixtral_expert_weights`).
 - :func:`check_greedy_packing`: ``greedy_packing(expert_load, num_devices) -> list of G lists of
   expert ids``: heaviest first onto the least-loaded device with a free slot (compared by device
-  loads with :func:`moe_lab.placement.balanced_packing`; ties may go either way).
+  loads with :func:`moe_lab.analysis.placement.balanced_packing`; ties may go either way).
 
 Catalogued mistakes: no group limit, a group scored by its best expert or by all of them, masking
 with 0 instead of -inf; weighting the output (or both, or neither), only the first slot,
@@ -25,11 +25,11 @@ from collections.abc import Callable
 
 import torch
 
+from moe_lab.analysis.placement import balanced_packing
 from moe_lab.checks.core import CheckFailed, checker, expect_close
 from moe_lab.experts import Experts
 from moe_lab.interop import mixtral_expert_weights
 from moe_lab.layer import SparseMoE
-from moe_lab.placement import balanced_packing
 from moe_lab.routing import limit_to_top_groups
 
 

@@ -12,7 +12,7 @@ import torch
 
 from moe_lab.dispatch import compute_capacity
 from moe_lab.losses import load_balancing_loss, router_z_loss
-from moe_lab.params import MIXTRAL_8X7B, TransformerConfig, count_parameters, ffn_params
+from moe_lab.systems.params import MIXTRAL_8X7B, TransformerConfig, count_parameters, ffn_params
 
 
 def _balanced_topk_idx(num_tokens: int, num_experts: int, top_k: int) -> torch.Tensor:
@@ -102,7 +102,7 @@ def dense_reference_work_ratio(num_experts: int, top_k: int) -> float:
 
 def byte_token_count(text: str) -> int:
     """Tokens of ``text`` for the course's ``ByteTokenizer``: its UTF-8 bytes."""
-    from moe_lab.tokenizer import ByteTokenizer
+    from moe_lab.lm.tokenizer import ByteTokenizer
 
     return len(ByteTokenizer().encode(text))
 
@@ -132,8 +132,8 @@ def moe_layer_forward_gflops(num_tokens: int, d_model: int, d_ff: int, top_k: in
 
 
 def owner_of_expert(expert: int, num_experts: int, world_size: int) -> int:
-    """The rank that holds ``expert`` (``moe_lab.parallel.expert_owner``)."""
-    from moe_lab.parallel import expert_owner
+    """The rank that holds ``expert`` (``moe_lab.systems.parallel.expert_owner``)."""
+    from moe_lab.systems.parallel import expert_owner
 
     return int(expert_owner(num_experts, world_size)[expert])
 
@@ -141,8 +141,8 @@ def owner_of_expert(expert: int, num_experts: int, world_size: int) -> int:
 def cross_rank_share_balanced(num_experts: int, world_size: int, tokens_per_rank: int = 64,
                               top_k: int = 2) -> float:
     """Share of the rows that leave their rank when every rank's routing is balanced,
-    from ``moe_lab.parallel.send_splits``: (W - 1) / W."""
-    from moe_lab.parallel import send_splits
+    from ``moe_lab.systems.parallel.send_splits``: (W - 1) / W."""
+    from moe_lab.systems.parallel import send_splits
 
     crossing = total = 0
     for rank in range(world_size):

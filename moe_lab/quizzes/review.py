@@ -1,4 +1,4 @@
-"""A mixed review drawn from every lesson's quiz (lesson 10): one question per lesson, chosen
+"""A mixed review drawn from every lesson's quiz (lesson 12): one question per lesson, chosen
 by a seeded generator so the review is the same on every run."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ REVIEW_KINDS = ("choice", "numeric")  # marked at once; short answers stay in th
 
 
 def review_questions(*, per_lesson: int = 1, seed: int = 0,
-                     exclude: tuple[str, ...] = ("10",)) -> list[Question]:
+                     exclude: tuple[str, ...] = ("12",)) -> list[Question]:
     """``per_lesson`` choice or numeric questions from each quiz (lessons in ``exclude`` left
     out), in lesson order. Each prompt is prefixed with its lesson, e.g. "[04] ", and each id
     becomes "04:uniform-loss"."""

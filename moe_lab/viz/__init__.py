@@ -2,7 +2,7 @@
 
 Each module pairs a pure ``*_table`` / ``*_data`` / ``*_traces`` function (what the figure
 shows, tested) with a ``*_figure`` function that only draws it. One module per lesson topic.
-The text-routing figures draw from the one result type, :class:`moe_lab.text_routing.TextRouting`.
+The text-routing figures draw from the one result type, :class:`moe_lab.lm.text_routing.TextRouting`.
 
 Where each figure is used (a lesson calls it directly, or through the widget in brackets):
 

@@ -12,8 +12,8 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from moe_lab.expert_choice import expert_choice_capacity, expert_choice_routing
 from moe_lab.routing import topk_routing
+from moe_lab.variants.expert_choice import expert_choice_capacity, expert_choice_routing
 
 TOKEN_CHOICE_COLOUR, EXPERT_CHOICE_COLOUR = "#1f77b4", "#d62728"
 

@@ -1,7 +1,7 @@
 """The training dashboard's data and figures: expert load, router entropy and losses per step.
 Lesson 04.
 
-:func:`dashboard_data` turns a list of :class:`moe_lab.stats.StepStats` into plain lists (tested);
+:func:`dashboard_data` turns a list of :class:`moe_lab.lm.stats.StepStats` into plain lists (tested);
 :func:`dashboard_figure` draws them in four panels (load share of each expert over the steps as a
 heatmap; max/mean load; router entropy against its maximum log E; every loss), and
 :func:`apply_dashboard_data` updates such a figure in place, for live redraws.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from moe_lab.stats import StepStats
+from moe_lab.lm.stats import StepStats
 
 METRICS = ("max_over_mean", "router_entropy", "max_abs_logit")
 LOSS_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")

@@ -1,6 +1,6 @@
 """Lesson 06 figures: timings as shapes grow, padding waste, where the time and memory go.
 
-Pure functions turn bench results (:mod:`moe_lab.bench`, live or from a recorded JSON), a routing
+Pure functions turn bench results (:mod:`moe_lab.systems.bench`, live or from a recorded JSON), a routing
 or a torch.profiler run into small tables (tested); the ``*_figure`` functions only draw them.
 """
 
@@ -44,7 +44,7 @@ class BenchRow:
 
 
 def bench_rows(results: Iterable[object]) -> list[BenchRow]:
-    """Flatten :class:`moe_lab.bench.BenchResult` objects or the dicts of a bench JSON."""
+    """Flatten :class:`moe_lab.systems.bench.BenchResult` objects or the dicts of a bench JSON."""
     rows = []
     for result in results:
         if isinstance(result, dict):

@@ -3,10 +3,10 @@
 
 The interface, in three pieces:
 
-1. :class:`moe_lab.text_routing.TextRouting` (also importable here as ``RoutingTable``), plain
+1. :class:`moe_lab.lm.text_routing.TextRouting` (also importable here as ``RoutingTable``), plain
    data: one label per token, and per MoE layer ``topk_idx`` (T, K), ``topk_weights`` (T, K),
    ``router_probs`` (T, E) and ``tokens_per_expert`` (E,), stacked over the L layers. Any model
-   makes one with :func:`moe_lab.text_routing.route_text` from a callable ids -> RouterOutputs;
+   makes one with :func:`moe_lab.lm.text_routing.route_text` from a callable ids -> RouterOutputs;
    :func:`route_text` here does it for an embedding + router over bytes (lesson 03).
 2. A *routing callable*, what :class:`moe_lab.widgets.explorer.RoutingExplorer` accepts::
 
@@ -36,10 +36,10 @@ import torch
 from plotly.subplots import make_subplots
 from torch import nn
 
-from moe_lab import text_routing
+from moe_lab.lm import text_routing
+from moe_lab.lm.text_routing import TextRouting
+from moe_lab.lm.tokenizer import ByteTokenizer
 from moe_lab.routing import RouterOutput, TopKRouter
-from moe_lab.text_routing import TextRouting
-from moe_lab.tokenizer import ByteTokenizer
 from moe_lab.validation import check_top_k
 
 MAX_TOKENS = 96  # tokens drawn; longer texts are cut, and the figure says so
@@ -62,7 +62,7 @@ def route_text(text: str, embedding: nn.Embedding, router: TopKRouter, *, top_k:
                noise: float = 0.0, seed: int = 0, max_tokens: int = MAX_TOKENS,
                tokenizer: ByteTokenizer | None = None) -> TextRouting:
     """Route the byte tokens of ``text`` through ``embedding`` and ``router`` (lesson 03), with
-    :func:`moe_lab.text_routing.route_text`.
+    :func:`moe_lab.lm.text_routing.route_text`.
 
     ``top_k`` overrides the router's K (1..E); ``noise`` is the std of Gaussian noise added to the
     router logits (seeded: the same text and settings give the same picture); only the first

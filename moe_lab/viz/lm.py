@@ -13,8 +13,8 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from moe_lab.model import TinyLM, route_text
-from moe_lab.text_routing import TextRouting
+from moe_lab.lm.model import TinyLM, route_text
+from moe_lab.lm.text_routing import TextRouting
 from moe_lab.viz.dashboard import series_colour
 from moe_lab.viz.explorer import RoutingFn
 

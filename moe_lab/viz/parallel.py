@@ -31,7 +31,7 @@ class TokensSentTable:
 
 
 def tokens_sent_table(tokens_sent: torch.Tensor) -> TokensSentTable:
-    """From the (W, W) matrix of :class:`moe_lab.parallel.ExpertParallelResult`."""
+    """From the (W, W) matrix of :class:`moe_lab.systems.parallel.ExpertParallelResult`."""
     if tokens_sent.dim() != 2 or tokens_sent.shape[0] != tokens_sent.shape[1]:
         raise ValueError(f"tokens_sent must be a square (W, W) matrix, "
                          f"got {tuple(tokens_sent.shape)}")

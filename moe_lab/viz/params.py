@@ -1,14 +1,14 @@
 """Total vs active parameters, drawn. Lesson 00.
 
 :func:`params_summary` is the table (plain strings, tested); :func:`params_figure` draws the
-component breakdown of :func:`moe_lab.params.count_parameters` as grouped bars.
+component breakdown of :func:`moe_lab.systems.params.count_parameters` as grouped bars.
 """
 
 from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from moe_lab.params import (
+from moe_lab.systems.params import (
     ParamCount,
     TransformerConfig,
     count_parameters,

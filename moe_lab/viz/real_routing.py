@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from moe_lab.real_routing import COMMON_DOMAINS, ModelRouting, coactivation, domain_specialisation
+from moe_lab.analysis.real_routing import COMMON_DOMAINS, ModelRouting, coactivation, domain_specialisation
 
 VIEWS = ("domain specialisation", "co-activation")
 

@@ -1,6 +1,6 @@
 """The router's per-token probabilities, drawn as a heatmap. Lesson 01.
 
-:func:`router_heatmap_table` turns one layer of a :class:`moe_lab.text_routing.TextRouting` into
+:func:`router_heatmap_table` turns one layer of a :class:`moe_lab.lm.text_routing.TextRouting` into
 plain lists (tested); :func:`router_heatmap_figure` draws it: tokens down, experts across, colour
 = router probability, a marker on each token's chosen experts.
 """
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from moe_lab.text_routing import TextRouting
+from moe_lab.lm.text_routing import TextRouting
 
 MAX_TOKENS = 64  # rows drawn; longer texts are cut before routing (the figure says so)
 
@@ -37,7 +37,7 @@ class RouterHeatmapTable:
 def router_heatmap_table(routing: TextRouting, layer: int = 0) -> RouterHeatmapTable:
     """Plain lists of ``layer``'s probabilities and choices for the tokens of ``routing``."""
     if not isinstance(routing, TextRouting):
-        raise TypeError(f"routing must be a TextRouting (moe_lab.text_routing), "
+        raise TypeError(f"routing must be a TextRouting (moe_lab.lm.text_routing), "
                         f"got {type(routing).__name__}")
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < routing.num_layers:
         raise ValueError(f"layer must be an int in [0, {routing.num_layers}), got {layer!r}")

@@ -1,15 +1,15 @@
 """A toy router on bytes for the lesson widgets: a fixed, seeded embedding of the 256 byte
-tokens (:class:`moe_lab.tokenizer.ByteTokenizer`) feeding a :class:`moe_lab.TopKRouter` whose
+tokens (:class:`moe_lab.lm.tokenizer.ByteTokenizer`) feeding a :class:`moe_lab.TopKRouter` whose
 gate weights are also fixed and seeded, so the same text always routes the same way."""
 
 from __future__ import annotations
 
 import torch
 
-from moe_lab import text_routing
+from moe_lab.lm import text_routing
+from moe_lab.lm.text_routing import TextRouting
+from moe_lab.lm.tokenizer import ByteTokenizer
 from moe_lab.routing import RouterOutput, TopKRouter
-from moe_lab.text_routing import TextRouting
-from moe_lab.tokenizer import ByteTokenizer
 
 
 class ToyByteRouter:
@@ -38,7 +38,7 @@ class ToyByteRouter:
     def route(self, text: str, top_k: int, *, noise: str | None = None,
               router_dtype: torch.dtype = torch.float32, max_tokens: int = 64) -> TextRouting:
         """Tokenise ``text`` (any string, even empty), keep the first ``max_tokens`` bytes and
-        route them (:func:`moe_lab.text_routing.route_text`, one layer). Noise is seeded, so a
+        route them (:func:`moe_lab.lm.text_routing.route_text`, one layer). Noise is seeded, so a
         redraw with the same settings gives the same picture; the caller's random state is
         left as it was."""
 

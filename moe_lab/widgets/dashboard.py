@@ -21,7 +21,7 @@ import time
 import ipywidgets as widgets
 from IPython.display import DisplayHandle, display
 
-from moe_lab.stats import StepStats
+from moe_lab.lm.stats import StepStats
 from moe_lab.validation import check_positive_int
 from moe_lab.viz.dashboard import (
     DashboardData,

@@ -27,9 +27,9 @@ import time
 
 import ipywidgets as widgets
 
-from moe_lab.text_routing import TextRouting
-from moe_lab.threads import torch_threads
-from moe_lab.tokenizer import clean_text
+from moe_lab.lm.text_routing import TextRouting
+from moe_lab.lm.tokenizer import clean_text
+from moe_lab.systems.threads import torch_threads
 from moe_lab.validation import check_positive_int, check_top_k
 from moe_lab.viz.explorer import (
     RoutingFn,
@@ -52,7 +52,7 @@ class RoutingExplorer(StaticFallback, widgets.VBox):
         check_positive_int("num_experts", num_experts)
         check_top_k(top_k, num_experts)
         self.route_fn = route_fn
-        self.num_threads = num_threads  # torch threads while routing (see moe_lab.threads)
+        self.num_threads = num_threads  # torch threads while routing (see moe_lab.systems.threads)
         self.last_redraw_ms = 0.0
         self.text = widgets.Text(value=clean_text(text), description="text",
                                  placeholder="type a sentence", continuous_update=True,
@@ -87,7 +87,7 @@ class RoutingExplorer(StaticFallback, widgets.VBox):
             table = self.route_fn(self.text.value, int(self.top_k.value),
                                   float(self.noise.value))
         if not isinstance(table, TextRouting):
-            raise TypeError(f"route_fn must return a TextRouting (moe_lab.text_routing), "
+            raise TypeError(f"route_fn must return a TextRouting (moe_lab.lm.text_routing), "
                             f"got {type(table).__name__}")
         return table
 

@@ -2,7 +2,7 @@
 parameters, FLOPs per token and memory, with buttons that load Mixtral 8x7B and Qwen3-30B-A3B.
 Lesson 08 adds two settings: fine-grained experts (cut each expert into m, route to m * K) and
 shared experts (S of them always on, taken out of the routed budget), both by
-:func:`moe_lab.params.fine_grained`."""
+:func:`moe_lab.systems.params.fine_grained`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import math
 
 import ipywidgets as widgets
 
-from moe_lab.params import (
+from moe_lab.systems.params import (
     MIXTRAL_8X7B,
     QWEN3_30B_A3B,
     TransformerConfig,

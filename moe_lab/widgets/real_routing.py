@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipywidgets as widgets
 
-from moe_lab.real_routing import ModelRouting
+from moe_lab.analysis.real_routing import ModelRouting
 from moe_lab.viz.real_routing import VIEWS, real_routing_figure, real_routing_table
 from moe_lab.widgets._output import StaticFallback, show_in_output
 

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from moe_lab.parallel import free_port  # a port on 127.0.0.1 only
+from moe_lab.systems.parallel import free_port  # a port on 127.0.0.1 only
 
 STARTUP_TIMEOUT_S = 120.0  # a loaded 2-core machine can take a while to import JupyterLab
 SHUTDOWN_TIMEOUT_S = 20.0

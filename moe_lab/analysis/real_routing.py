@@ -16,7 +16,7 @@ From a count vector c (E,) of one layer and domain:
                       scripts/plot_routing_analysis_v2.ipynb; uniform routing gives 100 K / E)
 
 and over domains, the mutual information I(domain; expert) of the (domain, expert) assignment
-counts (:func:`moe_lab.specialisation.mutual_information`, the measure of lesson 05).
+counts (:func:`moe_lab.lm.specialisation.mutual_information`, the measure of lesson 05).
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from pathlib import Path
 
 import torch
 
-from moe_lab.specialisation import entropy_bits, mutual_information
-from moe_lab.stats import max_over_mean_load
+from moe_lab.lm.specialisation import entropy_bits, mutual_information
+from moe_lab.lm.stats import max_over_mean_load
 
-DATA_DIR = Path(__file__).resolve().parent / "datasets" / "real_routing"
+DATA_DIR = Path(__file__).resolve().parents[1] / "datasets" / "real_routing"
 DATA_FILE = DATA_DIR / "olmoe_mixtral_expert_counts.json"
 LICENCE_FILE = DATA_DIR / "LICENSE-OLMoE-Apache-2.0.txt"
 COMMON_DOMAINS = ("arxiv", "book", "c4", "github", "wikipedia")  # measured for both models

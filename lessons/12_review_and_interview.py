@@ -13,7 +13,7 @@
 # ---
 
 # %% [markdown] tags=["launch"]
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/moe-lab/moe-lab/blob/main/notebooks/10_review_and_interview.ipynb) [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/moe-lab/moe-lab/main?urlpath=lab/tree/notebooks/10_review_and_interview.ipynb)
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/moe-lab/moe-lab/blob/main/notebooks/12_review_and_interview.ipynb) [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/moe-lab/moe-lab/main?urlpath=lab/tree/notebooks/12_review_and_interview.ipynb)
 
 # %% tags=["launch"] jupyter={"source_hidden": true}
 # NBVAL_IGNORE_OUTPUT
@@ -57,11 +57,11 @@ import torch
 
 import moe_lab
 from moe_lab import TopKRouter, compute_capacity
-from moe_lab.expert_choice import expert_choice_capacity, expert_choice_routing
-from moe_lab.params import MIXTRAL_8X7B, count_parameters, flops_per_token
+from moe_lab.lm.train import LESSON05_RUNS, load_log
 from moe_lab.quizzes import load_quiz, review_questions
 from moe_lab.quizzes.render import LABELS
-from moe_lab.train import LESSON05_RUNS, load_log
+from moe_lab.systems.params import MIXTRAL_8X7B, count_parameters, flops_per_token
+from moe_lab.variants.expert_choice import expert_choice_capacity, expert_choice_routing
 from moe_lab.viz.lm import capacity_sweep_table
 from moe_lab.widgets.quiz import QuizWidget, show_quiz
 
@@ -89,7 +89,7 @@ card = load_quiz(10)
 show_quiz(card)
 
 # %% [markdown]
-# The questions and the card's answers are data (`moe_lab/quizzes/10.yaml`); the same text in a
+# The questions and the card's answers are data (`moe_lab/quizzes/12.yaml`); the same text in a
 # static form, for a viewer without a kernel, is in section 5.
 
 # %%
@@ -127,7 +127,7 @@ print(len(review), "questions:", [q.id for q in review])
 # near-tied logits round together or swap, and the token goes to a different expert. And because
 # it is cheap: the router is a $D \times E$ matrix. The first cell repeats lesson 01's experiment
 # (same weights, same bf16 activations, a float32 and a bfloat16 router); the second computes
-# what float32 costs in Mixtral 8x7B, from `moe_lab.params`.
+# what float32 costs in Mixtral 8x7B, from `moe_lab.systems.params`.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -168,7 +168,7 @@ print(f"all FLOPs per token (no attention scores): "
 # In expert choice routing (Zhou et al. 2022) each expert picks its $C = \lceil c \cdot N / E \rceil$
 # best-scoring tokens from the batch, instead of each token picking $K$ experts. Two measurements
 # with the package's router and the package's expert-choice selection
-# (`moe_lab.expert_choice.expert_choice_routing`, lesson 08): first, whether a token's experts
+# (`moe_lab.variants.expert_choice.expert_choice_routing`, lesson 08): first, whether a token's experts
 # depend on *other* tokens of the batch, here the tokens after it in the sequence, which a
 # decoder has not generated yet; second, what happens when a decoding step routes a single token.
 

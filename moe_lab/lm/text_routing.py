@@ -9,7 +9,7 @@ Lessons 01-03 (a toy byte router) and 05 (a trained language model) all route te
 
 ``route_ids`` is any callable from token ids (T,) int64 to one :class:`moe_lab.RouterOutput`
 per layer: an embedding and a router (lesson 03's explorer, the toy router of the lesson 01-02
-widgets) or a whole model (a :class:`moe_lab.model.TinyLM`, :func:`moe_lab.model.route_text`).
+widgets) or a whole model (a :class:`moe_lab.lm.model.TinyLM`, :func:`moe_lab.lm.model.route_text`).
 The figures (``moe_lab.viz.router``, ``moe_lab.viz.explorer``) draw from the one result type,
 :class:`TextRouting`.
 
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from moe_lab.lm.tokenizer import ByteTokenizer, clean_text
 from moe_lab.routing import RouterOutput
-from moe_lab.tokenizer import ByteTokenizer, clean_text
 from moe_lab.validation import check_positive_int
 
 RouteIds = Callable[[torch.Tensor], Sequence[RouterOutput]]  # ids (T,) -> one output per layer

@@ -23,7 +23,7 @@ first (routing collapse: rich get richer); the balancing methods of :mod:`moe_la
   step (DeepSeek-V3).
 
 ``z_coef > 0`` adds the router z-loss (ST-MoE). After every step each callback receives a
-:class:`moe_lab.stats.StepStats`; a tqdm progress bar shows the step and the current max/mean load.
+:class:`moe_lab.lm.stats.StepStats`; a tqdm progress bar shows the step and the current max/mean load.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ from tqdm.auto import tqdm
 
 from moe_lab.balancing import BiasBalancer
 from moe_lab.layer import MoEOutput, SparseMoE
+from moe_lab.lm.stats import StepStats, step_stats
 from moe_lab.losses import importance_loss, load_balancing_loss, router_z_loss
-from moe_lab.stats import StepStats, step_stats
-from moe_lab.threads import torch_threads
+from moe_lab.systems.threads import torch_threads
 from moe_lab.validation import check_choice, check_positive_float, check_positive_int, check_top_k
 
 BALANCE_METHODS = ("none", "switch", "importance", "bias")

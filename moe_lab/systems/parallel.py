@@ -562,7 +562,7 @@ __all__ = [
     "splits_from_counts",
 ]
 
-if __name__ == "__main__":  # a smoke run: python -m moe_lab.parallel
+if __name__ == "__main__":  # a smoke run: python -m moe_lab.systems.parallel
     torch.manual_seed(0)
     demo = SparseMoE(16, 32, 4, 2)
     result = run_expert_parallel(demo, torch.randn(10, 16), world_size=2)

@@ -1,6 +1,6 @@
 """Routing statistics of one training step: load per expert, router entropy, losses. Lesson 04.
 
-Plain numbers, computed from the router's output, so that a training loop (:mod:`moe_lab.toy`)
+Plain numbers, computed from the router's output, so that a training loop (:mod:`moe_lab.lm.toy`)
 can hand them to a callback and a figure (:mod:`moe_lab.viz.dashboard`) can draw them without
 either knowing the other.
 

@@ -30,7 +30,7 @@ def upcycle(dense_ffn: nn.Module, num_experts: int, top_k: int, **moe_kwargs: ob
     bank = getattr(dense_ffn, "experts", dense_ffn)
     if not isinstance(bank, Experts) or bank.num_experts != 1:
         raise TypeError("dense_ffn must be an Experts bank with num_experts=1 (or a module with "
-                        f"one as .experts, e.g. moe_lab.model.DenseFFN), got {type(dense_ffn).__name__}")
+                        f"one as .experts, e.g. moe_lab.lm.model.DenseFFN), got {type(dense_ffn).__name__}")
     for name in ("normalize", "capacity_factor", "activation", "num_shared_experts"):
         if name in moe_kwargs:
             raise ValueError(f"{name} is fixed by upcycling (normalize=True, capacity_factor=None, "

@@ -1,7 +1,7 @@
 """Where the course runs: pick a device, seed everything, print an environment summary. Lesson 00.
 
 Two environment variables, for running the lessons somewhere on purpose (``python -m
-moe_lab.gpu_check`` sets them for each lesson it executes):
+moe_lab.course.gpu_check`` sets them for each lesson it executes):
 
 - ``MOE_LAB_DEVICE`` (``cpu``, ``cuda``, ...): the device :func:`pick_device` answers when not
   told otherwise, so every lesson that asks it runs there.

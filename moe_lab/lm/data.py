@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import torch
 import yaml
 
-from moe_lab.model import IGNORE_INDEX
-from moe_lab.tokenizer import ByteTokenizer
+from moe_lab.lm.model import IGNORE_INDEX
+from moe_lab.lm.tokenizer import ByteTokenizer
 from moe_lab.validation import check_positive_float, check_positive_int
 
 SEPARATOR = "\n\n"  # between sequences packed into one stream

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
-from moe_lab.data import SCRIPTS, Batch
-from moe_lab.model import TinyLM
+from moe_lab.lm.data import SCRIPTS, Batch
+from moe_lab.lm.model import TinyLM
 from moe_lab.validation import check_index_tensor, check_positive_int
 
 BYTE_CLASSES = ("letter", "digit", "space", "punctuation", "other/multibyte")
@@ -218,7 +218,7 @@ def specialisation_report(trace: RoutingTrace, languages: Sequence[str], num_exp
                           *, scripts: Mapping[str, str] | None = None,
                           seed: int = 0) -> SpecialisationReport:
     """Counts and informations of every layer of a trace, against the shuffled-router baseline.
-    ``scripts`` maps each language to its writing system (default: :data:`moe_lab.data.SCRIPTS`,
+    ``scripts`` maps each language to its writing system (default: :data:`moe_lab.lm.data.SCRIPTS`,
     languages it does not know count as their own script)."""
     num_languages, num_classes = len(languages), len(BYTE_CLASSES)
     language_ids, classes = trace.language_ids, trace.byte_classes

@@ -28,14 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moe_lab import text_routing
 from moe_lab.experts import Experts
 from moe_lab.layer import SparseMoE
+from moe_lab.lm import text_routing
+from moe_lab.lm.text_routing import TextRouting
+from moe_lab.lm.tokenizer import ByteTokenizer
 from moe_lab.losses import average_over_layers, load_balancing_loss, router_z_loss
 from moe_lab.routing import RouterOutput
-from moe_lab.text_routing import TextRouting
-from moe_lab.tokenizer import ByteTokenizer
-from moe_lab.upcycling import upcycle
 from moe_lab.validation import (
     check_choice,
     check_nonnegative_int,
@@ -43,6 +42,7 @@ from moe_lab.validation import (
     check_positive_int,
     check_top_k,
 )
+from moe_lab.variants.upcycling import upcycle
 
 FFN_TYPES = ("dense", "moe")
 IGNORE_INDEX = -100  # target id of a padded position, skipped by the loss
@@ -272,7 +272,7 @@ class TinyLM(nn.Module):
 def upcycle_model(dense: TinyLM, num_experts: int, top_k: int) -> TinyLM:
     """Sparse upcycling of a whole model (Komatsuzaki et al. 2022): the same embeddings,
     attention and norms, and every dense FFN turned into an MoE layer of ``num_experts`` copies
-    of it with a fresh router (:func:`moe_lab.upcycling.upcycle`: dropless, renormalised top-k),
+    of it with a fresh router (:func:`moe_lab.variants.upcycling.upcycle`: dropless, renormalised top-k),
     so the new model's logits equal the dense model's at step 0. Lesson 08."""
     if not isinstance(dense, TinyLM) or dense.config.ffn != "dense":
         raise TypeError("dense must be a TinyLM with ffn='dense'")
@@ -289,7 +289,7 @@ def upcycle_model(dense: TinyLM, num_experts: int, top_k: int) -> TinyLM:
 
 def route_text(model: TinyLM, text: str, tokenizer: ByteTokenizer | None = None) -> TextRouting:
     """Run ``text`` through the model (eval mode, its first max_seq_len bytes) and return each
-    MoE layer's routing of the byte tokens (:func:`moe_lab.text_routing.route_text`). Empty text
+    MoE layer's routing of the byte tokens (:func:`moe_lab.lm.text_routing.route_text`). Empty text
     gives empty tables. The model's training mode is restored, even when routing fails."""
     if not isinstance(model, TinyLM) or model.config.ffn != "moe":
         raise ValueError("route_text needs a TinyLM with ffn='moe'")

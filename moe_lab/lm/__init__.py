@@ -1,0 +1,13 @@
+"""A tiny MoE language model, its data and its training (lessons 03-05).
+
+    tokenizer      ByteTokenizer: UTF-8 bytes, no vocabulary file
+    text_routing   route_text: which experts each byte of a text goes to, per layer
+    toy, stats     lesson 04's toy task and the per-step routing statistics
+    data           the multilingual corpus, split and batched with each sequence's language
+    model          a tiny decoder-only transformer with dense or MoE blocks
+    train          the training loop (``python -m moe_lab.train``)
+    specialisation language x expert counts, mutual information (bits)
+
+Layering: imports the core, ``variants`` (upcycling) and ``systems`` (device, threads, params);
+no figure, widget or checker.
+"""
