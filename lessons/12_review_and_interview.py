@@ -85,7 +85,7 @@ from moe_lab.widgets.quiz import QuizWidget, show_quiz
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-card = load_quiz(10)
+card = load_quiz(12)
 show_quiz(card)
 
 # %% [markdown]
