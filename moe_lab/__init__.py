@@ -26,6 +26,7 @@ Then folders, each named for what it is (each folder's docstring lists its modul
     lm/           tokenizer, text routing, toy task, corpus, model, training,  notebooks/03-05
                   specialisation (language x expert, mutual information)
     analysis/     real OLMoE / Mixtral routing, expert placement              notebooks/09
+    inference/    decoding, FLOPs vs bytes, expert caches, replay             notebooks/10
     systems/      device, params and FLOPs, bench, syncs, threads, parallel   notebooks/00, 06, 07
     interop/      transformers MoE blocks -> moe_lab layers                   notebooks/09
     viz/          plotly figures from plain data (no widget)
@@ -46,6 +47,7 @@ a notebook.
 from moe_lab.balancing import BiasBalancer
 from moe_lab.dispatch import DISPATCH_STRATEGIES, RoutingPlan, compute_capacity, make_routing_plan
 from moe_lab.experts import Experts
+from moe_lab.inference import expected_distinct_experts, simulate_expert_cache
 from moe_lab.layer import MoEOutput, SparseMoE
 from moe_lab.losses import (
     average_over_layers,
@@ -77,6 +79,7 @@ __all__ = [
     "compute_capacity",
     "cv_squared",
     "environment_summary",
+    "expected_distinct_experts",
     "importance_loss",
     "load_balancing_loss",
     "make_routing_plan",
@@ -84,6 +87,7 @@ __all__ = [
     "print_environment",
     "router_z_loss",
     "seed_everything",
+    "simulate_expert_cache",
     "topk_routing",
     "upcycle",
 ]

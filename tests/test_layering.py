@@ -19,12 +19,15 @@ ALLOWED = {
     "interop": CORE,
     "lm": CORE + ("moe_lab.variants", "moe_lab.systems"),
     "analysis": CORE + ("moe_lab.lm",),
-    "viz": CORE + ("moe_lab.variants", "moe_lab.systems", "moe_lab.lm", "moe_lab.analysis"),
+    "inference": CORE + ("moe_lab.variants", "moe_lab.systems", "moe_lab.lm"),
+    "viz": CORE + ("moe_lab.variants", "moe_lab.systems", "moe_lab.lm", "moe_lab.analysis",
+                   "moe_lab.inference"),
     "widgets": CORE + ("moe_lab.variants", "moe_lab.systems", "moe_lab.lm", "moe_lab.analysis",
-                       "moe_lab.viz", "moe_lab.quizzes"),
-    "quizzes": CORE + ("moe_lab.variants", "moe_lab.systems", "moe_lab.lm", "moe_lab.analysis"),
+                       "moe_lab.inference", "moe_lab.viz", "moe_lab.quizzes"),
+    "quizzes": CORE + ("moe_lab.variants", "moe_lab.systems", "moe_lab.lm", "moe_lab.analysis",
+                       "moe_lab.inference"),
     "checks": CORE + ("moe_lab.variants", "moe_lab.systems", "moe_lab.lm", "moe_lab.analysis",
-                      "moe_lab.interop"),
+                      "moe_lab.interop", "moe_lab.inference"),
     "course": ("moe_lab",),  # the top: anything
 }
 # Outer layers never reach the core; only these may import plotting or Jupyter libraries.

@@ -20,6 +20,7 @@ implementation.
                               check_soft_moe_weights
     lesson 09  real_models.py check_group_limited_topk, check_input_weighted_combine,
                               check_convert_mixtral_experts, check_greedy_packing
+    lesson 10  inference.py   check_expected_distinct_experts, check_lru_cache
 """
 
 from moe_lab.checks.balance import (
@@ -36,6 +37,7 @@ from moe_lab.checks.beyond_topk import (
 from moe_lab.checks.combine import check_combine_loop, check_gate_weights, check_scatter_combine
 from moe_lab.checks.core import CheckFailed, CheckResult, checker, expect_close
 from moe_lab.checks.efficiency import check_sort_by_expert
+from moe_lab.checks.inference import check_expected_distinct_experts, check_lru_cache
 from moe_lab.checks.lm import check_average_aux_loss, check_mutual_information
 from moe_lab.checks.parallel import check_local_expert_order, check_send_splits
 from moe_lab.checks.real_models import (
@@ -59,6 +61,7 @@ __all__ = [
     "check_bias_update",
     "check_capacity",
     "check_combine_loop",
+    "check_expected_distinct_experts",
     "check_expert_choice_select",
     "check_fine_grained_layout",
     "check_convert_mixtral_experts",
@@ -69,6 +72,7 @@ __all__ = [
     "check_jitter",
     "check_keep_mask",
     "check_local_expert_order",
+    "check_lru_cache",
     "check_model_balance_loss",
     "check_mutual_information",
     "check_noisy_topk_logits",
