@@ -60,6 +60,7 @@ if "google.colab" in sys.modules:
 # | 07 | expert parallelism: experts on several processes, the all-to-all exchange |
 # | 08 | beyond top-k routing |
 # | 09 | real models |
+# | 10 | MoE at inference: decoding, FLOPs against bytes, expert caches, replay |
 # | 12 | review and interview practice |
 
 # %% [markdown]

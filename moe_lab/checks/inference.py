@@ -9,9 +9,10 @@
   B and K swapped, a rounded (integer) answer.
 - :func:`check_lru_cache`: ``lru_cache(trace, cache_size) -> (hits, misses)`` for a (T, K) trace
   of one layer's expert ids, compared with :func:`moe_lab.inference.simulate_expert_cache`
-  (policy "lru") on hand-made traces (cold start, a token's experts both needed, an expert that
-  comes back) and random ones.
-  Catalogued mistakes: FIFO (a hit does not refresh the expert), evicting the most recently used,
+  (policy "lru") on hand-made traces (cold start, the oldest expert needed later in the same
+  token, an expert that comes back) and random ones.
+  Catalogued mistakes: evicting an expert the current token still needs (plain LRU), FIFO (a hit
+  does not refresh the expert), evicting the most recently used,
   a cache that never evicts, room for cache_size + 1, counting tokens instead of lookups, the
   first use of an expert not counted as a miss.
 """
@@ -44,13 +45,18 @@ def _distinct_suspects(e: int, k: int, b: int) -> list[tuple[float, str]]:
                            "expected number touched is E * (1 - that)."),
         (1 - (1 - k / e) ** b, "That is the chance that one expert is touched (a share); multiply "
                                "by E for the expected number of experts."),
-        (e * (1 - (1 - b / e) ** k) if b <= e else float("nan"),
+        (e * (1 - (1 - b / e) ** k),
          "B and K are swapped: each of the B tokens picks K experts, so the exponent is B."),
     ]
 
 
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-6 * max(1.0, abs(b))
+
+
 @checker("check_expected_distinct_experts")
 def check_expected_distinct_experts(fn: Callable[[int, int, int], object]) -> None:
+    answers = []
     for e, k, b in DISTINCT_CASES:
         set_case(f"E={e}, K={k}, B={b}")
         got = call(fn, e, k, b, names=())
@@ -58,14 +64,19 @@ def check_expected_distinct_experts(fn: Callable[[int, int, int], object]) -> No
             got = got.item()
         if isinstance(got, bool) or not isinstance(got, int | float):
             raise CheckFailed(f"Return a number (a Python float), got {type(got).__name__}.")
+        answers.append(float(got))
+    for (e, k, b), got in zip(DISTINCT_CASES, answers, strict=True):
         expected = expected_distinct_experts(e, k, b)
-        if abs(got - expected) <= 1e-6 * max(1.0, expected):
+        if _close(got, expected):
             continue
         where = f"For E={e}, K={k}, B={b} the expected number is {expected:.4f}, got {got:.4f}."
-        for answer, hint in _distinct_suspects(e, k, b):
-            if abs(got - answer) <= 1e-6 * max(1.0, abs(answer)):
+        # the mistake that explains every case, not only this one
+        for i, (_, hint) in enumerate(_distinct_suspects(e, k, b)):
+            if all(_close(answer, _distinct_suspects(*case)[i][0])
+                   for case, answer in zip(DISTINCT_CASES, answers, strict=True)):
                 raise CheckFailed(f"{where} {hint}")
-        if got == round(expected) or got == int(expected):
+        if all(answer == round(expected_distinct_experts(*case))
+               for case, answer in zip(DISTINCT_CASES, answers, strict=True)):
             raise CheckFailed(f"{where} The answer was rounded to an integer: an expectation "
                               "need not be a whole number.")
         raise CheckFailed(f"{where} Build it from the chance that one expert is untouched by all "
@@ -74,8 +85,10 @@ def check_expected_distinct_experts(fn: Callable[[int, int, int], object]) -> No
 
 # ---------------------------------------------------------------- the LRU cache
 
-def _variant(trace: torch.Tensor, cache_size: int, mistake: str) -> tuple[int, int]:
-    """What a usual mistake returns: (hits, misses)."""
+def _variant(trace: torch.Tensor, cache_size: int, mistake: str,
+             protect: bool = True) -> tuple[int, int]:
+    """What a usual mistake returns: (hits, misses). ``protect``: the eviction skips the experts
+    the current token needs (as it should); False is plain LRU (the "unprotected" mistake)."""
     resident: OrderedDict[int, None] = OrderedDict()
     hits = misses = 0
     room = cache_size + 1 if mistake == "room+1" else cache_size
@@ -88,7 +101,8 @@ def _variant(trace: torch.Tensor, cache_size: int, mistake: str) -> tuple[int, i
                 continue
             misses += 1
             if mistake != "unbounded" and len(resident) >= room:
-                victim = next(reversed(resident)) if mistake == "mru" else next(iter(resident))
+                order = list(reversed(resident)) if mistake == "mru" else list(resident)
+                victim = next(e for e in order if not protect or e not in token)
                 del resident[victim]
             resident[expert] = None
     if mistake == "cold":
@@ -112,6 +126,9 @@ def _per_token(trace: torch.Tensor, cache_size: int) -> tuple[int, int]:
 
 
 LRU_HINTS = {
+    "unprotected": "You evicted an expert the current token still needs (it is looked up later in "
+                   "the same token): evict the least recently used expert *not* in the current "
+                   "token, e.g. next(e for e in resident if e not in token).",
     "fifo": "A hit must refresh the expert (mark it most recently used, e.g. "
             "OrderedDict.move_to_end): yours evicts the expert loaded first (FIFO), not the one "
             "used longest ago.",
@@ -129,6 +146,7 @@ def _lru_traces() -> list[tuple[str, torch.Tensor, int]]:
     generator = torch.Generator().manual_seed(0)
     cases = [
         ("cold start: every expert new", torch.tensor([[0, 1], [2, 3], [4, 5]]), 2),
+        ("the oldest expert is needed later in the token", torch.tensor([[0, 1], [2, 0]]), 2),
         ("an expert that comes back", torch.tensor([[0, 1], [0, 2], [0, 3], [1, 0]]), 3),
         ("hits refresh the expert", torch.tensor([[0], [1], [0], [2], [0], [1]]), 2),
         ("one expert per token, a loop", torch.tensor([[0], [1], [2], [0], [1], [2]]), 2),
@@ -164,10 +182,14 @@ def check_lru_cache(fn: Callable[[torch.Tensor, int], object]) -> None:
             raise CheckFailed(f"{where} You counted tokens: count every lookup, each of a "
                               "token's K experts (hits + misses = T * K).")
         # the mistake that explains every case, not only this one
-        for mistake in ("cold", "fifo", "mru", "unbounded", "room+1"):
-            if all(answer == _variant(t, c, mistake)
-                   for (_, t, c), answer in zip(cases, answers, strict=True)):
-                raise CheckFailed(f"{where} {LRU_HINTS[mistake]}")
+        for mistake in ("unprotected", "cold", "fifo", "mru", "unbounded", "room+1"):
+            for protect in (True, False):  # each mistake with or without the token's protection
+                if mistake == "unprotected" and protect:
+                    continue
+                if all(answer == _variant(t, c, "none" if mistake == "unprotected" else mistake,
+                                          protect)
+                       for (_, t, c), answer in zip(cases, answers, strict=True)):
+                    raise CheckFailed(f"{where} {LRU_HINTS[mistake]}")
         if hits + misses != trace.numel():
             raise CheckFailed(f"{where} hits + misses should be T * K = {trace.numel()}: one "
                               "lookup per (token, expert).")

@@ -21,6 +21,7 @@ import torch
 
 from moe_lab.inference.decode import KVCache, forward_step
 from moe_lab.lm.model import TinyLM
+from moe_lab.systems.threads import torch_threads
 
 
 def expert_sets_differ(trace_a: torch.Tensor, trace_b: torch.Tensor) -> torch.Tensor:
@@ -34,15 +35,17 @@ def expert_sets_differ(trace_a: torch.Tensor, trace_b: torch.Tensor) -> torch.Te
 
 def route_in(model: TinyLM, input_ids: torch.Tensor, dtype: torch.dtype, *,
              router_dtype: torch.dtype = torch.float32,
-             replay: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             replay: list[torch.Tensor] | None = None,
+             num_threads: int | None = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward pass of a copy of ``model`` cast to ``dtype`` (routers computing in
     ``router_dtype``) over ``input_ids`` (B, T): log-probabilities of the next token (B, T, V) in
-    fp32 and the trace (L, B, T, K). The model itself is left as it was."""
+    fp32 and the trace (L, B, T, K). ``replay``: one (B * T, K) id tensor per MoE layer to route
+    with. The model itself is left as it was; the tiny model runs on ``num_threads``."""
     engine = copy.deepcopy(model).to(dtype).eval()
     for block in engine.blocks:
         block.ffn.router.router_dtype = router_dtype
     batch, seq = input_ids.shape
-    with torch.no_grad():
+    with torch.no_grad(), torch_threads(num_threads):
         out = forward_step(engine, input_ids, KVCache.empty(len(engine.blocks)), replay=replay)
     trace = torch.stack([r.topk_idx.view(batch, seq, -1) for r in out.routing])  # (L, B, T, K)
     return torch.log_softmax(out.logits.float(), dim=-1), trace
