@@ -263,9 +263,10 @@ for routing in real.values():
     print(f"{routing.model} (E={routing.num_experts}, K={routing.top_k}): {cells}")
 
 # %% [markdown]
-# Read the lines: the skewed formula follows the measured count closely (the tokens of one step
-# are not independent, but nearly), and the uniform formula overestimates where the load is
-# skewed. For the real models the skew barely matters: at $B = 64$ OLMoE already touches nearly
+# Read the lines: the measured count lies between the two formulas. The skew lowers it below the
+# uniform formula; but the 8 tokens of one step come from 8 languages whose favourite experts
+# differ, which spreads them over more experts than 8 independent draws from the pooled skew would
+# (the skewed formula assumes independent tokens). For the real models the skew barely matters: at $B = 64$ OLMoE already touches nearly
 # all of its 64 experts, and Mixtral nearly all of its 8 at $B = 8$. So **beyond a handful of tokens, a decode
 # step reads every expert of every layer**: the bytes of the *total* parameters.
 
@@ -340,13 +341,16 @@ timing_figure(rows, title="one layer, forward, this machine (fp32, 1 thread): me
 # What to read (the table and the lines under it are this machine's; the roofline column says
 # what the bytes and FLOPs alone allow):
 #
-# - **Batch 1.** All three layers are memory-bound. The MoE reads its $K$ experts, the same bytes
-#   as *dense active*, and is far faster than *dense total*: here the card's claim holds, because
-#   memory traffic follows the active parameters. The MoE pays some routing overhead on top.
+# - **Batch 1.** All three layers are memory-bound. The MoE reads its $K$ experts, the bytes of
+#   *dense active* (the two roofline values are nearly equal), and beats *dense total*: here the
+#   card's claim holds, because memory traffic follows the active parameters. Its measured time
+#   sits above its roofline by the routing overhead (router, sort, a grouped GEMM over $E$ groups,
+#   gather and scatter), which on a small, busy CPU can be several times the bare matmuls; the
+#   first line under the table says by how much it trailed *dense active* here.
 # - **Batch 8 and 64.** The batch touches most of the 16 experts (the formula gives the count),
 #   so the MoE reads nearly the bytes of *dense total* while computing the FLOPs of *dense
-#   active*: it loses most of its lead over the dense layer of the same total size and falls far
-#   behind the one of the same active size.
+#   active*: its roofline climbs to *dense total*'s, its lead over that layer shrinks, and it
+#   stays well behind the layer of the same active size.
 # - **Batch 512.** Every expert is touched and the work is compute-bound: the MoE does the FLOPs
 #   of *dense active*, $E/K$ times fewer than *dense total*, but at a lower matmul efficiency
 #   (small per-expert segments, gather and scatter).
@@ -486,8 +490,10 @@ for prefetched in (2, 3, 4):
           f"lookups, by popularity {100 * by_popularity:4.1f}%, by chance {100 * prefetched / 8:4.1f}%")
 
 # %% [markdown]
-# In this tiny model, the previous layer's experts say little about the next layer's beyond what
-# popularity already says (compare the lines). Eliseev & Mazur 2023 guess better on Mixtral by
+# In this tiny model both guesses are weak (compare each with chance): the previous layer's
+# routing tells little about the next layer's experts, and the experts popular in the
+# calibration sequences (other languages) are not those of the held-out ones. Eliseev & Mazur
+# 2023 guess better on Mixtral by
 # applying the *next* layer's router to the current hidden state (their "speculative expert
 # loading"): the residual stream changes little from one layer to the next.
 #
