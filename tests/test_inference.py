@@ -258,3 +258,26 @@ def test_spread_and_findings_are_worded_from_the_numbers():
     assert len(rows) == 6 and all(r.spread.median > 0 and r.roofline_ms > 0 for r in rows)
     lines = timing_findings(rows)
     assert len(lines) == 2 and all(line.startswith("B=") and "dense total" in line for line in lines)
+
+
+# ------------------------------------------------------------------ the figures and the widget
+
+
+def test_traffic_table_and_widget():
+    from moe_lab.viz.inference import hit_rate_figure, traffic_figure, traffic_table
+    from moe_lab.widgets.inference import TrafficExplorer
+
+    table = traffic_table(8, 2, batch_sizes=(1, 8, 512))
+    assert table.distinct == [2.0, round(expected_distinct_experts(8, 2, 8), 3), 8.0]
+    # every expert touched: the bytes of the dense FFN of the same total size (+ the router's)
+    assert table.moe_mb[-1] == pytest.approx(table.dense_total_mb[-1] + 4096 * 8 * 2 / 1e6, abs=0.1)
+    assert table.moe_gflops[-1] == pytest.approx(table.dense_total_gflops[-1] / 4, rel=1e-3)
+    assert len(traffic_figure(table).data) == 4
+    assert len(hit_rate_figure({"lru": [0.5, 0.9]}, [2, 4]).data) == 1
+    widget = TrafficExplorer()
+    widget.num_experts.value = 64
+    widget.top_k.value = 8
+    widget.batch.value = 8
+    assert f"{expected_distinct_experts(64, 8, 8):.2f} of 64" in widget.summary.value
+    widget.num_experts.value = 4  # K is clamped to E
+    assert widget.top_k.value == 4 and "4.00 of 4" in widget.summary.value

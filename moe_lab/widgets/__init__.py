@@ -19,6 +19,7 @@ Where each widget is used, and the figure module it draws with (in brackets):
     lesson 05  explorer.py   RoutingExplorer    [viz/explorer.py, viz.lm.lm_route_fn]
     lesson 08  expert_choice.py  ExpertChoiceExplorer  [viz/beyond_topk.py]
     lesson 09  real_routing.py  RealRoutingExplorer  [viz/real_routing.py]
+    lesson 10  inference.py  TrafficExplorer  [viz/inference.py]
     lesson 12  quiz.py       QuizWidget show_quiz  [quizzes/render.py; every lesson's quiz]
 
 ``_toy.py`` holds :class:`ToyByteRouter`, a fixed, seeded byte embedding and router (lessons
