@@ -153,6 +153,9 @@ prompts = torch.stack([data.valid.streams[data.languages.index(lang)][:PROMPT_BY
                        for lang in LANGUAGES])  # (B, P)
 decoded = generate(model, prompts, NEW_TOKENS, generator=torch.Generator().manual_seed(0))
 trace = decoded.trace  # (L, B, S, K)
+config = model.config
+print(f"model: {config.n_layers} MoE layers, E={config.num_experts} experts, K={config.top_k}, "
+      f"D={config.d_model}, F={config.d_ff}")
 print("trace (layers, sequences, positions, K):", tuple(trace.shape))
 print("tokens routed by the prefill pass:", decoded.tokens_per_pass[0], f"(B * P = {len(LANGUAGES)} * "
       f"{PROMPT_BYTES})")
@@ -301,7 +304,7 @@ for b in (1, 8, 64, 512):
 # - **dense active**: one SwiGLU FFN of width $KF$: the MoE's active parameters (and FLOPs),
 # - **dense total**: one FFN of width $EF$: the MoE's total parameters (and bytes).
 #
-# Before each timed call a 128 MB buffer is written, so the weights come from memory, not from
+# Before each timed call a 128 MiB buffer is written, so the weights come from memory, not from
 # the CPU's cache, as they would in a model whose other layers run in between. The roofline uses
 # this machine's copy bandwidth and matmul throughput, measured in the same cell. The cell runs on
 # one thread: on a shared machine, several threads spin-wait for each other on small matmuls
@@ -509,7 +512,8 @@ for prefetched in (2, 3, 4):
 pcie4_x16 = 16e9 * 128 / 130 * 16 / 8  # bytes/s: 16 GT/s per lane, 128b/130b, 16 lanes, 8 bits a byte
 expert_params = 3 * MIXTRAL_8X7B.d_model * MIXTRAL_8X7B.d_ff
 expert_bytes = expert_params * 0.5  # 4-bit weights
-print(f"PCIe 4.0 x16: {pcie4_x16 / 1e9:.1f} GB/s; one Mixtral expert: {expert_params / 1e6:.0f} M "
+print(f"PCIe 4.0 x16: {pcie4_x16 / 1e9:.1f} GB/s; Mixtral-8x7B: L={MIXTRAL_8X7B.num_layers} layers, "
+      f"E={MIXTRAL_8X7B.num_experts}, K={MIXTRAL_8X7B.top_k}; one expert: {expert_params / 1e6:.0f} M "
       f"weights, {expert_bytes / 1e6:.0f} MB at 4 bits")
 for policy in ("lru", "static"):
     hit_rate = sum(hit_rates[f"layer {layer} {policy}"][2] for layer in range(2)) / 2  # C = 4
