@@ -288,3 +288,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ------------------------------------------------------------------ reading the shipped runs
+
+#: what each measured quantity is, for tables: key of a log's "final" -> label
+METRICS = {
+    "val_loss": "validation loss (nats per byte)",
+    "mi_language": "I(language; expert), bits",
+    "load_max_over_mean": "load max/mean over all validation tokens",
+    "window_load_max_over_mean": "load max/mean within a window (mean over windows)",
+}
+
+
+def seed_values(logs: Sequence[dict[str, object]], metric: str,
+                layer: int | None = None) -> list[float]:
+    """One number per seed: ``metric`` of each log's final measurement (``layer`` picks one MoE
+    layer of a per-layer metric; None averages the layers)."""
+    check_choice("metric", metric, tuple(METRICS))
+    values = []
+    for log in logs:
+        value = log["final"][metric]
+        if isinstance(value, list):
+            value = value[layer] if layer is not None else sum(value) / len(value)
+        values.append(float(value))
+    return values
+
+
+def separated(a: Sequence[float], b: Sequence[float]) -> bool:
+    """True when the gap between two runs exceeds their seed spread: every seed of one lies
+    above every seed of the other (the seed ranges do not overlap)."""
+    if not a or not b:
+        raise ValueError("a and b must each hold at least one seed's value")
+    return min(a) > max(b) or min(b) > max(a)
