@@ -60,6 +60,7 @@ if "google.colab" in sys.modules:
 # | 07 | expert parallelism: experts on several processes, the all-to-all exchange |
 # | 08 | beyond top-k routing |
 # | 09 | real models |
+# | 11 | balance scope (per sequence, micro-batch, global batch, bias) on the multilingual model; a hunt through seven real MoE bugs |
 # | 12 | review and interview practice |
 
 # %% [markdown]
