@@ -91,6 +91,7 @@ from moe_lab.lm.balance_scope import (
     train_scope,
 )
 from moe_lab.lm.data import load_lesson_data
+from moe_lab.systems.threads import torch_threads
 from moe_lab.viz.balance_scope import scope_figure
 
 _ = torch.manual_seed(0)
@@ -303,8 +304,9 @@ data = load_lesson_data()
 quick = replace(SCOPE_TRAIN, steps=15, batch_size=8, seq_len=64, eval_every=15,
                 eval_windows_per_language=1)
 for scope in SCOPES:
-    run = train_scope(SCOPE_MODEL, quick, ScopeConfig(scope=scope), data=data)
-    final = measure(run, data, windows_per_language=1)
+    with torch_threads(1):  # a model this small runs fastest on one thread (no thread contention)
+        run = train_scope(SCOPE_MODEL, quick, ScopeConfig(scope=scope), data=data)
+        final = measure(run, data, windows_per_language=1)
     balance = run.balance_loss[-1]
     print(f"{scope:>12}: lm loss {run.lm_loss[0]:.2f} -> {run.lm_loss[-1]:.2f}, balance loss "
           f"{'-' if balance is None else f'{balance:.3f}'}, I(lang;E) "
