@@ -26,4 +26,5 @@ Where each figure is used (a lesson calls it directly, or through the widget in 
                               slot_weights_heatmap_figure
     lesson 08  lm.py          loss_curves_figure
     lesson 09  real_routing.py  real_routing_table, real_routing_figure  [RealRoutingExplorer]
+    lesson 11  balance_scope.py  scope_points, scope_figure
 """
