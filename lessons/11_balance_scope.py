@@ -356,10 +356,11 @@ except ValueError as error:
 # ### The bias: once per optimizer step, and tokens counted twice
 #
 # The bias reads the counts of a whole optimizer step. Updated after every micro-batch instead, it
-# moves $M$ times as far per step and follows each micro-batch's noise (torchtitan moved its
-# update to run once, after gradient accumulation: pytorch/torchtitan#1304). And if every token
-# is counted twice, as under full activation recompute, where each MoE forward runs again in the
-# backward (bug 7)?
+# moves up to $M$ times as far per step and follows each micro-batch's noise (a torchtitan pull
+# request pointed out that an early version updated the bias on every micro-batch of gradient
+# accumulation, pytorch/torchtitan#1304; torchtitan's update now runs in an optimizer hook, once
+# per step). And if every token is counted twice, as under full activation recompute, where each
+# MoE forward runs again in the backward (bug 7)?
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -756,10 +757,11 @@ show_quiz(11)
 # <br>(DeepSeek-V3 balances with a bias and no aux loss: why does it keep a sequence-wise loss?)</summary>
 #
 # The bias balances the batch, step by step, but says nothing about one sequence, which can still
-# send all its tokens to a few experts (a hot spot at inference, where a batch may be one
-# sequence). A complementary sequence-wise loss with a tiny coefficient stops that extreme
-# without forcing per-sequence uniformity; its scores are normalised so the router cannot lower
-# it by shrinking every sigmoid.
+# send all its tokens to a few experts. The complementary sequence-wise loss, with a tiny
+# coefficient, is there to prevent extreme imbalance within any single sequence (the report's
+# words) without forcing per-sequence uniformity: section 3 measured how much language
+# specialisation a per-sequence balance erases when it is the main loss. Its scores are
+# normalised so the router cannot lower it by shrinking every sigmoid.
 # </details>
 #
 # <details><summary>3. 편향 업데이트에서 토큰을 두 번 세면 어떻게 되나요?
