@@ -19,14 +19,15 @@
 # NBVAL_IGNORE_OUTPUT
 # Setup for Google Colab only: elsewhere (JupyterLab, Binder) this cell does nothing.
 # Colab has torch and numpy; it lacks plotly >= 6 with anywidget (for the live figures), the
-# corpus of lesson 05 and the course package. Its ipywidgets 7 is kept: ipywidgets 8 breaks there.
+# corpus of lesson 05, transformers 5 (lesson 09) and the course package. Its ipywidgets 7 is
+# kept: ipywidgets 8 breaks there.
 import sys
 
 if "google.colab" in sys.modules:
     import subprocess
 
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "plotly>=6", "anywidget",
-                    "pyyaml", "chatterbot-corpus>=1.3.3",
+                    "pyyaml", "chatterbot-corpus>=1.3.3", "transformers>=5.0,<6",
                     "moe-lab @ git+https://github.com/moe-lab/moe-lab@main"], check=True)
     from google.colab import output
 
