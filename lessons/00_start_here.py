@@ -61,6 +61,7 @@ if "google.colab" in sys.modules:
 # | 08 | beyond top-k routing |
 # | 09 | real models |
 # | 10 | MoE at inference: decoding, FLOPs against bytes, expert caches, replay |
+# | 11 | balance scope (per sequence, micro-batch, global batch, bias) on the multilingual model; a hunt through seven real MoE bugs |
 # | 12 | review and interview practice |
 
 # %% [markdown]

@@ -282,6 +282,10 @@ for shape, by_strategy in sorted(rows.items(), key=lambda kv: (kv[0][3:], kv[0][
 # - Harder follow-ups have measured answers: the router's fp32 is almost free and avoids flipped
 #   choices; expert choice breaks causality at decoding; the capacity factor trades drops for
 #   padding; MoE pays a per-call routing overhead that small batches cannot amortise.
+# - "Spot the bug" is a common interview format: practise it on the seven real MoE bugs of
+#   [lesson 11, section 6](11_balance_scope.ipynb) (an aux loss never added, $P$ over the top-k
+#   only, padding counted, dropped tokens passed through, a double softmax, an epsilon the router
+#   can hack, counts doubled by recompute), each with a checker that explains a wrong fix.
 #
 # ## 5. Interview questions (self-check)
 #

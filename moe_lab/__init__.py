@@ -16,7 +16,7 @@ The tree is the architecture. At the top, the core that lessons 00-04 and 06 bui
     experts       Experts                                      notebooks/00, 03
     dispatch      dense / loop / sorted / padded, capacity     notebooks/02, 03, 06
     layer         SparseMoE, MoEOutput (+ shared experts)      notebooks/03, 08
-    losses        load_balancing_loss, router_z_loss, ...      notebooks/04
+    losses        load_balancing_loss, router_z_loss, ...      notebooks/04, 11
     balancing     BiasBalancer (DeepSeek-V3)                   notebooks/04
     validation    the argument checks every public function runs first
 
@@ -51,10 +51,12 @@ from moe_lab.inference import expected_distinct_experts, simulate_expert_cache
 from moe_lab.layer import MoEOutput, SparseMoE
 from moe_lab.losses import (
     average_over_layers,
+    count_assignments,
     cv_squared,
     importance_loss,
     load_balancing_loss,
     router_z_loss,
+    sequence_load_balancing_loss,
 )
 from moe_lab.routing import RouterOutput, TopKRouter, topk_routing
 from moe_lab.systems.device import environment_summary, pick_device, print_environment, seed_everything
@@ -77,6 +79,7 @@ __all__ = [
     "TopKRouter",
     "average_over_layers",
     "compute_capacity",
+    "count_assignments",
     "cv_squared",
     "environment_summary",
     "expected_distinct_experts",
@@ -88,6 +91,7 @@ __all__ = [
     "router_z_loss",
     "seed_everything",
     "simulate_expert_cache",
+    "sequence_load_balancing_loss",
     "topk_routing",
     "upcycle",
 ]

@@ -8,6 +8,13 @@ without a gradient that fights the language-modelling loss. After each step, out
 
 An overloaded expert's bias falls, an underloaded one's rises. The bias lives in the router as
 the buffer ``score_correction_bias`` (Hugging Face calls it ``e_score_correction_bias``).
+
+``recenter=True`` subtracts the step's mean change, so the bias keeps mean 0 (torchtitan does
+this, pytorch/torchtitan#1506): adding one number to every bias never changes the top-k choice,
+but without it the mean drifts by up to gamma per step, until the bias dwarfs the scores it is
+added to (lesson 11):
+
+    delta_i = gamma * sign(mean_load - load_i);   b_i <- b_i + delta_i - mean_j delta_j
 """
 
 from __future__ import annotations
@@ -21,11 +28,14 @@ from moe_lab.validation import check_positive_float
 class BiasBalancer:
     """Updates ``router.score_correction_bias`` from the observed load after each step."""
 
-    def __init__(self, router: TopKRouter, *, gamma: float = 1e-3) -> None:
+    def __init__(self, router: TopKRouter, *, gamma: float = 1e-3, recenter: bool = False) -> None:
         if not isinstance(router, TopKRouter):
             raise TypeError(f"router must be a TopKRouter, got {type(router).__name__}")
+        if not isinstance(recenter, bool):
+            raise TypeError(f"recenter must be a bool, got {type(recenter).__name__}")
         self.router = router
         self.gamma = gamma
+        self.recenter = recenter
 
     @property
     def gamma(self) -> float:
@@ -51,6 +61,9 @@ class BiasBalancer:
         if bool((tokens_per_expert < 0).any()):
             raise ValueError(f"tokens_per_expert must be >= 0, got {tokens_per_expert.tolist()}")
         load = tokens_per_expert.float().to(self.router.score_correction_bias.device)  # (E,)
-        # b_i += gamma * sign(mean_load - load_i)
-        self.router.score_correction_bias += self.gamma * torch.sign(load.mean() - load)
+        # b_i += gamma * sign(mean_load - load_i)   (- the mean change, when re-centred)
+        delta = self.gamma * torch.sign(load.mean() - load)  # (E,)
+        if self.recenter:
+            delta = delta - delta.mean()
+        self.router.score_correction_bias += delta
         return self.router.score_correction_bias

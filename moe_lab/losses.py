@@ -23,6 +23,7 @@ from moe_lab.validation import (
     check_index_tensor,
     check_mask,
     check_positive_float,
+    check_positive_int,
 )
 
 
@@ -47,9 +48,16 @@ def _check_probs(router_probs: object) -> torch.Tensor:
     return router_probs
 
 
+def _expert_mask(router_probs: torch.Tensor, topk_idx: torch.Tensor) -> torch.Tensor:
+    """expert_mask[n, i] = number of token n's K choices that are expert i, in the probs' dtype."""
+    return torch.zeros_like(router_probs).scatter_add(
+        -1, topk_idx, torch.ones_like(topk_idx, dtype=router_probs.dtype))  # (..., E)
+
+
 def load_balancing_loss(router_probs: torch.Tensor, topk_idx: torch.Tensor,
                         mask: torch.Tensor | None = None, *,
-                        check_range: bool = True) -> torch.Tensor:
+                        check_range: bool = True,
+                        expert_counts: torch.Tensor | None = None) -> torch.Tensor:
     """Switch Transformer auxiliary loss (Fedus et al. 2021, eq. 4), for any K.
 
         loss = E * sum_i f_i * P_i
@@ -60,6 +68,15 @@ def load_balancing_loss(router_probs: torch.Tensor, topk_idx: torch.Tensor,
     probability 1. Hugging Face's Mixtral ``load_balancing_loss_func`` sums f over the K slots
     separately, which is K times this value.
 
+    **Global batch** (Qiu et al. 2025, arXiv:2501.11873, "global-batch" balance; lesson 11):
+    ``expert_counts`` (E,) are the assignments per expert counted over a larger batch than the
+    one in hand, e.g. :func:`count_assignments` summed over the micro-batches of one optimizer
+    step (gradient accumulation) or all-reduced over the data-parallel ranks. Then
+    f_i = expert_counts_i / sum_j expert_counts_j, while P_i stays the mean over this batch
+    (the only differentiable part). Every micro-batch's loss then pulls towards balance over the
+    global batch, not within itself: a batch of one language may use few experts. Without
+    ``expert_counts`` f is this batch's own share (the micro-batch loss).
+
     ``check_range=False`` skips the check that every id lies in [0, E), which reads the ids'
     min and max on the host (two syncs on a GPU): for ids straight from a router, as in
     :class:`moe_lab.lm.model.TinyLM`. Types and shapes are checked either way.
@@ -69,13 +86,100 @@ def load_balancing_loss(router_probs: torch.Tensor, topk_idx: torch.Tensor,
     topk_idx = check_index_tensor("topk_idx", topk_idx, num_tokens,
                                   num_experts if check_range else None)
     mask = check_mask(mask, num_tokens)
-    # expert_mask[n, i] = number of the token's K choices that are expert i
-    expert_mask = torch.zeros_like(router_probs).scatter_add(
-        1, topk_idx, torch.ones_like(topk_idx, dtype=router_probs.dtype))  # (N, E)
-    f = _masked_mean(expert_mask, mask) / topk_idx.shape[1]  # (E,)
+    if expert_counts is None:
+        f = _masked_mean(_expert_mask(router_probs, topk_idx), mask) / topk_idx.shape[1]  # (E,)
+    else:
+        counts = _check_counts(expert_counts, num_experts).to(router_probs)  # (E,)
+        # f_i = c_i / sum_j c_j  over the global batch (0 when it holds no assignment)
+        f = counts / counts.sum().clamp_min(1.0)  # (E,)
     p = _masked_mean(router_probs, mask)  # (E,)
     # loss = E * sum_i f_i P_i
     return num_experts * torch.sum(f * p)
+
+
+def _check_counts(expert_counts: object, num_experts: int) -> torch.Tensor:
+    if not isinstance(expert_counts, torch.Tensor):
+        raise TypeError(f"expert_counts must be a torch.Tensor (E,) or None, got "
+                        f"{type(expert_counts).__name__}")
+    if expert_counts.shape != (num_experts,):
+        raise ValueError(f"expert_counts must have shape (E={num_experts},), got "
+                         f"{tuple(expert_counts.shape)}")
+    if expert_counts.dtype == torch.bool or expert_counts.is_complex():
+        raise TypeError(f"expert_counts must hold numbers, got {expert_counts.dtype}")
+    return expert_counts.detach()
+
+
+def count_assignments(topk_idx: torch.Tensor, num_experts: int,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
+    """c_i = number of (token, slot) assignments to expert i (E,), int64, padding left out.
+
+    Sum these over the micro-batches of an optimizer step (or all-reduce them over data-parallel
+    ranks) and pass the sum as ``expert_counts`` to :func:`load_balancing_loss`: the
+    global-batch balance loss."""
+    check_positive_int("num_experts", num_experts)
+    topk_idx = check_index_tensor("topk_idx", topk_idx, None, num_experts)
+    mask = check_mask(mask, topk_idx.shape[0])
+    if mask is not None:
+        topk_idx = topk_idx[mask]  # (real tokens, K)
+    return torch.bincount(topk_idx.reshape(-1), minlength=num_experts)  # (E,)
+
+
+def sequence_load_balancing_loss(router_probs: torch.Tensor, topk_idx: torch.Tensor,
+                                 seq_len: int, mask: torch.Tensor | None = None, *,
+                                 check_range: bool = True) -> torch.Tensor:
+    """DeepSeek-V3's complementary sequence-wise balance loss (arXiv:2412.19437, section 2.1.2,
+    eqs. 17-20), averaged over the sequences of the batch. Lesson 11.
+
+    router_probs (N, E): each token's scores normalised to sum 1, in sequence-major order
+    (N = B * seq_len: tokens 0..T-1 are sequence 0, ...). DeepSeek-V3 normalises its sigmoid
+    scores, s'_{i,t} = s_{i,t} / sum_j s_{j,t}; softmax probabilities already sum to 1. For one
+    sequence of T real tokens:
+
+        f_i  = E / (K T) * (number of its tokens that chose expert i)   (not differentiable)
+        P_i  = (1 / T) * sum_t s'_{i,t}                                 (differentiable)
+        L    = sum_i f_i P_i
+
+    and the loss is the mean of L over the sequences. Per sequence this is
+    :func:`load_balancing_loss` on that sequence alone (E f_i^Switch = f_i here): 1.0 at uniform
+    routing, E when every token of a sequence puts score 1 on one expert. ``mask`` (N,) excludes
+    padding: T counts a sequence's real tokens, a sequence with none is left out of the mean, and
+    the loss is 0 (still connected to the graph) when every token is masked.
+
+    The scores must sum to 1 per (real) token: raw sigmoid scores would let the router lower
+    the loss by shrinking every score (lesson 11's bug hunt). ``check_range=False`` skips that
+    check and the ids' range check (host syncs on a GPU).
+    """
+    router_probs = _compute_dtype(_check_probs(router_probs))
+    num_tokens, num_experts = router_probs.shape
+    seq_len = check_positive_int("seq_len", seq_len)
+    if num_tokens % seq_len:
+        raise ValueError(f"seq_len={seq_len} must divide the number of tokens N={num_tokens} "
+                         f"(router_probs holds B sequences of seq_len tokens, sequence-major)")
+    topk_idx = check_index_tensor("topk_idx", topk_idx, num_tokens,
+                                  num_experts if check_range else None)
+    mask = check_mask(mask, num_tokens)
+    real = (torch.ones(num_tokens, dtype=router_probs.dtype, device=router_probs.device)
+            if mask is None else mask.to(router_probs.dtype))  # (N,)
+    if check_range and num_tokens:
+        row_sums = router_probs.detach().sum(dim=-1)  # (N,)
+        bad = (row_sums - 1).abs().gt(1e-3) & real.bool()
+        if bool(bad.any()):
+            raise ValueError(f"router_probs must hold each token's scores normalised to sum 1 "
+                             f"(s / s.sum(-1)); token {int(bad.nonzero()[0])} sums to "
+                             f"{float(row_sums[bad][0]):.4g}")
+    num_seqs = num_tokens // seq_len
+    top_k = topk_idx.shape[1]
+    real = real.view(num_seqs, seq_len, 1)  # (B, T, 1)
+    probs = router_probs.view(num_seqs, seq_len, num_experts)  # (B, T, E)
+    chosen = _expert_mask(router_probs, topk_idx).view(num_seqs, seq_len, num_experts)  # (B, T, E)
+    tokens = real.sum(dim=1)  # (B, 1) real tokens per sequence
+    # f_i = E / (K T) * count_i ;  P_i = (1 / T) sum_t s'_{i,t}   (T >= 1 where it is used)
+    f = num_experts / (top_k * tokens.clamp_min(1.0)) * (chosen * real).sum(dim=1)  # (B, E)
+    p = (probs * real).sum(dim=1) / tokens.clamp_min(1.0)  # (B, E)
+    per_sequence = (f * p).sum(dim=-1)  # (B,)
+    # loss = mean over sequences with T >= 1 of sum_i f_i P_i   (0 when none has a real token)
+    counted = tokens.squeeze(1).gt(0).to(per_sequence.dtype)  # (B,)
+    return (per_sequence * counted).sum() / counted.sum().clamp_min(1.0)
 
 
 def router_z_loss(router_logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

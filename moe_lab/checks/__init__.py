@@ -21,6 +21,11 @@ implementation.
     lesson 09  real_models.py check_group_limited_topk, check_input_weighted_combine,
                               check_convert_mixtral_experts, check_greedy_packing
     lesson 10  inference.py   check_expected_distinct_experts, check_lru_cache
+    lesson 11  scope.py       check_sequence_balance_loss
+               bughunt.py     check_aux_loss_added, check_aux_loss_full_softmax,
+                              check_aux_loss_padding, check_dropped_tokens,
+                              check_router_returns_logits, check_sigmoid_normalisation,
+                              check_recompute_count (real bugs; BUGS cites each)
 """
 
 from moe_lab.checks.balance import (
@@ -33,6 +38,15 @@ from moe_lab.checks.beyond_topk import (
     check_expert_choice_select,
     check_fine_grained_layout,
     check_soft_moe_weights,
+)
+from moe_lab.checks.bughunt import (
+    check_aux_loss_added,
+    check_aux_loss_full_softmax,
+    check_aux_loss_padding,
+    check_dropped_tokens,
+    check_recompute_count,
+    check_router_returns_logits,
+    check_sigmoid_normalisation,
 )
 from moe_lab.checks.combine import check_combine_loop, check_gate_weights, check_scatter_combine
 from moe_lab.checks.core import CheckFailed, CheckResult, checker, expect_close
@@ -47,6 +61,7 @@ from moe_lab.checks.real_models import (
     check_input_weighted_combine,
 )
 from moe_lab.checks.router import check_jitter, check_noisy_topk_logits, check_router_probs
+from moe_lab.checks.scope import check_sequence_balance_loss
 from moe_lab.checks.topk import (
     check_capacity,
     check_keep_mask,
@@ -58,6 +73,9 @@ __all__ = [
     "CheckFailed",
     "CheckResult",
     "check_average_aux_loss",
+    "check_aux_loss_added",
+    "check_aux_loss_full_softmax",
+    "check_aux_loss_padding",
     "check_bias_update",
     "check_capacity",
     "check_combine_loop",
@@ -65,6 +83,7 @@ __all__ = [
     "check_expert_choice_select",
     "check_fine_grained_layout",
     "check_convert_mixtral_experts",
+    "check_dropped_tokens",
     "check_gate_weights",
     "check_greedy_packing",
     "check_group_limited_topk",
@@ -76,9 +95,13 @@ __all__ = [
     "check_model_balance_loss",
     "check_mutual_information",
     "check_noisy_topk_logits",
+    "check_recompute_count",
     "check_router_probs",
+    "check_router_returns_logits",
     "check_scatter_combine",
     "check_send_splits",
+    "check_sequence_balance_loss",
+    "check_sigmoid_normalisation",
     "check_soft_moe_weights",
     "check_sort_by_expert",
     "check_switch_loss",

@@ -1,4 +1,4 @@
-"""A tiny MoE language model, its data and its training (lessons 03-05).
+"""A tiny MoE language model, its data and its training (lessons 03-05, 11).
 
     tokenizer      ByteTokenizer: UTF-8 bytes, no vocabulary file
     text_routing   route_text: which experts each byte of a text goes to, per layer
@@ -7,6 +7,8 @@
     model          a tiny decoder-only transformer with dense or MoE blocks
     train          the training loop (``python -m moe_lab.train``)
     specialisation language x expert counts, mutual information (bits)
+    balance_scope  lesson 11: training with the balance per sequence, micro-batch, global batch
+                   or the bias (``python -m moe_lab.lm.balance_scope``)
 
 Layering: imports the core, ``variants`` (upcycling) and ``systems`` (device, threads, params);
 no figure, widget or checker.

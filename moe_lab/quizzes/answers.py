@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from moe_lab.dispatch import compute_capacity
-from moe_lab.losses import load_balancing_loss, router_z_loss
+from moe_lab.losses import load_balancing_loss, router_z_loss, sequence_load_balancing_loss
 from moe_lab.systems.params import MIXTRAL_8X7B, TransformerConfig, count_parameters, ffn_params
 
 
@@ -151,3 +151,19 @@ def cross_rank_share_balanced(num_experts: int, world_size: int, tokens_per_rank
         total += int(splits.sum())
         crossing += int(splits.sum() - splits[rank])
     return crossing / total
+
+
+def each_sequence_on_its_experts(scope: str, num_sequences: int = 4, num_experts: int = 8,
+                                 top_k: int = 2, seq_len: int = 16) -> float:
+    """Lesson 11: sequence b sends every token to experts bK .. bK+K-1 (mod E), probability 1/K
+    on each, so the batch is balanced when num_sequences * K is a multiple of E. The balance loss
+    at ``scope``: "sequence" (:func:`sequence_load_balancing_loss`) or "batch"
+    (:func:`load_balancing_loss` over all the sequences)."""
+    sequence = torch.arange(num_sequences).repeat_interleave(seq_len)  # (N,)
+    topk_idx = (sequence.unsqueeze(1) * top_k + torch.arange(top_k)) % num_experts  # (N, K)
+    router_probs = torch.zeros(len(sequence), num_experts).scatter(1, topk_idx, 1.0 / top_k)
+    if scope == "sequence":
+        return sequence_load_balancing_loss(router_probs, topk_idx, seq_len).item()
+    if scope == "batch":
+        return load_balancing_loss(router_probs, topk_idx).item()
+    raise ValueError(f"scope must be 'sequence' or 'batch', got {scope!r}")

@@ -28,4 +28,5 @@ Where each figure is used (a lesson calls it directly, or through the widget in 
     lesson 09  real_routing.py  real_routing_table, real_routing_figure  [RealRoutingExplorer]
     lesson 10  inference.py   traffic_table, traffic_figure [TrafficExplorer], hit_rate_figure,
                               timing_figure
+    lesson 11  balance_scope.py  scope_points, scope_figure
 """
