@@ -39,9 +39,9 @@ Then folders, each named for what it is (each folder's docstring lists its modul
                                        ``.gpu_check``); each is its folder's module
 
 Layering (docs/architecture.md, section 2; tests/test_layering.py holds it), bottom to top:
-core; variants/, systems/, interop/ (the core only); lm/ (+ variants, systems); analysis/
-(+ lm); viz/ (no widget); widgets/; checks/ and quizzes/; course/ (anything). Nothing imports
-a notebook.
+core; variants/, systems/, interop/ (the core only); lm/ (+ variants, systems); analysis/ and
+inference/ (+ lm); viz/ (no widget); widgets/; checks/ and quizzes/; course/ (anything).
+Nothing imports a notebook.
 """
 
 from moe_lab.balancing import BiasBalancer
