@@ -24,9 +24,8 @@
 import sys
 
 if "google.colab" in sys.modules:
-    import subprocess
-
     import importlib.util
+    import subprocess
 
     if importlib.util.find_spec("moe_lab") is None:
         raise RuntimeError("MoE Lab has no published home yet, so there is nothing to install it from. "

@@ -133,3 +133,16 @@ def _resolve(dotted: str):
 
     module, _, name = dotted.rpartition(".")
     return getattr(importlib.import_module(module), name)
+
+
+def test_pages_workflow_builds_with_the_projects_command():
+    text = (ROOT / ".github" / "workflows" / "pages.yml").read_text()
+    assert "bash run.sh site --require-home" in text
+    assert "path: build/site/html" in text and "actions/deploy-pages" in text
+
+
+def test_publishing_needs_a_home(monkeypatch, capsys):
+    monkeypatch.setattr(launch_cells, "HOME", None)
+    with pytest.raises(SystemExit):
+        build_site.main(["--require-home"])
+    assert "no home yet" in capsys.readouterr().err

@@ -63,12 +63,15 @@ def setup_code(home: str | None = HOME, release: str = RELEASE) -> str:
     message = "\n                           ".join(f'"{line}"' for line in NO_HOME)
     if home is None:
         get_package = f'''    import importlib.util
+    import subprocess
 
     if importlib.util.find_spec("moe_lab") is None:
         raise RuntimeError({message})
     packages = [{packages}]'''
     else:
-        get_package = f'''    packages = [{packages},
+        get_package = f'''    import subprocess
+
+    packages = [{packages},
                 "{package_spec(home, release)}"]'''
     return f'''# NBVAL_IGNORE_OUTPUT
 # Setup for Google Colab only: elsewhere (JupyterLab, Binder) this cell does nothing.
@@ -78,8 +81,6 @@ def setup_code(home: str | None = HOME, release: str = RELEASE) -> str:
 import sys
 
 if "google.colab" in sys.modules:
-    import subprocess
-
 {get_package}
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", *packages], check=True)
     from google.colab import output
