@@ -38,6 +38,9 @@ nb_ipywidgets_js = {}  # no widget manager from a CDN: widgets show their static
 nb_merge_streams = True
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence"]
 myst_heading_anchors = 3
+# The lessons write \text{router\_logits}, as JupyterLab's MathJax reads it: textmacros does.
+mathjax3_config = {"loader": {"load": ["[tex]/textmacros"]},
+                   "tex": {"packages": {"[+]": ["textmacros"]}}}
 suppress_warnings = ["mystnb.unknown_mime_type"]
 
 autodoc_member_order = "bysource"

@@ -25,6 +25,10 @@ def _outputs(nb):
     return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
 
 
+def _code(nb):
+    return next(c for c in nb.cells if c.cell_type == "code")
+
+
 def _figures(nb):
     return [o["data"][PLOTLY_MIMETYPE] for o in _outputs(nb) if PLOTLY_MIMETYPE in o.get("data", {})]
 
@@ -40,9 +44,14 @@ def test_lesson_page_keeps_every_figure_and_drops_widget_views(path):
     assert not any(WIDGET_VIEW in o.get("data", {}) or PLOTLY_MIMETYPE in o.get("data", {})
                    for o in _outputs(page))
     assert stored == nbformat.read(path, as_version=4)  # the stored notebook is not changed
-    hidden = [c for c in stored.cells if c.metadata.get("jupyter", {}).get("source_hidden")]
-    toggled = [c for c in page.cells if build_site.HIDE_INPUT in c.metadata.get("tags", [])]
-    assert len(toggled) == len(hidden)  # solutions and the Colab cell stay behind a toggle
+    hidden = [c.source for c in stored.cells if c.metadata.get("jupyter", {}).get("source_hidden")
+              and launch_cells.TAG not in c.metadata.get("tags", [])]
+    toggled = [c.source for c in page.cells if build_site.HIDE_INPUT in c.metadata.get("tags", [])]
+    assert toggled == hidden  # the solutions stay behind a toggle
+    assert launch_cells.SETUP_CODE not in [c.source for c in page.cells]  # Colab's cell left out
+    title = next(c for c in page.cells if c.cell_type == "markdown"
+                 and c.source.startswith("# ")).source.splitlines()
+    assert title[2] == build_site.launch_html(path.name)  # right under the title
 
 
 def test_figure_json_cannot_close_its_script_tag():
@@ -60,7 +69,7 @@ def test_widget_without_a_figure_says_where_it_runs():
         "text/plain": "Dropdown(...)"})]
     nb.cells = [cell]
     page = build_site.site_notebook(nb, "00_start_here.ipynb")
-    assert page.cells[0].outputs[0]["data"] == {"text/plain": build_site.WIDGET_ONLY}
+    assert _code(page).outputs[0]["data"] == {"text/plain": build_site.WIDGET_ONLY}
 
 
 def test_quiz_links_point_at_the_lesson_pages():
@@ -71,7 +80,7 @@ def test_quiz_links_point_at_the_lesson_pages():
         "text/html": '<a href="04_load_balancing.ipynb#2.-Routing-collapse">04</a>'})]
     nb.cells = [cell]
     page = build_site.site_notebook(nb, "01_the_router.ipynb")
-    assert page.cells[0].outputs[0]["data"]["text/html"] == \
+    assert _code(page).outputs[0]["data"]["text/html"] == \
         '<a href="04_load_balancing.html#routing-collapse">04</a>'
 
 
@@ -79,7 +88,7 @@ def test_links_to_package_files_become_links_to_their_reference():
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_markdown_cell("in [`moe_lab/lm/train.py`](../moe_lab/lm/train.py).")]
     page = build_site.site_notebook(nb, "05_train_tiny_moe_lm.ipynb")
-    assert page.cells[0].source == "in {py:mod}`moe_lab/lm/train.py <moe_lab.lm.train>`."
+    assert page.cells[-1].source == "in {py:mod}`moe_lab/lm/train.py <moe_lab.lm.train>`."
 
 
 def test_launch_line_without_a_home_says_so(monkeypatch):

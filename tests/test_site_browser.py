@@ -157,6 +157,7 @@ def test_lesson_page(site, browser, path):
         assert len(shown) == len(written)
         if "$" in "".join(c.source for c in nb.cells if c.cell_type == "markdown"):
             page.locator("mjx-container").first.wait_for(state="attached", timeout=20_000)
+            assert page.locator("mjx-merror").count() == 0  # every formula typeset
 
         figures = _figure_count(nb)
         drawn = page.locator(".moe-plotly.js-plotly-plot")

@@ -11,8 +11,9 @@ of site/conf.py:
   instead of a kernel: widget views removed, so each widget shows its static figure
   (moe_lab.course.saved_outputs, the course's JupyterLab does the same); each plotly figure as
   an element that the site's own copy of plotly.js draws (no CDN); the badge line replaced by
-  Colab and Binder links without external images; collapsed cells (solutions, Colab setup)
-  behind a "show" toggle; links to the package's source files pointed at its API reference.
+  Colab and Binder links without external images, under the title (the Colab-only setup cell
+  left out); collapsed cells (the solutions) behind a "show" toggle; links to the package's
+  source files pointed at its API reference.
 - ``index.md``: the README's learning path, and the list of every lesson in notebooks/.
 - ``api/``: the API reference, from the package's import surface (``moe_lab.__all__``, each
   public subpackage's ``__all__`` or its public modules), each object documented once.
@@ -113,22 +114,37 @@ def _lesson_output(output: nbformat.NotebookNode) -> None:
         data["text/html"] = QUIZ_LINK.sub(_quiz_href, "".join(data["text/html"]))
 
 
+def _put_launch_under_title(cells: list, launch: str) -> None:
+    """The launch line goes right under the page's title (the first '# ' heading)."""
+    for cell in cells:
+        if cell.cell_type != "markdown":
+            continue
+        lines = cell.source.splitlines()
+        for i, line in enumerate(lines):
+            if line.startswith("# "):
+                cell.source = "\n".join([*lines[:i + 1], "", launch, "", *lines[i + 1:]])
+                return
+    cells.insert(0, nbformat.v4.new_markdown_cell(launch))  # a lesson without a title
+
+
 def site_notebook(nb: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
-    """A stored lesson notebook as its web page shows it (a copy; ``nb`` is not changed)."""
+    """A stored lesson notebook as its web page shows it (a copy; ``nb`` is not changed).
+
+    The two launch cells give way to the launch line under the title: the Colab setup cell
+    does nothing outside Colab, and the page's links are where a reader starts a lesson."""
     nb = copy.deepcopy(nb)
     nb.metadata.pop("widgets", None)  # no widget state: nothing for a widget manager to load
     drop_widget_views(nb)
+    nb.cells = [c for c in nb.cells if launch_cells.TAG not in c.metadata.get("tags", [])]
     for cell in nb.cells:
         tags = cell.metadata.setdefault("tags", [])
-        if cell.cell_type == "markdown" and launch_cells.TAG in tags:
-            cell.source = launch_html(name)
-            continue
         if cell.cell_type == "markdown":
             cell.source = SOURCE_LINK.sub(_source_role, cell.source)
         if cell.metadata.get("jupyter", {}).get("source_hidden") and HIDE_INPUT not in tags:
             tags.append(HIDE_INPUT)
         for output in cell.get("outputs", []):
             _lesson_output(output)
+    _put_launch_under_title(nb.cells, launch_html(name))
     return nb
 
 
