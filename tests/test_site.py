@@ -155,3 +155,39 @@ def test_publishing_needs_a_home(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         build_site.main(["--require-home"])
     assert "no home yet" in capsys.readouterr().err
+
+
+def _website_conf():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("website_conf", ROOT / "website" / "conf.py")
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    return conf
+
+
+def test_docstring_blocks_become_literal_and_parse_cleanly():
+    docutils_core = pytest.importorskip("docutils.core", reason="the site's requirements")
+    docstring = [
+        "The router. Lessons 01-02.",
+        "    router_logits = x W^T        (N, E)",
+        "    router_probs  = softmax(...)  (N, E)",
+        "Back to prose with |x| an absolute value.",
+        "",
+        "- a list item that wraps",
+        "  onto a second line",
+        "",
+        "Args:",
+        "    d_model: D.",
+    ]
+    lines = _website_conf().literal_blocks(docstring)
+    assert lines[:5] == ["The router. Lessons 01-02.", "::", "",
+                         "    router_logits = x W^T        (N, E)",
+                         "    router_probs  = softmax(...)  (N, E)"]
+    assert "Back to prose with \\|x| an absolute value." in lines
+    assert "  onto a second line" in lines and lines[-2:] == ["Args:", "    d_model: D."]
+    # reST reads it without a warning (halt at level 2), the formulas kept as one literal block
+    tree = docutils_core.publish_doctree("\n".join(lines[:-3]),
+                                         settings_overrides={"halt_level": 2, "report_level": 5})
+    literal = [n.astext() for n in tree.findall() if n.tagname == "literal_block"]
+    assert literal == ["router_logits = x W^T        (N, E)\nrouter_probs  = softmax(...)  (N, E)"]

@@ -5,7 +5,7 @@
     python tools/build_site.py --require-home   # refuse to build without a published home
 
 Sphinx reads a staging folder (build/site/src) that this script writes, with the configuration
-of site/conf.py:
+of website/conf.py:
 
 - ``lessons/NN_name.ipynb``: each notebook of notebooks/, as stored, with what a web page needs
   instead of a kernel: widget views removed, so each widget shows its static figure
@@ -47,7 +47,7 @@ from moe_lab.course.saved_outputs import RUN_TO_SHOW, drop_widget_views  # noqa:
 from moe_lab.widgets._output import PLOTLY_MIMETYPE  # noqa: E402
 
 NOTEBOOKS = ROOT / "notebooks"
-CONF_DIR = ROOT / "site"
+CONF_DIR = ROOT / "website"
 DEFAULT_OUT = ROOT / "build" / "site"
 LESSON_DIR = "lessons"  # the lessons' folder in the site
 HIDE_INPUT = "hide-input"  # MyST-NB's tag: the cell's code behind a toggle
@@ -60,7 +60,7 @@ QUIZ_LINK = re.compile(r'href="(\d\d_\w+)\.ipynb#([^"]*)"')
 # --- lessons --------------------------------------------------------------------------------
 
 def plotly_html(figure: dict) -> str:
-    """A plotly figure (the mimetype's JSON) as an element that site/_static/moe_plotly.js
+    """A plotly figure (the mimetype's JSON) as an element that website/_static/moe_plotly.js
     draws with the site's plotly.js; ``</`` is escaped so the JSON cannot end its script tag."""
     payload = json.dumps(figure, separators=(",", ":")).replace("</", "<\\/")
     return (f'<div class="moe-plotly"><script type="application/json">{payload}</script>'
