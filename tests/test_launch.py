@@ -82,6 +82,17 @@ def test_links_pin_the_release_or_say_there_is_no_home():
     assert "http" not in no_home and "published" in no_home
 
 
+@pytest.mark.parametrize("home", ["moe-lab", "https://github.com/a/b", "a/b/c", "a b/c", 7])
+def test_a_home_that_is_not_owner_slash_name_is_refused(home):
+    calls = [lambda: launch_cells.setup_code(home),
+             lambda: launch_cells.badge_markdown("00_start_here.ipynb", home),
+             lambda: launch_cells.colab_url("00_start_here.ipynb", home),
+             lambda: launch_cells.binder_url("00_start_here.ipynb", home)]
+    for call in calls:
+        with pytest.raises(ValueError, match="HOME must be None or a GitHub repository"):
+            call()
+
+
 def test_the_tool_rewrites_only_the_launch_cells_of_a_stored_notebook(tmp_path):
     """Changing the home rewrites two cells of each stored notebook, keeping every output."""
     lesson = LESSONS[1]

@@ -52,16 +52,26 @@ NO_HOME = ("MoE Lab has no published home yet, so there is nothing to install it
            "install the moe_lab package into this runtime yourself and run this cell again.")
 
 
+GITHUB_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,38}/[A-Za-z0-9._-]{1,100}")
+
+
+def checked_home(home: str | None) -> str | None:
+    """``home`` if it is None or a GitHub "owner/name"; a ValueError naming it otherwise."""
+    if home is not None and (not isinstance(home, str) or not GITHUB_REPO.fullmatch(home)):
+        raise ValueError(f"HOME must be None or a GitHub repository as 'owner/name', got {home!r}")
+    return home
+
+
 def package_spec(home: str, release: str = RELEASE) -> str:
     """The pip requirement of the course package at ``release`` of ``home``."""
-    return f"moe-lab @ git+https://github.com/{home}@{release}"
+    return f"moe-lab @ git+https://github.com/{checked_home(home)}@{release}"
 
 
 def setup_code(home: str | None = HOME, release: str = RELEASE) -> str:
     """The Colab setup cell: installs ``release`` of ``home``; without a home it says so."""
     packages = ", ".join(f'"{p}"' for p in COLAB_PACKAGES)
     message = "\n                           ".join(f'"{line}"' for line in NO_HOME)
-    if home is None:
+    if checked_home(home) is None:
         get_package = f'''    import importlib.util
     import subprocess
 
@@ -93,7 +103,7 @@ SETUP_CODE = setup_code()
 
 def colab_url(notebook: str, home: str | None = HOME, release: str = RELEASE) -> str | None:
     """The lesson at ``release`` in Colab; None without a home."""
-    if home is None:
+    if checked_home(home) is None:
         return None
     return f"https://colab.research.google.com/github/{home}/blob/{release}/notebooks/{notebook}"
 
@@ -101,7 +111,7 @@ def colab_url(notebook: str, home: str | None = HOME, release: str = RELEASE) ->
 def binder_url(notebook: str = "00_start_here.ipynb", home: str | None = HOME,
                release: str = RELEASE) -> str | None:
     """The lesson at ``release`` on mybinder.org; None without a home."""
-    if home is None:
+    if checked_home(home) is None:
         return None
     return f"https://mybinder.org/v2/gh/{home}/{release}?urlpath=lab/tree/notebooks/{notebook}"
 
@@ -113,7 +123,7 @@ NO_HOME_LINE = ("*Colab and Binder links appear here once the course is publishe
 
 def badge_markdown(notebook: str, home: str | None = HOME, release: str = RELEASE) -> str:
     """The link line of a lesson (and the README): Colab and Binder badges, or the no-home note."""
-    if home is None:
+    if checked_home(home) is None:
         return NO_HOME_LINE
     return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
             f"({colab_url(notebook, home, release)}) "
