@@ -3,15 +3,19 @@
 #   bash run.sh course   set up (first time only) and open the course in JupyterLab (your copy of
 #                        the lessons is my_course/)
 #   bash run.sh test     set up (first time only) and run every test, the lessons under nbval included
+#   bash run.sh site     set up (first time only) and build the course's website from the stored
+#                        notebooks into build/site/html (nothing is re-executed or downloaded)
 # Setup: a virtual environment in .venv, torch (if it has none yet), the requirements, the package.
-# The course installs requirements.txt only; the tests add requirements-dev.txt.
+# The course installs requirements.txt only; the tests add requirements-dev.txt, the site
+# requirements-site.txt.
 # To choose your torch build (CUDA, ROCm, CPU), install it into .venv before the first run, or set
 # TORCH_SPEC (default "torch>=2.4").
 set -euo pipefail
 cd "$(dirname "$0")"
 
 setup() {
-    # $1: "course" (what a learner needs) or "dev" (the course plus tests, linters, jupytext)
+    # $1: "course" (what a learner needs), "dev" (the course plus tests, linters, jupytext) or
+    # "site" (the course plus the website's builder)
     if [ ! -x .venv/bin/python ]; then
         python3 -m venv .venv
     fi
@@ -22,8 +26,9 @@ setup() {
     fi
     local marker=".venv/.moe_lab_$1" files=(-r requirements.txt)
     if [ "$1" = dev ]; then files+=(-r requirements-dev.txt); fi
-    if [ ! -f "$marker" ] || [ requirements.txt -nt "$marker" ] \
-        || [ requirements-dev.txt -nt "$marker" ] || [ pyproject.toml -nt "$marker" ]; then
+    if [ "$1" = site ]; then files+=(-r requirements-site.txt); fi
+    if [ ! -f "$marker" ] || [ requirements.txt -nt "$marker" ] || [ requirements-dev.txt -nt "$marker" ] \
+        || [ requirements-site.txt -nt "$marker" ] || [ pyproject.toml -nt "$marker" ]; then
         pip install "${files[@]}"
         pip install --no-deps -e .
         touch "$marker"
@@ -66,8 +71,13 @@ case "${1:-}" in
         shift
         exec python -m pytest tests notebooks --nbval --nbval-sanitize-with notebooks/sanitize.cfg "$@"
         ;;
+    site)
+        setup site
+        shift
+        exec python tools/build_site.py "$@"
+        ;;
     *)
-        echo "usage: bash run.sh course | test" >&2
+        echo "usage: bash run.sh course | test | site" >&2
         exit 2
         ;;
 esac

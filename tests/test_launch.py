@@ -1,5 +1,6 @@
-"""Every lesson opens in Colab and Binder: badge and Colab-only setup cell at the top, the README
-badges in step, all from the one repository name in tools/launch_cells.py."""
+"""Every lesson opens in Colab and Binder: link line and Colab-only setup cell at the top, the
+README badges in step, all from the one home setting in tools/launch_cells.py (HOME), pinned to
+the package's release tag; without a home the cells say so and install nothing."""
 
 import json
 import sys
@@ -36,15 +37,74 @@ def test_setup_cell_does_nothing_outside_colab():
     run.assert_not_called()
 
 
-def test_setup_cell_installs_the_package_in_colab():
+def _run_in_colab(code, moe_lab_installed=True):
+    """Run a setup cell as Colab would: google.colab importable, pip mocked; the command."""
     colab = mock.MagicMock()
+    spec = object() if moe_lab_installed else None
     with mock.patch.dict(sys.modules, {"google": colab, "google.colab": colab}), \
-            mock.patch("subprocess.run") as run:
-        exec(launch_cells.SETUP_CODE, {})
-    command = run.call_args.args[0]
-    assert f"git+https://github.com/{launch_cells.REPOSITORY}@{launch_cells.BRANCH}" in command[-1]
-    assert "anywidget" in command and not any(c.startswith("ipywidgets") for c in command)
+            mock.patch("subprocess.run") as run, mock.patch("importlib.util.find_spec",
+                                                            return_value=spec):
+        exec(code, {})
     colab.output.enable_custom_widget_manager.assert_called_once()
+    return run.call_args.args[0]
+
+
+def test_release_is_the_package_version_as_a_tag():
+    import moe_lab
+
+    assert f"v{moe_lab.__version__}" == launch_cells.RELEASE  # a tag, not a branch
+
+
+def test_setup_cell_installs_the_pinned_release_in_colab():
+    code = launch_cells.setup_code("someone/moe-course", "v9.8.7")
+    command = _run_in_colab(code)
+    assert command[-1] == "moe-lab @ git+https://github.com/someone/moe-course@v9.8.7"
+    assert "anywidget" in command and not any(c.startswith("ipywidgets") for c in command)
+
+
+def test_without_a_home_the_setup_cell_says_so_and_installs_nothing_from_github():
+    code = launch_cells.setup_code(None)
+    assert "github" not in code
+    with pytest.raises(RuntimeError, match="no published home"):
+        _run_in_colab(code, moe_lab_installed=False)
+    command = _run_in_colab(code, moe_lab_installed=True)  # a learner installed it by hand
+    assert not any("moe-lab" in c or "moe_lab" in c for c in command)
+    assert "anywidget" in command
+
+
+def test_links_pin_the_release_or_say_there_is_no_home():
+    line = launch_cells.badge_markdown("03_weighted_sum.ipynb", "someone/moe-course", "v9.8.7")
+    assert ("https://colab.research.google.com/github/someone/moe-course/blob/v9.8.7/"
+            "notebooks/03_weighted_sum.ipynb") in line
+    assert ("https://mybinder.org/v2/gh/someone/moe-course/v9.8.7"
+            "?urlpath=lab/tree/notebooks/03_weighted_sum.ipynb") in line
+    no_home = launch_cells.badge_markdown("03_weighted_sum.ipynb", None)
+    assert "http" not in no_home and "published" in no_home
+
+
+@pytest.mark.parametrize("home", ["moe-lab", "https://github.com/a/b", "a/b/c", "a b/c", 7])
+def test_a_home_that_is_not_owner_slash_name_is_refused(home):
+    calls = [lambda: launch_cells.setup_code(home),
+             lambda: launch_cells.badge_markdown("00_start_here.ipynb", home),
+             lambda: launch_cells.colab_url("00_start_here.ipynb", home),
+             lambda: launch_cells.binder_url("00_start_here.ipynb", home)]
+    for call in calls:
+        with pytest.raises(ValueError, match="HOME must be None or a GitHub repository"):
+            call()
+
+
+def test_the_tool_rewrites_only_the_launch_cells_of_a_stored_notebook(tmp_path):
+    """Changing the home rewrites two cells of each stored notebook, keeping every output."""
+    lesson = LESSONS[1]
+    nb = nbformat.read(lesson, as_version=4)
+    nb.cells[0].source, nb.cells[1].source = "old links", "# old setup"
+    path = tmp_path / lesson.name
+    nbformat.write(nb, path)
+    assert launch_cells.update_notebook(path) is True
+    updated = nbformat.read(path, as_version=4)
+    original = nbformat.read(lesson, as_version=4)
+    assert updated.cells == original.cells
+    assert launch_cells.update_notebook(path) is False  # already in place: untouched
 
 
 def test_figures_carry_html_only_in_colab():
