@@ -278,7 +278,7 @@ class SparseMoE(nn.Module):
         rows = rows.reshape(num_tokens * top_k, self.d_model)  # (N*K, D)
         plan = make_routing_plan(routing.topk_idx.reshape(-1, 1),
                                  rows.new_ones(num_tokens * top_k, 1), self.num_experts,
-                                 self.capacity(num_tokens))
+                                 self.capacity(num_tokens), check_range=False)
         h = DISPATCH_FUNCTIONS[self.dispatch](rows, plan, self.experts)  # (N*K, D)
         # y_n = sum_k Expert_{i_k}(w_{n,k} x_n)
         return h.view(num_tokens, top_k, self.d_model).sum(dim=1), plan  # (N, D)
