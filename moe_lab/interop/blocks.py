@@ -77,7 +77,7 @@ class Family:
 
 def _activation_of(act_fn: nn.Module, where: str) -> str:
     """The gated activation a block's ``act_fn`` computes: "swiglu" (SiLU) or "geglu" (GELU)."""
-    probe = torch.linspace(-4, 4, 17)
+    probe = torch.linspace(-4, 4, 17, device="cpu")  # also inside a torch.device("meta") context
     for name, fn in (("swiglu", F.silu), ("geglu", F.gelu)):
         if torch.equal(act_fn(probe), fn(probe)):
             return name
