@@ -11,58 +11,26 @@ import torch
 
 pytest.importorskip("transformers")
 
-import transformers  # noqa: E402
-
 from moe_lab.interop import (  # noqa: E402
+    FAMILIES,
     FamilyMoE,
     SwappedMoEBlock,
     restore_moe_blocks,
     swap_moe_blocks,
     tiny_block,
+    tiny_model,
 )
 
-COMMON = dict(vocab_size=64, hidden_size=20, num_hidden_layers=2, num_attention_heads=2,
-              num_key_value_heads=1, head_dim=10, max_position_embeddings=64, pad_token_id=0,
-              bos_token_id=1, eos_token_id=2)
-# family -> (model class, config class, config keywords)
-MODELS = {
-    "Mixtral": ("MixtralForCausalLM", "MixtralConfig",
-                dict(num_local_experts=5, num_experts_per_tok=2, intermediate_size=12)),
-    "Qwen2-MoE": ("Qwen2MoeForCausalLM", "Qwen2MoeConfig",
-                  dict(num_experts=6, num_experts_per_tok=2, moe_intermediate_size=12,
-                       shared_expert_intermediate_size=28, intermediate_size=24,
-                       mlp_only_layers=[0])),  # layer 0 dense, layer 1 MoE
-    "Qwen3-MoE": ("Qwen3MoeForCausalLM", "Qwen3MoeConfig",
-                  dict(num_experts=7, num_experts_per_tok=7, moe_intermediate_size=12,
-                       norm_topk_prob=True)),  # K = E
-    "OLMoE": ("OlmoeForCausalLM", "OlmoeConfig",
-              dict(num_experts=5, num_experts_per_tok=1, intermediate_size=12)),  # K = 1
-    "DeepSeek-V3": ("DeepseekV3ForCausalLM", "DeepseekV3Config",
-                    dict(n_routed_experts=8, num_experts_per_tok=3, moe_intermediate_size=12,
-                         intermediate_size=24, n_group=4, topk_group=2, n_shared_experts=2,
-                         routed_scaling_factor=2.5, first_k_dense_replace=1, q_lora_rank=None,
-                         kv_lora_rank=8, qk_rope_head_dim=4, qk_nope_head_dim=6, v_head_dim=10,
-                         num_key_value_heads=2, head_dim=4)),
-    "gpt-oss": ("GptOssForCausalLM", "GptOssConfig",
-                dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=12,
-                     sliding_window=4, layer_types=["sliding_attention", "full_attention"])),
-    "Llama 4": ("Llama4ForCausalLM", "Llama4TextConfig",
-                dict(num_local_experts=3, num_experts_per_tok=1, intermediate_size=12,
-                     intermediate_size_mlp=24, moe_layers=[1], attention_chunk_size=16)),
-}
-FAMILY_NAMES = list(MODELS)
+FAMILY_NAMES = [family.name for family in FAMILIES]
 
 
-def tiny_model(family, seed=0, **overrides):
-    model_class, config_class, keywords = MODELS[family]
-    config = getattr(transformers, config_class)(**(COMMON | keywords | overrides))
-    torch.manual_seed(seed)
-    return getattr(transformers, model_class)(config).eval()
+def model_class(family):
+    return type(tiny_model(family))
 
 
 def batch(seed=0):
     """Two sequences, the second left-padded by three tokens."""
-    ids = torch.randint(3, 64, (2, 9), generator=torch.Generator().manual_seed(seed))
+    ids = torch.randint(3, 256, (2, 9), generator=torch.Generator().manual_seed(seed))
     mask = torch.ones_like(ids)
     ids[1, :3], mask[1, :3] = 0, 0
     return ids, mask
@@ -107,9 +75,8 @@ def test_bfloat16_as_the_family_loads_it(family, tmp_path):
     same greedy tokens, logits within bf16 rounding; the saved float32 model reloads into a
     swapped model unchanged (state dict names kept)."""
     tiny_model(family).save_pretrained(tmp_path)
-    model_class = getattr(transformers, MODELS[family][0])
     # the eager experts: transformers' grouped_mm refuses widths like 20 in bf16 on a CPU
-    model = model_class.from_pretrained(tmp_path, dtype=torch.bfloat16,
+    model = model_class(family).from_pretrained(tmp_path, dtype=torch.bfloat16,
                                         experts_implementation="eager").eval()
     ids, mask = batch(1)
     expected = model(input_ids=ids, attention_mask=mask, output_router_logits=True)
@@ -162,7 +129,7 @@ def test_aux_loss_joins_the_training_loss(family):
 def test_save_pretrained_of_a_swapped_model_round_trips(family, tmp_path):
     model = swap_moe_blocks(tiny_model(family, seed=4))
     model.save_pretrained(tmp_path)
-    fresh = getattr(transformers, MODELS[family][0]).from_pretrained(tmp_path).eval()
+    fresh = model_class(family).from_pretrained(tmp_path).eval()
     ids, mask = batch(4)
     torch.testing.assert_close(fresh(input_ids=ids, attention_mask=mask).logits,
                                model(input_ids=ids, attention_mask=mask).logits,

@@ -381,3 +381,51 @@ def tiny_block(family: str, *, d_model: int = 16, seed: int = 0, scale: float = 
             std = scale / (d_model ** 0.5)
             tensor.copy_(torch.randn(tensor.shape, generator=generator) * std)
     return block.eval()
+
+
+# tiny causal LMs, one per family: 2 layers, 20-wide, odd E, K = 1 or K = E in some, dense layers
+# between MoE layers in others; vocabulary 256 (moe_lab.lm.tokenizer.ByteTokenizer's bytes)
+_TINY_MODEL_COMMON = dict(vocab_size=256, hidden_size=20, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=10,
+                          max_position_embeddings=64, pad_token_id=0, bos_token_id=1,
+                          eos_token_id=2)
+_TINY_MODELS = {
+    "Mixtral": ("MixtralForCausalLM", "MixtralConfig",
+                dict(num_local_experts=5, num_experts_per_tok=2, intermediate_size=12)),
+    "Qwen2-MoE": ("Qwen2MoeForCausalLM", "Qwen2MoeConfig",
+                  dict(num_experts=6, num_experts_per_tok=2, moe_intermediate_size=12,
+                       shared_expert_intermediate_size=28, intermediate_size=24,
+                       mlp_only_layers=[0])),  # layer 0 dense, layer 1 MoE
+    "Qwen3-MoE": ("Qwen3MoeForCausalLM", "Qwen3MoeConfig",
+                  dict(num_experts=7, num_experts_per_tok=7, moe_intermediate_size=12,
+                       norm_topk_prob=True)),  # K = E
+    "OLMoE": ("OlmoeForCausalLM", "OlmoeConfig",
+              dict(num_experts=5, num_experts_per_tok=1, intermediate_size=12)),  # K = 1
+    "DeepSeek-V3": ("DeepseekV3ForCausalLM", "DeepseekV3Config",
+                    dict(n_routed_experts=8, num_experts_per_tok=3, moe_intermediate_size=12,
+                         intermediate_size=24, n_group=4, topk_group=2, n_shared_experts=2,
+                         routed_scaling_factor=2.5, first_k_dense_replace=1, q_lora_rank=None,
+                         kv_lora_rank=8, qk_rope_head_dim=4, qk_nope_head_dim=6, v_head_dim=10,
+                         num_key_value_heads=2, head_dim=4)),
+    "gpt-oss": ("GptOssForCausalLM", "GptOssConfig",
+                dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=12,
+                     sliding_window=4, layer_types=["sliding_attention", "full_attention"])),
+    "Llama 4": ("Llama4ForCausalLM", "Llama4TextConfig",
+                dict(num_local_experts=3, num_experts_per_tok=1, intermediate_size=12,
+                     intermediate_size_mlp=24, moe_layers=[1], attention_chunk_size=16)),
+}
+
+
+def tiny_model(family: str, *, seed: int = 0, **config: object) -> nn.Module:
+    """A tiny causal language model of one family (random weights, transformers' own
+    initialisation under ``torch.manual_seed(seed)``), in eval mode; ``config`` overrides the
+    tiny defaults. Nothing is downloaded."""
+    if family not in _TINY_MODELS:
+        raise ValueError(f"family must be one of {tuple(_TINY_MODELS)}, got {family!r}")
+    _require_supported_transformers()
+    import transformers
+
+    model_name, config_name, keywords = _TINY_MODELS[family]
+    model_config = getattr(transformers, config_name)(**(_TINY_MODEL_COMMON | keywords | config))
+    torch.manual_seed(seed)
+    return getattr(transformers, model_name)(model_config).eval()
