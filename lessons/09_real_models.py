@@ -82,7 +82,7 @@ if "google.colab" in sys.modules:
 # | $G, M$ | `num_groups`, `topk_groups` | | expert groups, groups kept per token |
 # | $\mathcal{T}$ | `topk_idx` | $(N, K)$ | chosen experts |
 # | $w$ | `topk_weights` | $(N, K)$ | combine weights (times `scaling_factor` $\gamma$) |
-# | $S, g$ | `shared_experts`, `shared_gate` | | always-on experts, Qwen2-MoE's sigmoid gate |
+# | $S, g$ | `shared_experts`, `shared_expert_gate` | | always-on experts, Qwen2-MoE's sigmoid gate |
 # | $c_{d,i}$ | `expert_counts[domain][layer]` | $(E,)$ | real models: assignments to expert $i$ |
 
 # %%
@@ -579,13 +579,166 @@ for routing in real.values():
               f"of at most {math.log2(routing.num_experts):.0f}")
 
 # %% [markdown]
-# ## 9. Summary
+# ## 9. Your layer inside a whole model
+#
+# Equal blocks are a start; a user takes the next step: put the layer into the whole model and
+# generate. `moe_lab.interop.swap_moe_blocks(model)` replaces, in place, every MoE block of a
+# transformers model by a `SparseMoE` that **shares** the block's parameters: the router,
+# experts and shared experts are views of the model's own tensors under the model's own names.
+# Nothing is copied, so gradients reach the model's parameters, `save_pretrained` writes the
+# family's names, and each parameter keeps its dtype (DeepSeek-V3 keeps its router in float32
+# inside a bfloat16 model). The swapped block also reports its router logits to transformers, so
+# `output_router_logits=True` and the auxiliary loss work. `restore_moe_blocks(model)` undoes it.
+#
+# For each family, a tiny causal LM (2 layers, random weights, odd $E$, $K = 1$ in OLMoE and
+# $K = E$ in Qwen3-MoE, dense layers between MoE layers in three of them) reads the prompt as
+# bytes and greedily writes 20 more, before and after the swap:
+
+# %%
+from moe_lab.interop import restore_moe_blocks, swap_moe_blocks, tiny_model
+from moe_lab.lm.tokenizer import ByteTokenizer
+
+transformers.logging.set_verbosity_error()  # the tiny configs' notes (e.g. RoPE scaling)
+prompt = torch.tensor([ByteTokenizer().encode("Mixture of experts ")])  # (1, T)
+whole = {}
+for family in FAMILIES:
+    model = tiny_model(family.name)
+    parameters = dict(model.named_parameters())
+    before = model(prompt, output_router_logits=True)
+    text_before = model.generate(prompt, max_new_tokens=20, do_sample=False)
+    swap_moe_blocks(model)
+    after = model(prompt, output_router_logits=True)
+    text_after = model.generate(prompt, max_new_tokens=20, do_sample=False)
+    whole[family.name] = dict(
+        blocks=sum(isinstance(m, SparseMoE) for m in model.modules()),
+        shared=all(p is parameters[name] for name, p in model.named_parameters()),
+        gap=(after.logits - before.logits).abs().max().item(),
+        same_text=torch.equal(text_after, text_before),
+        aux=("-" if before.aux_loss is None else
+             str(bool(torch.allclose(after.aux_loss, before.aux_loss, atol=1e-6)))),
+        text=bytes(text_after[0, prompt.shape[1]:].tolist()).decode("utf-8", errors="replace"))
+    restore_moe_blocks(model)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"{'family':12s} MoE blocks  params shared  logits < 1e-5  same 20 tokens  aux loss equal")
+for name, row in whole.items():
+    print(f"{name:12s} {row['blocks']:10d}  {str(row['shared']):13s}  {str(row['gap'] < 1e-5):13s}"
+          f"  {str(row['same_text']):14s}  {row['aux']}")
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# random weights write random bytes; the point is that both runs write the same ones
+for name, row in whole.items():
+    print(f"{name:12s} {row['text']!r}")
+
+# %% [markdown]
+# ("-": DeepSeek-V3's and Llama 4's causal LMs return the router logits but add no auxiliary
+# loss.) The tests (`tests/test_swap.py`) add gradients, a left-padded batch, bfloat16 as each
+# family loads it, `save_pretrained` / `from_pretrained`, and `torch.compile(fullgraph=True)`;
+# transformers' own test files for Mixtral, Qwen2-MoE and OLMoE also run with the blocks swapped
+# (`tools/transformers_model_tests.py`).
+#
+# **The router's dtype.** Lesson 01 computes the router in float32 whatever the input's dtype.
+# transformers' Mixtral, Qwen, OLMoE, gpt-oss and Llama 4 compute the logits in the model's
+# dtype and only the softmax (or sigmoid) in float32; DeepSeek-V3 computes its router in
+# float32. To route as the family does in every dtype, the swapped router takes the option
+# `router_dtype=None` ("the input's dtype"). How many tokens would the course's float32 router
+# send elsewhere? A Qwen3-MoE block with 128 experts, top-8, 8192 tokens, in bfloat16:
+
+# %%
+block = tiny_block("Qwen3-MoE", d_model=64, num_experts=128, num_experts_per_tok=8,
+                   moe_intermediate_size=16)
+tokens = torch.randn(8192, 64, generator=torch.Generator().manual_seed(0))  # (N, D)
+choice_fp32_model = block_topk_idx(block, tokens)  # the same block, all in float32
+block = block.to(torch.bfloat16)
+tokens = tokens.to(torch.bfloat16)
+choice_family = block_topk_idx(block, tokens)
+layer = from_transformers(block)  # router_dtype=None: logits in bf16, softmax in fp32
+choice_ours = layer.router(tokens).topk_idx.sort(-1).values
+layer.router.router_dtype = torch.float32  # the course's router, on the same bf16 weights
+choice_course = layer.router(tokens).topk_idx.sort(-1).values
+
+
+def tokens_routed_differently(a, b):
+    return int((a != b).any(dim=-1).sum())
+
+
+flips = {"family dtype vs the block": tokens_routed_differently(choice_ours, choice_family),
+         "fp32 router vs the block": tokens_routed_differently(choice_course, choice_family),
+         "bf16 block vs fp32 model": tokens_routed_differently(choice_family, choice_fp32_model),
+         "fp32 router vs fp32 model": tokens_routed_differently(choice_course, choice_fp32_model)}
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# the counts depend on the machine's bfloat16 kernels; the next cell checks what holds anywhere
+for what, count in flips.items():
+    print(f"{what:27s} {count:5d} of 8192 tokens pick another set of experts")
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("computing as the family does, no token differs:", flips["family dtype vs the block"] == 0)
+print("the float32 router sends some tokens elsewhere:", flips["fp32 router vs the block"] > 0)
+print("the float32 router is closer to the float32 model:",
+      flips["fp32 router vs fp32 model"] < flips["bf16 block vs fp32 model"])
+
+# %% [markdown]
+# Both facts matter. Parity with a model run in bfloat16 needs its own arithmetic: some
+# tokens sit so close to a tie between their $K$-th and $(K{+}1)$-th expert that the 8-bit
+# mantissa of bf16 logits decides. And the float32 router is the *better* router: its choices
+# are closer to those of the same model in float32, because only the weights were rounded, not
+# the logits. That is why the course keeps `router_dtype=torch.float32` as the default (the
+# router is $D \times E$ weights, a negligible cost), and interop switches to the family's dtype
+# only to reproduce a model exactly.
+#
+# **A real trained model** (optional: it needs the weights in your local Hugging Face cache, e.g.
+# on Colab after `huggingface-cli download allenai/OLMoE-1B-7B-0924`, about 14 GB in bfloat16;
+# nothing is downloaded here):
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+REAL_MODEL = "allenai/OLMoE-1B-7B-0924"
+try:
+    real_model = transformers.AutoModelForCausalLM.from_pretrained(
+        REAL_MODEL, dtype=torch.bfloat16, local_files_only=True).eval()
+    real_tokenizer = transformers.AutoTokenizer.from_pretrained(REAL_MODEL, local_files_only=True)
+except (OSError, ValueError) as error:
+    print(f"skipped: {REAL_MODEL} is not in the local Hugging Face cache ({type(error).__name__})")
+else:
+    inputs = real_tokenizer("A mixture of experts is", return_tensors="pt")
+    texts = []
+    for swapped in (False, True):
+        if swapped:
+            swap_moe_blocks(real_model)
+        ids = real_model.generate(**inputs, max_new_tokens=20, do_sample=False)
+        texts.append(real_tokenizer.decode(ids[0], skip_special_tokens=True))
+    print("before:", texts[0], "\nafter: ", texts[1], "\nsame text:", texts[0] == texts[1])
+
+# %% [markdown]
+# **The activation is a word.** transformers' configs name the experts' gate activation
+# (`hidden_act`): SiLU gives SwiGLU, GELU gives GeGLU (Shazeer 2020 compares both). In moe_lab it
+# is the one option `activation` of `Experts` (and of `SparseMoE`, shared experts included); the
+# same weights, the other gate:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+swiglu, geglu = Experts(1, 16, 32), Experts(1, 16, 32, activation="geglu")
+geglu.load_state_dict(swiglu.state_dict())  # the same W_gate, W_up, W_down
+tokens = torch.randn(5, 16)
+print("GeGLU differs from SwiGLU on the same weights:",
+      bool((geglu.forward_expert(tokens, 0) - swiglu.forward_expert(tokens, 0)).abs().max() > 1e-3))
+
+# %% [markdown]
+# ## 10. Summary
 #
 # - Seven families' MoE blocks are one `SparseMoE` with options: scoring (softmax, sigmoid),
 #   renormalisation, a scaling factor, a logit bias, a selection-only bias, group-limited
 #   selection, shared experts (gated or not), clamped SwiGLU with biases, and the weight on the
 #   expert's input or output. `moe_lab.interop.from_transformers` converts each one, equal to
-#   float rounding (outputs, chosen experts and input gradients; `tests/test_interop.py`).
+#   float rounding (outputs, chosen experts and input gradients; `tests/test_interop.py`), and
+#   `swap_moe_blocks` puts the layer into whole models that generate the same text.
+# - In bfloat16 a router decides near-ties by its arithmetic: computing the logits in bf16, as
+#   most families do, moved some tokens to other experts (section 9); the course keeps float32.
 # - Equivalent forms are worth recognising: top-$k$ then softmax = softmax, top-$k$, renormalise;
 #   top-$k$ of logits then sigmoid = sigmoid then top-$k$. Non-equivalent ones are worth testing:
 #   $E(g x) \ne g E(x)$ for any non-linear expert.
@@ -612,7 +765,7 @@ for key, routing in real.items():
               f"greedy {row[1]:.3f}, replicated {row[2]:.3f}")
 
 # %% [markdown]
-# ## 10. Self-check quiz
+# ## 11. Self-check quiz
 #
 # Answer in English or Korean; numeric answers are computed by the package.
 
@@ -623,7 +776,7 @@ from moe_lab.widgets.quiz import show_quiz
 show_quiz(9)
 
 # %% [markdown]
-# ## 11. Interview questions (self-check)
+# ## 12. Interview questions (self-check)
 #
 # <details><summary>Mixtral의 라우팅과 DeepSeek-V3의 라우팅은 무엇이 다른가요? (How does DeepSeek-V3's routing differ from Mixtral's?)</summary>
 #
@@ -662,7 +815,7 @@ show_quiz(9)
 # </details>
 
 # %% [markdown]
-# ## 12. Further reading
+# ## 13. Further reading
 #
 # - Muennighoff et al. 2024, [*OLMoE: Open Mixture-of-Experts Language Models*](https://arxiv.org/abs/2409.02060): section 5 (routing analysis, domain specialisation); the data of section 6 and its [plotting notebook](https://github.com/allenai/OLMoE/blob/main/scripts/plot_routing_analysis_v2.ipynb).
 # - Jiang et al. 2024, [*Mixtral of Experts*](https://arxiv.org/abs/2401.04088).

@@ -4,14 +4,11 @@ For SwiGLU (Shazeer 2020; Mixtral, Qwen-MoE, DeepSeek) expert e computes
 
     h = (silu(x W_gate[e]) * (x W_up[e])) W_down[e]        x (n, D) -> (n, D)
 
-with W_gate, W_up of shape (E, D, F) and W_down of shape (E, F, D). GELU and ReLU experts use
-only W_up and W_down: h = act(x W_up[e]) W_down[e].
-
-gpt-oss (OpenAI 2025, its model card and reference code) uses a clamped SwiGLU with biases
-(``activation="clamped_swiglu", bias=True``): with g = min(x W_gate + b_gate, limit) and
-u = clamp(x W_up + b_up, -limit, limit),
-
-    h = ((u + 1) * g * sigmoid(alpha * g)) W_down[e] + b_down[e]        (alpha 1.702, limit 7)
+with W_gate, W_up of shape (E, D, F) and W_down of shape (E, F, D). The gate's activation is an
+option: ``"swiglu"`` (SiLU) or ``"geglu"`` (GELU, Shazeer 2020 compares both), the one word a
+model's config names (``hidden_act``). ``"gelu"`` and ``"relu"`` experts are ungated and use only
+W_up and W_down: h = act(x W_up[e]) W_down[e]. (gpt-oss's clamped SwiGLU with biases is a
+family quirk: :class:`moe_lab.interop.quirks.GptOssExperts`.)
 
 The weights are stacked along a leading expert axis so that one kernel can run many experts:
 :meth:`Experts.forward_grouped` (contiguous segments, grouped GEMM), :meth:`Experts.forward_padded`
@@ -33,27 +30,14 @@ from moe_lab.validation import (
     check_float_tensor,
     check_last_dim,
     check_matches_weights,
-    check_positive_float,
     check_positive_int,
 )
 
-ACTIVATIONS = ("swiglu", "gelu", "relu", "clamped_swiglu")
-GATED_ACTIVATIONS = ("swiglu", "clamped_swiglu")  # those with a W_gate
-
-
-def _activate(activation: str, gate: torch.Tensor | None, up: torch.Tensor, *,
-              alpha: float = 1.702, limit: float = 7.0) -> torch.Tensor:
-    if activation == "swiglu":
-        # silu(x W_gate) * (x W_up)
-        return F.silu(gate) * up
-    if activation == "clamped_swiglu":
-        # g = min(gate, limit), u = clamp(up, -limit, limit):  (u + 1) * g * sigmoid(alpha * g)
-        gate = gate.clamp(max=limit)
-        up = up.clamp(min=-limit, max=limit)
-        return (up + 1) * (gate * torch.sigmoid(alpha * gate))
-    if activation == "gelu":
-        return F.gelu(up)
-    return F.relu(up)
+# act(x W_gate) * (x W_up): the gated FFNs (Shazeer 2020, "GLU Variants Improve Transformer")
+GATED_ACTIVATIONS = {"swiglu": F.silu, "geglu": F.gelu}
+# act(x W_up): the ungated ones
+PLAIN_ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
+ACTIVATIONS = (*GATED_ACTIVATIONS, *PLAIN_ACTIVATIONS)
 
 
 @cache
@@ -119,9 +103,8 @@ def grouped_matmul(x_sorted: torch.Tensor, weight: torch.Tensor, counts: list[in
 class Experts(nn.Module):
     """E feed-forward experts with stacked weights.
 
-    SwiGLU: ``w_gate`` (E, D, F), ``w_up`` (E, D, F), ``w_down`` (E, F, D). GELU/ReLU: no ``w_gate``.
-    With ``bias=True`` also ``b_gate`` (E, F) (gated activations), ``b_up`` (E, F), ``b_down`` (E, D).
-    ``swiglu_alpha`` and ``swiglu_limit`` are the constants of ``"clamped_swiglu"`` (gpt-oss).
+    Gated (``"swiglu"``, ``"geglu"``): ``w_gate`` (E, D, F), ``w_up`` (E, D, F), ``w_down``
+    (E, F, D). ``"gelu"``/``"relu"``: no ``w_gate``.
 
     Not called directly: use one of the ``forward_*`` methods below (or :class:`SparseMoE`).
     Each checks its input first: a float tensor with last dimension D, on the weights' device,
@@ -129,51 +112,48 @@ class Experts(nn.Module):
     """
 
     def __init__(self, num_experts: int, d_model: int, d_ff: int, *,
-                 activation: str = "swiglu", bias: bool = False,
-                 swiglu_alpha: float = 1.702, swiglu_limit: float = 7.0) -> None:
+                 activation: str = "swiglu") -> None:
         super().__init__()
-        check_positive_int("num_experts", num_experts)
-        check_positive_int("d_model", d_model)
-        check_positive_int("d_ff", d_ff)
-        check_choice("activation", activation, ACTIVATIONS)
-        check_positive_float("swiglu_alpha", swiglu_alpha)
-        check_positive_float("swiglu_limit", swiglu_limit)
-        self.num_experts, self.d_model, self.d_ff = num_experts, d_model, d_ff
-        self.activation = activation
-        self.swiglu_alpha, self.swiglu_limit = float(swiglu_alpha), float(swiglu_limit)
+        self._configure(num_experts, d_model, d_ff, activation)
 
         def init(fan_in: int, *shape: int) -> nn.Parameter:  # nn.Linear's default bound
             bound = 1.0 / math.sqrt(fan_in)
             return nn.Parameter(torch.empty(*shape).uniform_(-bound, bound))
 
-        gated = activation in GATED_ACTIVATIONS
-        if gated:
+        if activation in GATED_ACTIVATIONS:
             self.w_gate = init(d_model, num_experts, d_model, d_ff)
         else:
             self.register_parameter("w_gate", None)
         self.w_up = init(d_model, num_experts, d_model, d_ff)
         self.w_down = init(d_ff, num_experts, d_ff, d_model)
-        self.register_parameter("b_gate", init(d_model, num_experts, d_ff) if bias and gated else None)
-        self.register_parameter("b_up", init(d_model, num_experts, d_ff) if bias else None)
-        self.register_parameter("b_down", init(d_ff, num_experts, d_model) if bias else None)
+
+    def _configure(self, num_experts: int, d_model: int, d_ff: int, activation: str) -> None:
+        """Validate and store the shape and activation (no weights: :mod:`moe_lab.interop`'s
+        experts are views of a real model's own tensors)."""
+        check_positive_int("num_experts", num_experts)
+        check_positive_int("d_model", d_model)
+        check_positive_int("d_ff", d_ff)
+        check_choice("activation", activation, ACTIVATIONS)
+        self.num_experts, self.d_model, self.d_ff = num_experts, d_model, d_ff
+        self._activation = activation
+        self.act = GATED_ACTIVATIONS.get(activation) or PLAIN_ACTIVATIONS[activation]
+
+    @property
+    def activation(self) -> str:
+        """Fixed at construction: a gated activation has a ``w_gate``, the others none."""
+        return self._activation
 
     def extra_repr(self) -> str:
-        text = (f"num_experts={self.num_experts}, d_model={self.d_model}, d_ff={self.d_ff}, "
+        return (f"num_experts={self.num_experts}, d_model={self.d_model}, d_ff={self.d_ff}, "
                 f"activation={self.activation!r}")
-        return text + (", bias=True" if self.b_up is not None else "")
 
-    def _ffn(self, x: torch.Tensor, matmul, pick_bias) -> torch.Tensor:
-        """h = act(x W_gate + b_gate, x W_up + b_up) W_down + b_down, with ``matmul(h, W)`` doing
-        the stacked-weight product of a layout and ``pick_bias(b)`` giving each row its expert's
-        bias (never called without biases)."""
-        def project(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-            out = matmul(h, weight)
-            return out if bias is None else out + pick_bias(bias).to(out.dtype)
-
-        gate = project(x, self.w_gate, self.b_gate) if self.w_gate is not None else None  # (.., F)
-        up = project(x, self.w_up, self.b_up)  # (.., F)
-        h = _activate(self.activation, gate, up, alpha=self.swiglu_alpha, limit=self.swiglu_limit)
-        return project(h, self.w_down, self.b_down)  # (.., D)
+    def _ffn(self, x: torch.Tensor, matmul) -> torch.Tensor:
+        """The expert FFN, with ``matmul(h, W)`` the stacked-weight product of a layout."""
+        if self.w_gate is None:  # GELU / ReLU experts: act(x W_up) W_down
+            return matmul(self.act(matmul(x, self.w_up)), self.w_down)  # (.., D)
+        # SwiGLU (lesson 00): silu(x W_gate) * (x W_up), then W_down   (GeGLU: gelu for silu)
+        h = self.act(matmul(x, self.w_gate)) * matmul(x, self.w_up)  # (.., F)
+        return matmul(h, self.w_down)  # (.., D)
 
     def forward(self, *args: object, **kwargs: object) -> torch.Tensor:
         raise TypeError("Experts is not called directly: it needs to know which expert gets "
@@ -196,7 +176,7 @@ class Experts(nn.Module):
         self._check_rows("x", x, None)
         if isinstance(e, bool) or not isinstance(e, int) or not 0 <= e < self.num_experts:
             raise ValueError(f"e must be an expert id in [0, {self.num_experts}), got {e!r}")
-        return self._ffn(x, lambda h, w: h @ w[e], lambda b: b[e])  # (..., D)
+        return self._ffn(x, lambda h, w: h @ w[e])  # (..., D)
 
     def forward_grouped(self, x_sorted: torch.Tensor, counts: list[int]) -> torch.Tensor:
         """All experts at once on rows sorted by expert: x_sorted (M, D), counts E ints -> (M, D).
@@ -205,12 +185,7 @@ class Experts(nn.Module):
         self._check_rows("x_sorted", x_sorted, 2)
         counts = check_counts("counts", counts, self.num_experts, x_sorted.shape[0])
         offsets = torch.tensor(counts, device=x_sorted.device).cumsum(0).to(torch.int32)  # (E,)
-
-        def bias_of_rows(bias: torch.Tensor) -> torch.Tensor:  # (E, A) -> (M, A): b[expert of row]
-            return torch.repeat_interleave(bias, torch.tensor(counts, device=bias.device), dim=0)
-
-        return self._ffn(x_sorted, lambda h, w: grouped_matmul(h, w, counts, offsets),
-                         bias_of_rows)  # (M, D)
+        return self._ffn(x_sorted, lambda h, w: grouped_matmul(h, w, counts, offsets))  # (M, D)
 
     def forward_padded(self, x_padded: torch.Tensor) -> torch.Tensor:
         """A capacity-padded batch, one row block per expert: (E, C, D) -> (E, C, D) with bmm."""
@@ -218,7 +193,7 @@ class Experts(nn.Module):
         if x_padded.shape[0] != self.num_experts:
             raise ValueError(f"x_padded must have shape (E={self.num_experts}, C, D), got "
                              f"{tuple(x_padded.shape)}")
-        return self._ffn(x_padded, torch.bmm, lambda b: b.unsqueeze(1))  # (E, C, D)
+        return self._ffn(x_padded, torch.bmm)  # (E, C, D)
 
     def forward_all(self, x: torch.Tensor) -> torch.Tensor:
         """Every expert on every token (the dense reference): x (N, D) -> (E, N, D)."""

@@ -13,8 +13,11 @@ shared expert of width m * F computes exactly what m shared experts of width F c
 (split its hidden units), so a single wide shared expert is ``num_shared_experts=m`` (DeepSeek-V3),
 or one expert with ``shared_d_ff=m * F``, any width (Qwen2-MoE).
 
-With a shared expert gate (Qwen2-MoE), the shared sum is scaled by sigmoid(x_n w_sg), one
-scalar per token. With ``weight_inputs=True`` (Llama 4: the router's score scales what the
+With ``gate_shared_experts=True`` (Qwen2-MoE), the shared sum is scaled by sigmoid(x_n w_sg),
+one scalar per token, ``w_sg`` the layer's ``shared_expert_gate`` (an ``nn.Linear(D, 1)``). The
+shared experts are built like the routed ones (the same activation).
+
+With ``weight_inputs=True`` (Llama 4: the router's score scales what the
 expert reads) the routed sum is
 
     y_n = sum_k Expert_{topk_idx[n, k]}(topk_weights[n, k] * x_n)
@@ -27,17 +30,20 @@ widget) can compute the auxiliary losses (:mod:`moe_lab.losses`) and see what wa
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+import inspect
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 from torch import nn
 
 from moe_lab.dispatch import DISPATCH_FUNCTIONS, compute_capacity, make_routing_plan
-from moe_lab.experts import Experts
-from moe_lab.routing import RouterOutput, TopKRouter
+from moe_lab.experts import ACTIVATIONS, Experts
+from moe_lab.routing import NOISE_TYPES, SCORING_TYPES, RouterOutput, TopKRouter
 from moe_lab.validation import (
+    check_bool,
     check_choice,
     check_float_tensor,
+    check_groups,
     check_last_dim,
     check_matches_weights,
     check_nonnegative_int,
@@ -64,33 +70,57 @@ class MoEOutput:
 
 @dataclass(frozen=True)
 class SparseMoEConfig:
-    """SparseMoE's constructor arguments, stored by the layer: ``SparseMoE.from_config(moe.config)``
-    builds the same layer (then ``load_state_dict`` copies its weights), e.g. on every rank of
-    :mod:`moe_lab.systems.parallel`. ``dispatch``, ``capacity_factor`` and ``weight_inputs`` follow the
-    layer's attributes of those names when they are changed (lesson 03 does)."""
+    """Every option of :class:`SparseMoE`, declared once: the constructor, ``from_config`` and
+    the expert-parallel ranks (:mod:`moe_lab.systems.parallel`) all read this object, and
+    ``moe.config`` gives it back as the layer stands now (options changed after construction
+    included). Validated on creation: a bad value raises a ValueError/TypeError naming it."""
 
-    d_model: int
-    d_ff: int
-    num_experts: int
-    top_k: int
-    dispatch: str = "sorted"
-    capacity_factor: float | None = None
-    activation: str = "swiglu"
-    normalize: bool = True
-    noise: str | None = None
-    router_dtype: torch.dtype = torch.float32
-    scoring: str = "softmax"
-    router_bias: bool = False
-    scaling_factor: float = 1.0
-    num_groups: int = 1
-    topk_groups: int = 1
-    expert_bias: bool = False
-    swiglu_alpha: float = 1.702
-    swiglu_limit: float = 7.0
-    weight_inputs: bool = False
-    num_shared_experts: int = 0
-    shared_d_ff: int | None = None
-    shared_gate: bool = False
+    d_model: int                              # D
+    d_ff: int                                 # F, each expert's hidden width
+    num_experts: int                          # E
+    top_k: int                                # K, experts per token
+    dispatch: str = "sorted"                  # "dense" (reference), "loop", "sorted", "padded"
+    capacity_factor: float | None = None      # None: dropless; else C = ceil(cf * N * K / E)
+    activation: str = "swiglu"                # experts' FFN: "swiglu", "geglu", "gelu", "relu"
+    normalize: bool = True                    # the K weights renormalised to sum to 1
+    noise: str | None = None                  # None, "noisy_topk", "jitter" (training only)
+    router_dtype: torch.dtype | None = torch.float32  # None: logits in the input's dtype
+    scoring: str = "softmax"                  # "softmax" or "sigmoid" (DeepSeek-V3)
+    scaling_factor: float = 1.0               # the K weights times this (DeepSeek-V3)
+    num_groups: int = 1                       # group-limited selection (DeepSeek-V3's n_group)
+    topk_groups: int = 1                      # groups kept per token (topk_group)
+    weight_inputs: bool = False               # the K weights scale the inputs (Llama 4)
+    num_shared_experts: int = 0               # K_s experts on every token (DeepSeekMoE)
+    shared_d_ff: int | None = None            # their width; None: d_ff
+    gate_shared_experts: bool = False         # shared sum times sigmoid(x w_sg) (Qwen2-MoE)
+
+    def __post_init__(self) -> None:
+        check_positive_int("d_model", self.d_model)
+        check_positive_int("d_ff", self.d_ff)
+        check_positive_int("num_experts", self.num_experts)
+        check_top_k(self.top_k, self.num_experts)
+        check_choice("dispatch", self.dispatch, DISPATCH_FUNCTIONS)
+        object.__setattr__(self, "capacity_factor",  # stored as a float
+                           check_positive_float("capacity_factor", self.capacity_factor,
+                                                allow_none=True))
+        check_choice("activation", self.activation, ACTIVATIONS)
+        check_bool("normalize", self.normalize)
+        check_choice("noise", self.noise, NOISE_TYPES)
+        if self.router_dtype is not None and (not isinstance(self.router_dtype, torch.dtype)
+                                              or not self.router_dtype.is_floating_point):
+            raise TypeError(f"router_dtype must be a floating torch.dtype or None, got "
+                            f"{self.router_dtype!r}")
+        check_choice("scoring", self.scoring, SCORING_TYPES)
+        object.__setattr__(self, "scaling_factor",
+                           check_positive_float("scaling_factor", self.scaling_factor))
+        check_groups(self.num_groups, self.topk_groups, self.num_experts, self.top_k)
+        check_bool("weight_inputs", self.weight_inputs)
+        check_nonnegative_int("num_shared_experts", self.num_shared_experts)
+        if self.shared_d_ff is not None:
+            check_positive_int("shared_d_ff", self.shared_d_ff)
+        check_bool("gate_shared_experts", self.gate_shared_experts)
+        if self.gate_shared_experts and not self.num_shared_experts:
+            raise ValueError("gate_shared_experts=True needs num_shared_experts >= 1, got 0")
 
     def to_dict(self) -> dict[str, object]:
         """The keyword arguments of ``SparseMoE(**config.to_dict())`` (plain values: saves and
@@ -98,29 +128,47 @@ class SparseMoEConfig:
         return asdict(self)
 
 
+# where each option lives once the layer is built: the router holds these (and may change them,
+# validated); the layer holds dispatch, capacity_factor and weight_inputs; the rest is fixed
+ROUTER_OPTIONS = ("top_k", "normalize", "noise", "router_dtype", "scoring", "scaling_factor",
+                  "num_groups", "topk_groups")
+LAYER_OPTIONS = ("dispatch", "capacity_factor", "weight_inputs")
+OPTIONS = tuple(f.name for f in fields(SparseMoEConfig))
+# options of earlier versions that now belong to one family (gpt-oss): say where they went
+_MOVED_TO_INTEROP = ("router_bias", "expert_bias", "swiglu_alpha", "swiglu_limit")
+
+
+def _fixed(name: str):
+    def setter(self: SparseMoE, value: object) -> None:
+        raise AttributeError(f"{name} is fixed at construction: build a new layer, "
+                             f"SparseMoE.from_config(dataclasses.replace(moe.config, {name}={value!r}))")
+    return property(lambda self: getattr(self._config, name), setter)
+
+
+def _layer_option(name: str):
+    def setter(self: SparseMoE, value: object) -> None:
+        self._config = replace(self._config, **{name: value})  # validated by the config
+    return property(lambda self: getattr(self._config, name), setter)
+
+
 class SparseMoE(nn.Module):
     """A top-k Mixture-of-Experts feed-forward layer.
 
-    Args:
-        d_model, d_ff, num_experts, top_k: D, F, E, K.
-        dispatch: ``"dense"`` (reference), ``"loop"``, ``"sorted"`` (default) or ``"padded"``.
-        capacity_factor: None for dropless; otherwise C = ceil(capacity_factor * N * K / E).
-        activation: ``"swiglu"``, ``"gelu"`` or ``"relu"``.
-        normalize, noise, router_dtype, scoring: passed to :class:`TopKRouter`.
-        router_bias, scaling_factor, num_groups, topk_groups: the router's ``bias``,
-            ``scaling_factor`` and group limit (:class:`TopKRouter`; gpt-oss, DeepSeek-V3).
-        expert_bias: biases in the experts (:class:`Experts`, gpt-oss).
-        swiglu_alpha, swiglu_limit: the constants of ``activation="clamped_swiglu"`` (gpt-oss).
-        weight_inputs: the K weights scale the experts' inputs instead of their outputs (Llama 4).
-        num_shared_experts: K_s experts of width F (or ``shared_d_ff``) that run on every token
-            (DeepSeekMoE), stored as an :class:`Experts` bank ``shared_experts`` (None when K_s = 0).
-        shared_gate: scale the shared sum by sigmoid(x w_sg), ``shared_gate`` an ``nn.Linear(D, 1)``
-            (Qwen2-MoE's ``shared_expert_gate``).
+    ``SparseMoE(d_model, d_ff, num_experts, top_k, **options)``: the options and their defaults
+    are the fields of :class:`SparseMoEConfig` (dispatch, capacity_factor, activation, the
+    router's normalize, noise, router_dtype, scoring, scaling_factor, num_groups, topk_groups,
+    weight_inputs, num_shared_experts, shared_d_ff, gate_shared_experts).
 
-    ``dispatch``, ``capacity_factor``, ``top_k`` and ``weight_inputs`` may be reassigned after
-    construction; each assignment is validated like the constructor argument. ``config`` holds
-    every constructor argument (:class:`SparseMoEConfig`), so ``SparseMoE.from_config`` rebuilds
-    the layer.
+    Attributes: ``router`` (:class:`TopKRouter`), ``experts`` (:class:`Experts`),
+    ``shared_experts`` (an :class:`Experts` bank of K_s experts, None when K_s = 0) and
+    ``shared_expert_gate`` (``nn.Linear(D, 1)``, None unless ``gate_shared_experts``).
+
+    After construction, ``dispatch``, ``capacity_factor``, ``weight_inputs`` and ``top_k`` may be
+    reassigned on the layer, and the router's options on ``moe.router``; each assignment is
+    validated like the constructor argument, and ``moe.config`` reads them back, so
+    ``SparseMoE.from_config(moe.config)`` (and every expert-parallel rank) rebuilds the layer as
+    it is now. The shapes, the activation and the shared experts are fixed: assigning them raises
+    an AttributeError naming the option.
 
     x must be on the weights' device and, outside ``torch.autocast``, in the weights' dtype:
     a float64, float16 or bfloat16 x into a float32 layer raises one TypeError naming both
@@ -129,97 +177,46 @@ class SparseMoE(nn.Module):
     tensor is refused (ValueError): routing needs values.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        d_ff: int,
-        num_experts: int,
-        top_k: int,
-        *,
-        dispatch: str = "sorted",
-        capacity_factor: float | None = None,
-        activation: str = "swiglu",
-        normalize: bool = True,
-        noise: str | None = None,
-        router_dtype: torch.dtype = torch.float32,
-        scoring: str = "softmax",
-        router_bias: bool = False,
-        scaling_factor: float = 1.0,
-        num_groups: int = 1,
-        topk_groups: int = 1,
-        expert_bias: bool = False,
-        weight_inputs: bool = False,
-        swiglu_alpha: float = 1.702,
-        swiglu_limit: float = 7.0,
-        num_shared_experts: int = 0,
-        shared_d_ff: int | None = None,
-        shared_gate: bool = False,
-    ) -> None:
+    def __init__(self, d_model: int, d_ff: int, num_experts: int, top_k: int,
+                 **options: object) -> None:
         super().__init__()
-        check_positive_int("d_model", d_model)
-        check_positive_int("d_ff", d_ff)
-        check_positive_int("num_experts", num_experts)
-        check_top_k(top_k, num_experts)
-        check_choice("dispatch", dispatch, DISPATCH_FUNCTIONS)
-        capacity_factor = check_positive_float("capacity_factor", capacity_factor, allow_none=True)
-        check_nonnegative_int("num_shared_experts", num_shared_experts)
-        self.d_model, self.d_ff, self.num_experts = d_model, d_ff, num_experts
-        self.router = TopKRouter(d_model, num_experts, top_k, normalize=normalize, noise=noise,
-                                 router_dtype=router_dtype, scoring=scoring, bias=router_bias,
-                                 scaling_factor=scaling_factor, num_groups=num_groups,
-                                 topk_groups=topk_groups)
-        self.experts = Experts(num_experts, d_model, d_ff, activation=activation, bias=expert_bias,
-                               swiglu_alpha=swiglu_alpha, swiglu_limit=swiglu_limit)
-        self.num_shared_experts = num_shared_experts
-        self.shared_d_ff = d_ff if shared_d_ff is None else check_positive_int("shared_d_ff",
-                                                                               shared_d_ff)
-        self.shared_experts = (Experts(num_shared_experts, d_model, self.shared_d_ff,
-                                       activation=activation) if num_shared_experts else None)
-        if shared_gate and not num_shared_experts:
-            raise ValueError("shared_gate=True needs num_shared_experts >= 1, got 0")
-        self.shared_gate = nn.Linear(d_model, 1, bias=False) if shared_gate else None
-        self.config = SparseMoEConfig(
-            d_model=d_model, d_ff=d_ff, num_experts=num_experts, top_k=top_k, dispatch=dispatch,
-            capacity_factor=capacity_factor, activation=activation, normalize=normalize,
-            noise=noise, router_dtype=router_dtype, scoring=scoring, router_bias=bool(router_bias),
-            scaling_factor=float(scaling_factor), num_groups=num_groups, topk_groups=topk_groups,
-            expert_bias=bool(expert_bias), swiglu_alpha=float(swiglu_alpha),
-            swiglu_limit=float(swiglu_limit), weight_inputs=bool(weight_inputs),
-            num_shared_experts=num_shared_experts, shared_d_ff=shared_d_ff,
-            shared_gate=bool(shared_gate))
+        config = SparseMoEConfig(d_model, d_ff, num_experts, top_k, **_check_option_names(options))
+        self._config = config
+        self.router = TopKRouter(config.d_model, config.num_experts,
+                                 **{name: getattr(config, name) for name in ROUTER_OPTIONS})
+        self.experts = Experts(config.num_experts, config.d_model, config.d_ff,
+                               activation=config.activation)
+        # the shared experts are built as the routed ones, with the layer's activation
+        self.shared_experts = (Experts(config.num_shared_experts, config.d_model, self.shared_d_ff,
+                                       activation=config.activation)
+                               if config.num_shared_experts else None)
+        self.shared_expert_gate = (nn.Linear(config.d_model, 1, bias=False)
+                                   if config.gate_shared_experts else None)
 
     @classmethod
     def from_config(cls, config: SparseMoEConfig) -> SparseMoE:
-        """A new layer with ``config``'s arguments (fresh weights)."""
+        """A new layer with ``config``'s options (fresh weights)."""
         if not isinstance(config, SparseMoEConfig):
             raise TypeError(f"config must be a SparseMoEConfig, got {type(config).__name__}")
-        return cls(**config.to_dict())
+        return SparseMoE(**config.to_dict())
 
     @property
-    def dispatch(self) -> str:
-        return self.config.dispatch
+    def config(self) -> SparseMoEConfig:
+        """The layer's options as they are now (the router's read from ``self.router``)."""
+        return replace(self._config, **{name: getattr(self.router, name) for name in ROUTER_OPTIONS})
 
-    @dispatch.setter
-    def dispatch(self, dispatch: str) -> None:
-        check_choice("dispatch", dispatch, DISPATCH_FUNCTIONS)
-        self.config = replace(self.config, dispatch=dispatch)
-
-    @property
-    def capacity_factor(self) -> float | None:
-        return self.config.capacity_factor
-
-    @capacity_factor.setter
-    def capacity_factor(self, capacity_factor: float | None) -> None:
-        capacity_factor = check_positive_float("capacity_factor", capacity_factor, allow_none=True)
-        self.config = replace(self.config, capacity_factor=capacity_factor)
+    d_model = _fixed("d_model")
+    d_ff = _fixed("d_ff")
+    num_experts = _fixed("num_experts")
+    num_shared_experts = _fixed("num_shared_experts")
+    dispatch = _layer_option("dispatch")
+    capacity_factor = _layer_option("capacity_factor")
+    weight_inputs = _layer_option("weight_inputs")
 
     @property
-    def weight_inputs(self) -> bool:
-        return self.config.weight_inputs
-
-    @weight_inputs.setter
-    def weight_inputs(self, weight_inputs: bool) -> None:
-        self.config = replace(self.config, weight_inputs=bool(weight_inputs))
+    def shared_d_ff(self) -> int:
+        """F_s, the shared experts' width (``d_ff`` unless ``shared_d_ff`` was given)."""
+        return self._config.shared_d_ff or self._config.d_ff
 
     def extra_repr(self) -> str:
         text = (f"dispatch={self.dispatch!r}, capacity_factor={self.capacity_factor}, "
@@ -234,7 +231,6 @@ class SparseMoE(nn.Module):
     @top_k.setter
     def top_k(self, value: int) -> None:
         self.router.top_k = value  # validated by the router
-        self.config = replace(self.config, top_k=value)
 
     def capacity(self, num_tokens: int) -> int | None:
         """C for a batch of N tokens, or None when dropless."""
@@ -267,9 +263,9 @@ class SparseMoE(nn.Module):
         """The shared experts on every token: x (N, D) -> (N, D)."""
         # s_n = sum_s Shared_s(x_n): every shared expert on every token, unweighted
         shared = self.shared_experts.forward_all(x).sum(0)  # (N, D)
-        if self.shared_gate is not None:
+        if self.shared_expert_gate is not None:
             # s_n <- sigmoid(x_n w_sg) * s_n   (Qwen2-MoE)
-            shared = torch.sigmoid(self.shared_gate(x)) * shared  # (N, 1) * (N, D)
+            shared = torch.sigmoid(self.shared_expert_gate(x)) * shared  # (N, 1) * (N, D)
         return shared
 
     def _route_weighted_inputs(self, x: torch.Tensor, routing: RouterOutput):
@@ -282,7 +278,31 @@ class SparseMoE(nn.Module):
         rows = rows.reshape(num_tokens * top_k, self.d_model)  # (N*K, D)
         plan = make_routing_plan(routing.topk_idx.reshape(-1, 1),
                                  rows.new_ones(num_tokens * top_k, 1), self.num_experts,
-                                 self.capacity(num_tokens))
+                                 self.capacity(num_tokens), check_range=False)
         h = DISPATCH_FUNCTIONS[self.dispatch](rows, plan, self.experts)  # (N*K, D)
         # y_n = sum_k Expert_{i_k}(w_{n,k} x_n)
         return h.view(num_tokens, top_k, self.d_model).sum(dim=1), plan  # (N, D)
+
+
+def _check_option_names(options: dict[str, object]) -> dict[str, object]:
+    """Unknown option names raise one TypeError listing the known ones (and where the gpt-oss
+    options of earlier versions went)."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        moved = [name for name in unknown if name in _MOVED_TO_INTEROP]
+        hint = (f" ({', '.join(moved)}: gpt-oss's own, see moe_lab.interop.quirks)" if moved else "")
+        raise TypeError(f"SparseMoE got unknown option(s) {', '.join(unknown)}{hint}; the options "
+                        f"are {', '.join(OPTIONS[4:])}")
+    if options.get("activation") == "clamped_swiglu":
+        raise ValueError("activation='clamped_swiglu' is gpt-oss's own: "
+                         "moe_lab.interop.quirks.GptOssExperts")
+    return options
+
+
+# help(SparseMoE) shows every option with its default, read from the one declaration above
+SparseMoE.__init__.__signature__ = inspect.Signature(
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    + [inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+       for f in fields(SparseMoEConfig)[:4]]
+    + [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default)
+       for f in fields(SparseMoEConfig)[4:]])

@@ -30,6 +30,10 @@ Noise (training only, off in ``eval()``):
 
 The router computes in ``router_dtype`` (float32 by default, whatever the input dtype): in
 bfloat16 the logits carry only 8 bits of mantissa and near-ties flip the top-k choice (lesson 01).
+``router_dtype=None`` routes as most transformers models do (Mixtral, Qwen-MoE, OLMoE, gpt-oss,
+Llama 4): the logits in the input's dtype (or autocast's), the scores from them in float32, so a
+converted model picks the experts its family picks in every dtype (lesson 09 counts the tokens
+that the float32 router would send elsewhere).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moe_lab.validation import (
+    check_bool,
     check_choice,
     check_float_tensor,
     check_fraction,
@@ -56,11 +61,19 @@ NOISE_TYPES = (None, "noisy_topk", "jitter")
 SCORING_TYPES = ("softmax", "sigmoid")
 
 
+def _refuse(name: str):
+    """A setter for an option fixed at construction: an AttributeError naming it."""
+    def setter(self: object, value: object) -> None:
+        raise AttributeError(f"{name} is fixed at construction (the weights' shapes or layout "
+                             f"depend on it): build a new {type(self).__name__} with {name}={value!r}")
+    return setter
+
+
 @dataclass(frozen=True)
 class RouterOutput:
     """What the router decided for N tokens.
 
-    logits:       (N, E) float32 router logits (with noise, when noise is on)
+    logits:       (N, E) router logits as float32 (with noise, when noise is on)
     probs:        (N, E) softmax(logits) (or sigmoid(logits) with sigmoid scoring)
     topk_idx:     (N, K) int64 chosen experts, best first
     topk_weights: (N, K) float32 combine weights of the chosen experts
@@ -138,16 +151,23 @@ class TopKRouter(nn.Module):
         top_k: K, experts per token, 1 <= K <= E.
         normalize: renormalise the K weights to sum to 1 (Mixtral) or keep raw probabilities.
         noise: None, ``"noisy_topk"`` (Shazeer 2017) or ``"jitter"`` (Switch); training only.
-        router_dtype: dtype of the router matmul and softmax (float32 unless demonstrating why).
+        router_dtype: dtype of the router matmul and scores (float32 unless demonstrating why),
+            or None: the matmul in the input's dtype, the scores in float32 (transformers' way).
         scoring: ``"softmax"`` or ``"sigmoid"`` (DeepSeek-V3).
         jitter_eps: half-width of the multiplicative jitter.
-        bias: a learned logit bias ``bias`` (E,), as in ``nn.Linear(D, E, bias=True)`` (gpt-oss).
         scaling_factor: multiplies the K weights after normalisation (DeepSeek-V3's
             ``routed_scaling_factor``).
         num_groups, topk_groups: group-limited selection (DeepSeek-V3's ``n_group``,
             ``topk_group``); E must divide into ``num_groups`` groups and K fit in the
             ``topk_groups`` chosen ones. 1, 1: no limit.
+
+    Every option may be reassigned after construction and is validated like the constructor
+    argument, except the shapes (``d_model``, ``num_experts``) and the group layout, which are
+    fixed (an AttributeError names them). :class:`moe_lab.SparseMoE`'s ``config`` reads them
+    back, so a changed option follows the layer everywhere (the expert-parallel ranks included).
     """
+
+    score_correction_bias: torch.Tensor | None
 
     def __init__(
         self,
@@ -157,37 +177,20 @@ class TopKRouter(nn.Module):
         *,
         normalize: bool = True,
         noise: str | None = None,
-        router_dtype: torch.dtype = torch.float32,
+        router_dtype: torch.dtype | None = torch.float32,
         scoring: str = "softmax",
         jitter_eps: float = 1e-2,
-        bias: bool = False,
         scaling_factor: float = 1.0,
         num_groups: int = 1,
         topk_groups: int = 1,
     ) -> None:
         super().__init__()
-        check_positive_int("d_model", d_model)
-        check_positive_int("num_experts", num_experts)
-        check_top_k(top_k, num_experts)
-        check_choice("noise", noise, NOISE_TYPES)
-        check_choice("scoring", scoring, SCORING_TYPES)
-        check_fraction("jitter_eps", jitter_eps)  # u ~ U(1 - eps, 1 + eps) must stay > 0
-        check_positive_float("scaling_factor", scaling_factor)
-        check_groups(num_groups, topk_groups, num_experts, top_k)
-        if not isinstance(router_dtype, torch.dtype) or not router_dtype.is_floating_point:
-            raise TypeError(f"router_dtype must be a floating torch.dtype, got {router_dtype!r}")
-        self.d_model, self.num_experts, self.top_k = d_model, num_experts, top_k
-        self.normalize, self.noise, self.scoring = bool(normalize), noise, scoring
-        self.router_dtype, self.jitter_eps = router_dtype, float(jitter_eps)
-        self.scaling_factor = float(scaling_factor)
-        self.num_groups, self.topk_groups = num_groups, topk_groups
-
+        self._configure(d_model, num_experts, top_k, normalize=normalize, noise=noise,
+                        router_dtype=router_dtype, scoring=scoring, jitter_eps=jitter_eps,
+                        scaling_factor=scaling_factor, num_groups=num_groups,
+                        topk_groups=topk_groups)
         bound = 1.0 / math.sqrt(d_model)  # nn.Linear's default initialisation
         self.weight = nn.Parameter(torch.empty(num_experts, d_model).uniform_(-bound, bound))
-        if bias:
-            self.bias = nn.Parameter(torch.empty(num_experts).uniform_(-bound, bound))
-        else:
-            self.register_parameter("bias", None)
         if noise == "noisy_topk":
             self.noise_weight = nn.Parameter(torch.zeros(num_experts, d_model))  # W_noise
         else:
@@ -195,20 +198,40 @@ class TopKRouter(nn.Module):
         # DeepSeek-V3's e_score_correction_bias: changes the choice, never the weights.
         self.register_buffer("score_correction_bias", torch.zeros(num_experts))
 
+    def _configure(self, d_model: int, num_experts: int, top_k: int, *, normalize: bool,
+                   noise: str | None, router_dtype: torch.dtype | None, scoring: str,
+                   jitter_eps: float, scaling_factor: float, num_groups: int,
+                   topk_groups: int) -> None:
+        """Validate and store the options (no weights: :mod:`moe_lab.interop` brings its own)."""
+        check_positive_int("d_model", d_model)
+        check_positive_int("num_experts", num_experts)
+        check_top_k(top_k, num_experts)
+        check_groups(num_groups, topk_groups, num_experts, top_k)
+        self._shape = (d_model, num_experts, num_groups, topk_groups)
+        self.top_k, self.normalize, self.noise, self.scoring = top_k, normalize, noise, scoring
+        self.router_dtype, self.jitter_eps = router_dtype, jitter_eps
+        self.scaling_factor = scaling_factor
+
     def extra_repr(self) -> str:
         text = (
             f"d_model={self.d_model}, num_experts={self.num_experts}, top_k={self.top_k}, "
             f"normalize={self.normalize}, noise={self.noise}, scoring={self.scoring!r}"
         )
-        if self.bias is not None:
-            text += ", bias=True"
+        if self.router_dtype != torch.float32:
+            text += f", router_dtype={self.router_dtype}"
         if self.scaling_factor != 1.0:
             text += f", scaling_factor={self.scaling_factor}"
         if self.num_groups > 1:
             text += f", num_groups={self.num_groups}, topk_groups={self.topk_groups}"
         return text
 
-    # K and the jitter width may be changed after construction (lessons do): validated here
+    # the fixed options: the weights' shapes and the group layout
+    d_model = property(lambda self: self._shape[0], _refuse("d_model"))
+    num_experts = property(lambda self: self._shape[1], _refuse("num_experts"))
+    num_groups = property(lambda self: self._shape[2], _refuse("num_groups"))
+    topk_groups = property(lambda self: self._shape[3], _refuse("topk_groups"))
+
+    # the others may change after construction (lessons do): validated here
     @property
     def top_k(self) -> int:
         return self._top_k
@@ -216,6 +239,46 @@ class TopKRouter(nn.Module):
     @top_k.setter
     def top_k(self, value: int) -> None:
         self._top_k = check_top_k(value, self.num_experts)
+        check_groups(self.num_groups, self.topk_groups, self.num_experts, value)
+
+    @property
+    def normalize(self) -> bool:
+        return self._normalize
+
+    @normalize.setter
+    def normalize(self, value: bool) -> None:
+        self._normalize = check_bool("normalize", value)
+
+    @property
+    def noise(self) -> str | None:
+        return self._noise
+
+    @noise.setter
+    def noise(self, value: str | None) -> None:
+        check_choice("noise", value, NOISE_TYPES)
+        if value == "noisy_topk" and getattr(self, "noise_weight", "new") is None:
+            raise ValueError("noise='noisy_topk' needs the learned W_noise, made at construction: "
+                             "build the router with noise='noisy_topk'")
+        self._noise = value
+
+    @property
+    def scoring(self) -> str:
+        return self._scoring
+
+    @scoring.setter
+    def scoring(self, value: str) -> None:
+        self._scoring = check_choice("scoring", value, SCORING_TYPES)
+
+    @property
+    def router_dtype(self) -> torch.dtype | None:
+        return self._router_dtype
+
+    @router_dtype.setter
+    def router_dtype(self, value: torch.dtype | None) -> None:
+        if value is not None and (not isinstance(value, torch.dtype) or not value.is_floating_point):
+            raise TypeError(f"router_dtype must be a floating torch.dtype or None (the input's "
+                            f"dtype), got {value!r}")
+        self._router_dtype = value
 
     @property
     def jitter_eps(self) -> float:
@@ -223,26 +286,42 @@ class TopKRouter(nn.Module):
 
     @jitter_eps.setter
     def jitter_eps(self, value: float) -> None:
-        self._jitter_eps = check_fraction("jitter_eps", value)
+        self._jitter_eps = check_fraction("jitter_eps", value)  # u ~ U(1 - eps, 1 + eps) > 0
+
+    @property
+    def scaling_factor(self) -> float:
+        return self._scaling_factor
+
+    @scaling_factor.setter
+    def scaling_factor(self, value: float) -> None:
+        self._scaling_factor = check_positive_float("scaling_factor", value)
 
     def forward(self, x: torch.Tensor) -> RouterOutput:
-        """x (..., D) in any float dtype (the router casts it to ``router_dtype``) -> RouterOutput."""
+        """x (..., D) in any float dtype (cast to ``router_dtype`` unless None) -> RouterOutput."""
         check_float_tensor("x", x)
         check_last_dim("x", x, self.d_model, "d_model")
+        x = x.reshape(-1, self.d_model)  # (N, D)
+        if self.router_dtype is None:  # as transformers: the input's dtype, autocast as it is
+            return self._route(x)
         # autocast would run the gate in bf16: switch it off so router_dtype holds
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return self._route(x.reshape(-1, self.d_model).to(self.router_dtype))  # x: (N, D)
+            return self._route(x.to(self.router_dtype))
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """router_logits = x W^T: (N, D) -> (N, E), in x's dtype."""
+        return F.linear(x, self.weight.to(x.dtype))  # (N, E)
 
     def _route(self, x: torch.Tensor) -> RouterOutput:
         if self.training and self.noise == "jitter":
             # x <- x * u,  u ~ U(1 - eps, 1 + eps)
             x = x * torch.empty_like(x).uniform_(1 - self.jitter_eps, 1 + self.jitter_eps)
-        bias = None if self.bias is None else self.bias.to(self.router_dtype)
-        router_logits = F.linear(x, self.weight.to(self.router_dtype), bias)  # (N, E)
+        router_logits = self._logits(x)  # (N, E)
         if self.training and self.noise == "noisy_topk":
             # H(x) = x W_g + eps * softplus(x W_noise),  eps ~ N(0, 1)
-            noise_std = F.softplus(F.linear(x, self.noise_weight.to(self.router_dtype)))  # (N, E)
+            noise_std = F.softplus(F.linear(x, self.noise_weight.to(x.dtype)))  # (N, E)
             router_logits = router_logits + torch.randn_like(router_logits) * noise_std
+        if self.router_dtype is None:  # scores in float32 from the input-dtype logits
+            router_logits = router_logits.float()
         return self.decide(router_logits)
 
     def decide(self, router_logits: torch.Tensor, top_k: int | None = None) -> RouterOutput:
@@ -258,9 +337,10 @@ class TopKRouter(nn.Module):
             router_probs = torch.softmax(router_logits, dim=-1)  # (N, E)
         else:
             router_probs = torch.sigmoid(router_logits)  # (N, E)
-        bias = self.score_correction_bias.to(router_probs.dtype)
+        bias = self.score_correction_bias
         topk_idx, topk_weights = topk_routing(
-            router_probs, top_k, normalize=self.normalize, selection_bias=bias,
+            router_probs, top_k, normalize=self.normalize,
+            selection_bias=None if bias is None else bias.to(router_probs.dtype),
             scaling_factor=self.scaling_factor, num_groups=self.num_groups,
             topk_groups=self.topk_groups,
         )

@@ -175,3 +175,9 @@ def check_mask(mask: object, num_tokens: int) -> torch.Tensor | None:
         raise ValueError("mask must hold True/False (or 1/0) per token, got other values "
                          f"such as {mask[(mask != 0) & (mask != 1)][0].item()}")
     return mask.to(torch.bool)
+
+
+def check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} ({value!r})")
+    return value

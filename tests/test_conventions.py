@@ -1,16 +1,19 @@
-"""The real models' routing conventions as options of the core (lesson 09): router bias, scaling
-factor, group-limited selection, expert biases, gpt-oss's clamped SwiGLU, Llama 4's input
-weighting. Each against a plain loop, outputs and gradients, under every dispatch."""
+"""The real models' routing conventions (lesson 09): the core's options (scaling factor,
+group-limited selection, Llama 4's input weighting, shared experts and their gate, GeGLU) and
+gpt-oss's quirks kept in moe_lab.interop.quirks (logit bias, expert biases, clamped SwiGLU). Each
+against a plain loop, outputs and gradients, under every dispatch."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 from moe_lab import SparseMoE, TopKRouter
 from moe_lab.dispatch import DISPATCH_STRATEGIES
-from moe_lab.experts import Experts
+from moe_lab.interop.quirks import BlockNames, FamilyMoE, FamilyRouter, GptOssExperts
+from moe_lab.layer import SparseMoEConfig
 from moe_lab.routing import limit_to_top_groups, topk_routing
 
 torch.manual_seed(0)
@@ -63,8 +66,27 @@ def test_group_limit_changes_the_choice_at_a_known_point():
     assert topk_routing(scores, 1)[0].tolist() == [[0]]  # without the limit: expert 0
 
 
+def _param(generator, *shape, scale=1.0):
+    return nn.Parameter(torch.randn(*shape, generator=generator) * scale / shape[-1] ** 0.5)
+
+
+def gpt_oss_layer(d_model, d_ff, num_experts, top_k, dispatch="sorted", seed=1):
+    """gpt-oss's conventions as interop builds them: a router with a logit bias, clamped SwiGLU
+    experts with biases (random weights, large enough that the clamps bite)."""
+    g = torch.Generator().manual_seed(seed)
+    router = FamilyRouter(_param(g, num_experts, d_model), top_k, bias=_param(g, num_experts),
+                          router_dtype=torch.float32)
+    experts = GptOssExperts(_param(g, num_experts, d_model, 2 * d_ff, scale=8.0),
+                            _param(g, num_experts, 2 * d_ff), _param(g, num_experts, d_ff, d_model),
+                            _param(g, num_experts, d_model), alpha=1.702, limit=7.0)
+    config = SparseMoEConfig(d_model, d_ff, num_experts, top_k, dispatch=dispatch)
+    return FamilyMoE(config, BlockNames(router="router"), router, experts, family="gpt-oss")
+
+
 def test_router_bias_and_scaling_factor_against_the_formula():
-    router = TopKRouter(6, 5, 2, bias=True, scoring="sigmoid", scaling_factor=2.5)
+    g = torch.Generator().manual_seed(0)
+    router = FamilyRouter(_param(g, 5, 6), 2, bias=_param(g, 5), scoring="sigmoid",
+                          scaling_factor=2.5, router_dtype=torch.float32)
     x = torch.randn(7, 6)
     out = router(x)
     logits = x @ router.weight.T + router.bias  # (N, E)
@@ -76,7 +98,8 @@ def test_router_bias_and_scaling_factor_against_the_formula():
 
 def test_defaults_keep_todays_router():
     router = TopKRouter(4, 3, 1)
-    assert router.bias is None and router.scaling_factor == 1.0 and router.num_groups == 1
+    assert router.scaling_factor == 1.0 and router.num_groups == 1
+    assert router.router_dtype == torch.float32
     assert set(dict(router.named_parameters())) == {"weight"}
 
 
@@ -96,15 +119,17 @@ def test_bad_router_options_are_refused_by_name(kwargs, error):
 
 
 def reference_expert(experts, e, x):
-    """One expert, written out from the formulas of experts.py."""
-    gate = x @ experts.w_gate[e] + (experts.b_gate[e] if experts.b_gate is not None else 0)
-    up = x @ experts.w_up[e] + (experts.b_up[e] if experts.b_up is not None else 0)
-    if experts.activation == "clamped_swiglu":
-        g, u = gate.clamp(max=experts.swiglu_limit), up.clamp(-experts.swiglu_limit, experts.swiglu_limit)
-        h = (u + 1) * g * torch.sigmoid(experts.swiglu_alpha * g)
-    else:
-        h = F.silu(gate) * up
-    return h @ experts.w_down[e] + (experts.b_down[e] if experts.b_down is not None else 0)
+    """One expert, written out from the formulas of experts.py and interop/quirks.py."""
+    if isinstance(experts, GptOssExperts):
+        limit = experts.limit
+        gate_up = x @ experts.gate_up_proj[e] + experts.gate_up_proj_bias[e]
+        g, u = gate_up[:, ::2].clamp(max=limit), gate_up[:, 1::2].clamp(-limit, limit)
+        h = (u + 1) * g * torch.sigmoid(experts.alpha * g)
+        return h @ experts.down_proj[e] + experts.down_proj_bias[e]
+    act = {"swiglu": F.silu, "geglu": F.gelu, "gelu": F.gelu, "relu": F.relu}[experts.activation]
+    if experts.w_gate is None:
+        return act(x @ experts.w_up[e]) @ experts.w_down[e]
+    return (act(x @ experts.w_gate[e]) * (x @ experts.w_up[e])) @ experts.w_down[e]
 
 
 def reference_layer(layer, x):
@@ -118,29 +143,38 @@ def reference_layer(layer, x):
             else:
                 y[n] += w * reference_expert(layer.experts, e, x[n:n + 1])[0]
         for s in range(layer.num_shared_experts):
-            gate = torch.sigmoid(x[n] @ layer.shared_gate.weight[0]) if layer.shared_gate else 1.0
+            gate = (torch.sigmoid(x[n] @ layer.shared_expert_gate.weight[0])
+                    if layer.shared_expert_gate is not None else 1.0)
             y[n] += gate * reference_expert(layer.shared_experts, s, x[n:n + 1])[0]
     return y
 
 
 CONVENTIONS = [
-    dict(activation="clamped_swiglu", expert_bias=True, router_bias=True),             # gpt-oss
+    dict(family="gpt-oss"),                                                             # interop
     dict(scoring="sigmoid", num_groups=4, topk_groups=2, scaling_factor=2.5),           # DeepSeek-V3
     dict(scoring="sigmoid", normalize=False, weight_inputs=True),                       # Llama 4
-    dict(expert_bias=True, weight_inputs=True),
-    dict(num_shared_experts=1, shared_d_ff=20, shared_gate=True, normalize=False),      # Qwen2-MoE
-    dict(num_shared_experts=2, shared_d_ff=5, shared_gate=True, weight_inputs=True),
+    dict(activation="geglu", weight_inputs=True),
+    dict(num_shared_experts=1, shared_d_ff=20, gate_shared_experts=True, normalize=False),  # Qwen2
+    dict(num_shared_experts=2, shared_d_ff=5, gate_shared_experts=True, weight_inputs=True),
+    dict(activation="geglu", num_shared_experts=2, gate_shared_experts=True),
+    dict(activation="relu", num_shared_experts=1),
 ]
+
+
+def make_layer(options, dispatch="sorted"):
+    if options.get("family") == "gpt-oss":
+        return gpt_oss_layer(8, 12, 8, 3, dispatch=dispatch)
+    torch.manual_seed(1)
+    layer = SparseMoE(8, 12, 8, 3, dispatch=dispatch, **options)
+    with torch.no_grad():  # large pre-activations, where the activations differ most
+        layer.experts.w_up.mul_(8)
+    return layer
 
 
 @pytest.mark.parametrize("dispatch", DISPATCH_STRATEGIES)
 @pytest.mark.parametrize("options", CONVENTIONS, ids=lambda o: ",".join(o))
 def test_conventions_match_the_loop_outputs_and_gradients(options, dispatch):
-    torch.manual_seed(1)
-    layer = SparseMoE(8, 12, 8, 3, dispatch=dispatch, **options)
-    with torch.no_grad():  # large enough that gpt-oss's clamps are active
-        layer.experts.w_gate.mul_(8)
-        layer.experts.w_up.mul_(8)
+    layer = make_layer(options, dispatch)
     x = torch.randn(20, 8, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_()
     out = layer(x)
@@ -153,11 +187,17 @@ def test_conventions_match_the_loop_outputs_and_gradients(options, dispatch):
 
 
 def test_clamps_bite_in_the_gpt_oss_test():
-    torch.manual_seed(1)
-    experts = Experts(8, 8, 12, activation="clamped_swiglu", bias=True)
-    with torch.no_grad():
-        experts.w_gate.mul_(8)
-    assert ((torch.randn(20, 8) @ experts.w_gate[0]) > experts.swiglu_limit).any()
+    experts = gpt_oss_layer(8, 12, 8, 3).experts
+    pre = torch.randn(20, 8) @ experts.gate_up_proj[0]  # (N, 2F)
+    assert (pre[:, ::2] > experts.limit).any() and (pre[:, 1::2].abs() > experts.limit).any()
+
+
+def test_shared_experts_are_built_with_the_layers_activation():
+    """The routed and the shared experts are made by one rule: the same activation."""
+    for activation in ("swiglu", "geglu", "gelu", "relu"):
+        layer = SparseMoE(8, 12, 4, 2, activation=activation, num_shared_experts=2, shared_d_ff=6)
+        assert layer.shared_experts.activation == layer.experts.activation == activation
+        assert (layer.shared_experts.w_gate is None) == (layer.experts.w_gate is None)
 
 
 @pytest.mark.parametrize("dispatch", DISPATCH_STRATEGIES)
@@ -186,14 +226,23 @@ def test_input_and_output_weighting_differ_for_swiglu():
 
 def test_empty_input_with_every_convention():
     for options in CONVENTIONS:
-        out = SparseMoE(8, 12, 8, 3, **options)(torch.randn(0, 8))
+        out = make_layer(options)(torch.randn(0, 8))
         assert out.y.shape == (0, 8) and out.router.topk_idx.shape == (0, 3)
 
 
 def test_shared_gate_needs_a_shared_expert_and_widths_are_checked():
-    with pytest.raises(ValueError, match="shared_gate"):
-        SparseMoE(8, 12, 4, 2, shared_gate=True)
+    with pytest.raises(ValueError, match="gate_shared_experts"):
+        SparseMoE(8, 12, 4, 2, gate_shared_experts=True)
     with pytest.raises(ValueError, match="shared_d_ff"):
         SparseMoE(8, 12, 4, 2, num_shared_experts=1, shared_d_ff=0)
-    layer = SparseMoE(8, 12, 4, 2, num_shared_experts=1, shared_d_ff=20, shared_gate=True)
-    assert layer.shared_experts.w_up.shape == (1, 8, 20) and layer.shared_gate.weight.shape == (1, 8)
+    layer = SparseMoE(8, 12, 4, 2, num_shared_experts=1, shared_d_ff=20, gate_shared_experts=True)
+    assert layer.shared_experts.w_up.shape == (1, 8, 20)
+    assert layer.shared_expert_gate.weight.shape == (1, 8)
+
+
+def test_gpt_oss_options_of_the_core_are_gone_with_a_pointer():
+    for options in (dict(router_bias=True), dict(expert_bias=True), dict(swiglu_limit=3.0)):
+        with pytest.raises(TypeError, match="interop.quirks"):
+            SparseMoE(8, 12, 4, 2, **options)
+    with pytest.raises(ValueError, match="GptOssExperts"):
+        SparseMoE(8, 12, 4, 2, activation="clamped_swiglu")

@@ -1,18 +1,22 @@
 """Your layer inside real models: Hugging Face transformers MoE blocks -> :class:`moe_lab.SparseMoE`.
 Lesson 09.
 
-:func:`from_transformers` takes one MoE block of a transformers model, built from a config (random
-weights; nothing is ever downloaded), and returns a ``SparseMoE`` with the same weights and the
-same routing conventions: its output's ``y`` equals the block's output and its
+:func:`from_transformers` takes one MoE block of a transformers model and returns a ``SparseMoE``
+(a :class:`moe_lab.interop.quirks.FamilyMoE`) over the block's own parameters (no copies: it
+follows the block's device and each parameter's dtype, and gradients reach the block) with the
+same routing conventions, in every dtype: its output's ``y`` equals the block's output and its
 ``router.topk_idx`` holds the routed experts each token chose (as a set: DeepSeek-V3 picks them
 with ``sorted=False``, so only the order differs). The conventions are options of the core
-(:mod:`moe_lab.routing`, :mod:`moe_lab.experts`, :mod:`moe_lab.layer`); nothing here routes.
+(:mod:`moe_lab.routing`, :mod:`moe_lab.experts`, :mod:`moe_lab.layer`) plus the family quirks of
+:mod:`moe_lab.interop.quirks`; nothing here routes. :func:`moe_lab.interop.swap_moe_blocks` puts
+such layers into a whole model.
 
-Supported transformers: 5.x (``transformers>=5.0,<6``), read and tested with 5.24.0. The
+Supported transformers: 5.x (``transformers>=5.0,<6``), read and tested with 5.25.0. The
 converter reads the fused expert tensors of the 5.x blocks (``experts.gate_up_proj`` and
-``experts.down_proj``); 4.x blocks (a ModuleList of per-expert MLPs) are not supported.
+``experts.down_proj``); 4.x blocks (a ModuleList of per-expert MLPs) and quantised experts
+(gpt-oss's MXFP4) are refused with a TypeError naming what was found.
 
-The seven families, as read in transformers 5.24.0 (``models/<name>/modeling_<name>.py``):
+The seven families, as read in transformers 5.25.0 (``models/<name>/modeling_<name>.py``):
 
 - Mixtral (``MixtralSparseMoeBlock``): softmax, top-k, renormalise; SwiGLU experts.
 - Qwen2-MoE (``Qwen2MoeSparseMoeBlock``): softmax, top-k, renormalise iff ``norm_topk_prob``;
@@ -22,14 +26,16 @@ The seven families, as read in transformers 5.24.0 (``models/<name>/modeling_<na
 - DeepSeek-V3 (``DeepseekV3MoE``): sigmoid scores; ``e_score_correction_bias`` for the choice
   only; group-limited top-k (``n_group``, ``topk_group``; a group scores the sum of its top-2);
   renormalise; times ``routed_scaling_factor``; plus ``n_shared_experts`` ungated shared experts.
+  Its router computes in float32 whatever the model's dtype (and keeps its weight in float32).
 - gpt-oss (``GptOssMLP``): logits with a bias; top-k of the logits, softmax over the K (= softmax,
   top-k, renormalise); clamped SwiGLU with biases, gate and up interleaved in ``gate_up_proj``.
 - Llama 4 (``Llama4TextMoe``): top-k of the logits, sigmoid of those (no renormalising); the score
   scales the expert's INPUT; plus one ungated shared expert.
 
-Not converted (say so rather than guess): training-time noise (Mixtral's ``router_jitter_noise``
-multiplies the whole block input; our jitter touches the router only), so parity is in
-``eval()``; activations other than SiLU (refused with a ValueError).
+All but DeepSeek-V3 compute the router logits in the model's dtype and the scores from them in
+float32: the converted router does the same (``router_dtype=None``), so a bfloat16 model routes
+every token as its family does (the course's float32 router would send some elsewhere: lesson 09).
+The experts' gate activation is the config's ``hidden_act``: SiLU (SwiGLU) or GELU (GeGLU).
 """
 
 from __future__ import annotations
@@ -39,159 +45,163 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from moe_lab.experts import Experts
-from moe_lab.layer import SparseMoE
+from moe_lab.interop.quirks import (
+    BlockNames,
+    DeepseekRouter,
+    FamilyMoE,
+    FamilyRouter,
+    FusedExperts,
+    GptOssExperts,
+    MLPExperts,
+)
+from moe_lab.layer import SparseMoEConfig
 
 
 @dataclass(frozen=True)
 class Family:
-    """One model family: where its block class lives and how to convert it."""
+    """One model family: where its block class lives and how to build a layer over it."""
 
     name: str                                   # "Mixtral"
     module: str                                 # transformers.models.mixtral.modeling_mixtral
     block: str                                  # the MoE block's class name
-    convert: Callable[[nn.Module], SparseMoE]   # block -> SparseMoE with the same weights
+    parts: Callable[[nn.Module], dict]          # block -> FamilyMoE's arguments (shared tensors)
     selection_bias: bool = False                # a bias that changes the choice only
+    output: str = "tensor"                      # what the block returns: "tensor", "gpt-oss", "llama4"
 
 
-# ----------------------------------------------------------------------------- weight layouts
+# ----------------------------------------------------------------------------- reading a block
 
-def mixtral_expert_weights(gate_up_proj: torch.Tensor, down_proj: torch.Tensor,
-                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The fused expert tensors of Mixtral, Qwen-MoE, OLMoE and DeepSeek-V3 -> ``Experts``'
-    ``(w_gate, w_up, w_down)``.
-
-    transformers computes ``gate, up = F.linear(x, gate_up_proj[e]).chunk(2, -1)`` and
-    ``F.linear(h, down_proj[e])``, i.e. x @ W^T with [gate; up] stacked along the rows:
-    gate_up_proj (E, 2F, D) -> w_gate, w_up (E, D, F); down_proj (E, D, F) -> w_down (E, F, D).
-    """
-    gate, up = gate_up_proj.chunk(2, dim=1)  # (E, F, D) each: the first F rows are the gate
-    return gate.transpose(1, 2), up.transpose(1, 2), down_proj.transpose(1, 2)
+def _activation_of(act_fn: nn.Module, where: str) -> str:
+    """The gated activation a block's ``act_fn`` computes: "swiglu" (SiLU) or "geglu" (GELU)."""
+    probe = torch.linspace(-4, 4, 17, device="cpu")  # also inside a torch.device("meta") context
+    for name, fn in (("swiglu", F.silu), ("geglu", F.gelu)):
+        if torch.equal(act_fn(probe), fn(probe)):
+            return name
+    raise ValueError(f"{where}: the experts' activation must be SiLU (SwiGLU) or GELU (GeGLU) "
+                     f"(hidden_act 'silu' or 'gelu'), got {act_fn!r}")
 
 
-def _copy(param: torch.Tensor, value: torch.Tensor) -> None:
-    if param.shape != value.shape:
-        raise ValueError(f"weight shape {tuple(value.shape)} does not fit {tuple(param.shape)}")
-    param.copy_(value)
-
-
-def _check_silu(act_fn: nn.Module, where: str) -> None:
-    probe = torch.linspace(-4, 4, 9)
-    if not torch.allclose(act_fn(probe), nn.functional.silu(probe)):
-        raise ValueError(f"{where}: only SiLU (SwiGLU) experts are supported, got {act_fn!r}")
-
-
-def _copy_shared(bank: Experts, mlp: nn.Module, parts: int = 1) -> None:
-    """A SwiGLU MLP of nn.Linear gate_proj, up_proj (F_s, D) and down_proj (D, F_s) -> ``parts``
-    shared experts of width F_s / parts: splitting the hidden units in groups splits the sum
-    exactly (DeepSeek-V3 stores its ``n_shared_experts`` as one MLP of width m*F)."""
-    gate = mlp.gate_proj.weight.chunk(parts, dim=0)  # parts x (F, D)
-    up = mlp.up_proj.weight.chunk(parts, dim=0)  # parts x (F, D)
-    down = mlp.down_proj.weight.chunk(parts, dim=1)  # parts x (D, F)
-    for s in range(parts):
-        _copy(bank.w_gate[s], gate[s].T)
-        _copy(bank.w_up[s], up[s].T)
-        _copy(bank.w_down[s], down[s].T)
+def _fused(experts: nn.Module, names: tuple[str, ...], where: str) -> list[nn.Parameter]:
+    """The block's fused expert tensors, refused by name when they are not plain float tensors
+    (4.x: a ModuleList of per-expert MLPs; quantised: MXFP4 blocks and scales)."""
+    if isinstance(experts, nn.ModuleList):
+        raise TypeError(f"{where}.experts is a ModuleList of {len(experts)} per-expert MLPs "
+                        "(the transformers 4.x layout); moe_lab.interop reads the fused 5.x "
+                        "tensors experts.gate_up_proj / experts.down_proj")
+    tensors = [getattr(experts, name, None) for name in names]
+    if any(not isinstance(t, torch.Tensor) or not t.is_floating_point() for t in tensors):
+        found = sorted(name for name, _ in experts.named_parameters(recurse=False))
+        raise TypeError(f"{where}.experts is a {type(experts).__name__} with parameters "
+                        f"{found}: moe_lab.interop needs float tensors {list(names)} "
+                        "(quantised experts, such as gpt-oss's MXFP4, are not supported; "
+                        "load the model dequantised)")
+    return tensors
 
 
 # ----------------------------------------------------------------------------- the families
 
-def _softmax_family(block: nn.Module, *, normalize: bool, shared: bool = False) -> SparseMoE:
-    """Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE: softmax, top-k, (renormalise), SwiGLU experts."""
-    experts = block.experts
-    _check_silu(experts.act_fn, type(block).__name__)
-    num_experts, two_f, d_model = experts.gate_up_proj.shape
+def _softmax_family(block: nn.Module, *, normalize: bool, shared: bool = False) -> dict:
+    """Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE: softmax, top-k, (renormalise), gated experts;
+    Qwen2-MoE adds one shared expert of its own width scaled by sigmoid(x w_sg)."""
+    where = type(block).__name__
+    gate_up_proj, down_proj = _fused(block.experts, ("gate_up_proj", "down_proj"), where)
+    activation = _activation_of(block.experts.act_fn, where)
+    num_experts, two_f, d_model = gate_up_proj.shape
+    parts = dict(
+        names=BlockNames(router="gate", shared="shared_expert" if shared else None),
+        router=FamilyRouter(block.gate.weight, block.gate.top_k, normalize=normalize),
+        experts=FusedExperts(gate_up_proj, down_proj, activation=activation, transposed=True),
+        input_jitter=getattr(block, "jitter_noise", 0.0),
+    )
     shared_kwargs = {}
-    if shared:  # Qwen2-MoE: one shared expert of its own width, scaled by sigmoid(x w_sg)
-        _check_silu(block.shared_expert.act_fn, "shared_expert")
-        shared_kwargs = dict(num_shared_experts=1, shared_gate=True,
-                             shared_d_ff=block.shared_expert.gate_proj.out_features)
-    layer = SparseMoE(d_model, two_f // 2, num_experts, block.gate.top_k, normalize=normalize,
-                      **shared_kwargs)
-    w_gate, w_up, w_down = mixtral_expert_weights(experts.gate_up_proj, experts.down_proj)
-    _copy(layer.router.weight, block.gate.weight)
-    _copy(layer.experts.w_gate, w_gate)
-    _copy(layer.experts.w_up, w_up)
-    _copy(layer.experts.w_down, w_down)
     if shared:
-        _copy_shared(layer.shared_experts, block.shared_expert)
-        _copy(layer.shared_gate.weight, block.shared_expert_gate.weight)
-    return layer
+        parts["shared_experts"] = MLPExperts(block.shared_expert, activation=_activation_of(
+            block.shared_expert.act_fn, "shared_expert"))
+        parts["shared_expert_gate"] = block.shared_expert_gate
+        shared_kwargs = dict(num_shared_experts=1, gate_shared_experts=True,
+                             shared_d_ff=parts["shared_experts"].d_ff)
+    parts["config"] = SparseMoEConfig(d_model, two_f // 2, num_experts, block.gate.top_k,
+                                      normalize=normalize, activation=activation,
+                                      router_dtype=None, **shared_kwargs)
+    return parts
 
 
-def _mixtral(block: nn.Module) -> SparseMoE:
+def _mixtral(block: nn.Module) -> dict:
     return _softmax_family(block, normalize=True)
 
 
-def _qwen2_moe(block: nn.Module) -> SparseMoE:
+def _qwen2_moe(block: nn.Module) -> dict:
     return _softmax_family(block, normalize=block.gate.norm_topk_prob, shared=True)
 
 
-def _qwen3_moe_or_olmoe(block: nn.Module) -> SparseMoE:
+def _qwen3_moe_or_olmoe(block: nn.Module) -> dict:
     return _softmax_family(block, normalize=block.gate.norm_topk_prob)
 
 
-def _deepseek_v3(block: nn.Module) -> SparseMoE:
-    """Sigmoid scores, selection bias, group-limited top-k, renormalise, x routed_scaling_factor,
-    n_shared_experts ungated shared experts (stored by transformers as one MLP of width m*F)."""
-    gate, experts = block.gate, block.experts
-    _check_silu(experts.act_fn, "DeepseekV3MoE")
-    num_experts, two_f, d_model = experts.gate_up_proj.shape
-    d_ff, num_shared = two_f // 2, block.config.n_shared_experts
-    layer = SparseMoE(d_model, d_ff, num_experts, gate.top_k, scoring="sigmoid",
-                      normalize=gate.norm_topk_prob, scaling_factor=gate.routed_scaling_factor,
-                      num_groups=gate.num_group, topk_groups=gate.topk_group,
-                      num_shared_experts=num_shared)
-    w_gate, w_up, w_down = mixtral_expert_weights(experts.gate_up_proj, experts.down_proj)
-    _copy(layer.router.weight, gate.weight)
-    _copy(layer.router.score_correction_bias, gate.e_score_correction_bias)
-    _copy(layer.experts.w_gate, w_gate)
-    _copy(layer.experts.w_up, w_up)
-    _copy(layer.experts.w_down, w_down)
+def _deepseek_v3(block: nn.Module) -> dict:
+    """Sigmoid scores in float32, selection bias, group-limited top-k, renormalise,
+    x routed_scaling_factor, n_shared_experts ungated shared experts (one MLP of width m*F)."""
+    gate, where = block.gate, "DeepseekV3MoE"
+    gate_up_proj, down_proj = _fused(block.experts, ("gate_up_proj", "down_proj"), where)
+    activation = _activation_of(block.experts.act_fn, where)
+    num_experts, two_f, d_model = gate_up_proj.shape
+    num_shared = block.config.n_shared_experts
+    options = dict(scoring="sigmoid", normalize=gate.norm_topk_prob,
+                   scaling_factor=float(gate.routed_scaling_factor), num_groups=gate.num_group,
+                   topk_groups=gate.topk_group, router_dtype=torch.float32)
+    parts = dict(
+        names=BlockNames(router="gate", shared="shared_experts" if num_shared else None),
+        router=DeepseekRouter(gate.weight, gate.top_k,
+                              e_score_correction_bias=gate.e_score_correction_bias, **options),
+        experts=FusedExperts(gate_up_proj, down_proj, activation=activation, transposed=True),
+        config=SparseMoEConfig(d_model, two_f // 2, num_experts, gate.top_k, activation=activation,
+                               num_shared_experts=num_shared, **options),
+    )
     if num_shared:
-        _copy_shared(layer.shared_experts, block.shared_experts, parts=num_shared)
-    return layer
+        parts["shared_experts"] = MLPExperts(block.shared_experts, parts=num_shared,
+                                             activation=_activation_of(block.shared_experts.act_fn,
+                                                                       "shared_experts"))
+    return parts
 
 
-def _gpt_oss(block: nn.Module) -> SparseMoE:
+def _gpt_oss(block: nn.Module) -> dict:
     """Router with a bias; top-k of the logits then softmax over the K, which equals softmax,
     top-k, renormalise; clamped SwiGLU experts with biases, gate and up interleaved."""
     router, experts = block.router, block.experts
-    num_experts, d_model, two_f = experts.gate_up_proj.shape
-    layer = SparseMoE(d_model, two_f // 2, num_experts, router.top_k, normalize=True,
-                      router_bias=True, activation="clamped_swiglu", expert_bias=True,
-                      swiglu_alpha=experts.alpha, swiglu_limit=experts.limit)
-    _copy(layer.router.weight, router.weight)
-    _copy(layer.router.bias, router.bias)
-    # gate_up_proj (E, D, 2F) is used as x @ W: gate = columns 0, 2, 4, ..., up = 1, 3, 5, ...
-    _copy(layer.experts.w_gate, experts.gate_up_proj[..., ::2])
-    _copy(layer.experts.w_up, experts.gate_up_proj[..., 1::2])
-    _copy(layer.experts.b_gate, experts.gate_up_proj_bias[..., ::2])
-    _copy(layer.experts.b_up, experts.gate_up_proj_bias[..., 1::2])
-    _copy(layer.experts.w_down, experts.down_proj)  # (E, F, D), used as h @ W
-    _copy(layer.experts.b_down, experts.down_proj_bias)
-    return layer
+    tensors = _fused(experts, ("gate_up_proj", "gate_up_proj_bias", "down_proj", "down_proj_bias"),
+                     "GptOssMLP")
+    num_experts, d_model, two_f = tensors[0].shape
+    return dict(
+        names=BlockNames(router="router"),
+        router=FamilyRouter(router.weight, router.top_k, bias=router.bias, normalize=True),
+        experts=GptOssExperts(*tensors, alpha=experts.alpha, limit=experts.limit),
+        config=SparseMoEConfig(d_model, two_f // 2, num_experts, router.top_k, router_dtype=None),
+    )
 
 
-def _llama4(block: nn.Module) -> SparseMoE:
+def _llama4(block: nn.Module) -> dict:
     """Top-k of the logits, sigmoid of those (= sigmoid scoring, no renormalising); the score
     scales the expert's input; one ungated shared expert."""
-    experts = block.experts
-    _check_silu(experts.act_fn, "Llama4TextMoe")
-    _check_silu(block.shared_expert.activation_fn, "shared_expert")
-    num_experts, d_model, two_f = experts.gate_up_proj.shape
-    layer = SparseMoE(d_model, two_f // 2, num_experts, block.router.top_k, scoring="sigmoid",
-                      normalize=False, weight_inputs=True, num_shared_experts=1,
-                      shared_d_ff=block.shared_expert.gate_proj.out_features)
-    gate, up = experts.gate_up_proj.chunk(2, dim=-1)  # (E, D, 2F) used as x @ W: [gate | up]
-    _copy(layer.router.weight, block.router.weight)
-    _copy(layer.experts.w_gate, gate)
-    _copy(layer.experts.w_up, up)
-    _copy(layer.experts.w_down, experts.down_proj)  # (E, F, D)
-    _copy_shared(layer.shared_experts, block.shared_expert)
-    return layer
+    where = "Llama4TextMoe"
+    gate_up_proj, down_proj = _fused(block.experts, ("gate_up_proj", "down_proj"), where)
+    activation = _activation_of(block.experts.act_fn, where)
+    shared = MLPExperts(block.shared_expert, activation=_activation_of(
+        block.shared_expert.activation_fn, "shared_expert"))
+    num_experts, d_model, two_f = gate_up_proj.shape
+    options = dict(scoring="sigmoid", normalize=False, router_dtype=None)
+    return dict(
+        names=BlockNames(router="router", shared="shared_expert"),
+        router=FamilyRouter(block.router.weight, block.router.top_k, **options),
+        experts=FusedExperts(gate_up_proj, down_proj, activation=activation, transposed=False),
+        shared_experts=shared,
+        config=SparseMoEConfig(d_model, two_f // 2, num_experts, block.router.top_k,
+                               activation=activation, weight_inputs=True, num_shared_experts=1,
+                               shared_d_ff=shared.d_ff, **options),
+    )
 
 
 FAMILIES = (
@@ -204,8 +214,10 @@ FAMILIES = (
            _qwen3_moe_or_olmoe),
     Family("DeepSeek-V3", "transformers.models.deepseek_v3.modeling_deepseek_v3", "DeepseekV3MoE",
            _deepseek_v3, selection_bias=True),
-    Family("gpt-oss", "transformers.models.gpt_oss.modeling_gpt_oss", "GptOssMLP", _gpt_oss),
-    Family("Llama 4", "transformers.models.llama4.modeling_llama4", "Llama4TextMoe", _llama4),
+    Family("gpt-oss", "transformers.models.gpt_oss.modeling_gpt_oss", "GptOssMLP", _gpt_oss,
+           output="gpt-oss"),
+    Family("Llama 4", "transformers.models.llama4.modeling_llama4", "Llama4TextMoe", _llama4,
+           output="llama4"),
 )
 SUPPORTED_BLOCKS = tuple(f.block for f in FAMILIES)
 
@@ -234,18 +246,27 @@ def family_of(block: object) -> Family:
         f"got {what.__module__}.{what.__qualname__}")
 
 
-def from_transformers(block: nn.Module) -> SparseMoE:
-    """A :class:`SparseMoE` with the weights and routing conventions of a transformers MoE block.
-
-    The returned layer is in the block's mode (train or eval) and dtype; ``layer(x).y`` equals the
-    block's output on x of shape (B, T, D), ``layer(x).router.topk_idx`` the experts it chose.
-    """
+def build_family_layer(block: nn.Module, cls: type[FamilyMoE] = FamilyMoE) -> FamilyMoE:
+    """A ``cls`` over ``block``'s own parameters, in the block's mode (train or eval)."""
     family = family_of(block)
     _require_supported_transformers()
-    with torch.no_grad():
-        layer = family.convert(block)
-    dtype = next(block.parameters()).dtype
-    return layer.to(dtype).train(block.training)
+    layer = cls(family=family.name, **family.parts(block))
+    # the block's order of parts, so that the state dict lists its keys as the block's does
+    order = [name for name in block._modules if name in layer._modules]
+    layer._modules = {name: layer._modules[name] for name in order} | layer._modules
+    return layer.train(block.training)
+
+
+def from_transformers(block: nn.Module) -> FamilyMoE:
+    """A :class:`SparseMoE` over a transformers MoE block's parameters, with its conventions.
+
+    Nothing is copied or allocated: the layer's router, experts and shared experts are views of
+    the block's tensors (an edit of one is seen by the other, gradients reach the block's
+    parameters, and each parameter keeps its device and dtype: DeepSeek-V3's float32 router in a
+    bfloat16 model stays float32). The layer is in the block's mode; ``layer(x).y`` equals the
+    block's output on x of shape (B, T, D), ``layer(x).router.topk_idx`` the experts it chose.
+    """
+    return build_family_layer(block)
 
 
 # ----------------------------------------------------------------------------- helpers for lesson 09
@@ -287,21 +308,21 @@ class Conventions:
 
 
 def _activation_name(experts: Experts) -> str:
-    name = {"swiglu": "SwiGLU", "clamped_swiglu": f"clamped SwiGLU (limit {experts.swiglu_limit:g})"}
-    biases = " + biases" if experts.b_up is not None else ""
-    return name.get(experts.activation, experts.activation) + biases
+    if isinstance(experts, GptOssExperts):
+        return f"clamped SwiGLU (limit {experts.limit:g}) + biases"
+    return {"swiglu": "SwiGLU", "geglu": "GeGLU"}.get(experts.activation, experts.activation)
 
 
 def conventions(block: nn.Module) -> Conventions:
     """The conventions of a block, read off the options of its converted layer."""
     family, layer = family_of(block), from_transformers(block)
     router, experts = layer.router, layer.experts
-    biases = [name for name, present in (("logit bias", router.bias is not None),
+    biases = [name for name, present in (("logit bias", getattr(router, "bias", None) is not None),
                                          ("selection bias", family.selection_bias)) if present]
     shared = "-"
     if layer.num_shared_experts:
         shared = f"{layer.num_shared_experts} x F={layer.shared_d_ff}"
-        shared += ", sigmoid gate" if layer.shared_gate is not None else ""
+        shared += ", sigmoid gate" if layer.shared_expert_gate is not None else ""
     return Conventions(
         family=family.name,
         scoring=router.scoring,
@@ -360,3 +381,51 @@ def tiny_block(family: str, *, d_model: int = 16, seed: int = 0, scale: float = 
             std = scale / (d_model ** 0.5)
             tensor.copy_(torch.randn(tensor.shape, generator=generator) * std)
     return block.eval()
+
+
+# tiny causal LMs, one per family: 2 layers, 20-wide, odd E, K = 1 or K = E in some, dense layers
+# between MoE layers in others; vocabulary 256 (moe_lab.lm.tokenizer.ByteTokenizer's bytes)
+_TINY_MODEL_COMMON = dict(vocab_size=256, hidden_size=20, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=10,
+                          max_position_embeddings=64, pad_token_id=0, bos_token_id=1,
+                          eos_token_id=2)
+_TINY_MODELS = {
+    "Mixtral": ("MixtralForCausalLM", "MixtralConfig",
+                dict(num_local_experts=5, num_experts_per_tok=2, intermediate_size=12)),
+    "Qwen2-MoE": ("Qwen2MoeForCausalLM", "Qwen2MoeConfig",
+                  dict(num_experts=6, num_experts_per_tok=2, moe_intermediate_size=12,
+                       shared_expert_intermediate_size=28, intermediate_size=24,
+                       mlp_only_layers=[0])),  # layer 0 dense, layer 1 MoE
+    "Qwen3-MoE": ("Qwen3MoeForCausalLM", "Qwen3MoeConfig",
+                  dict(num_experts=7, num_experts_per_tok=7, moe_intermediate_size=12,
+                       norm_topk_prob=True)),  # K = E
+    "OLMoE": ("OlmoeForCausalLM", "OlmoeConfig",
+              dict(num_experts=5, num_experts_per_tok=1, intermediate_size=12)),  # K = 1
+    "DeepSeek-V3": ("DeepseekV3ForCausalLM", "DeepseekV3Config",
+                    dict(n_routed_experts=8, num_experts_per_tok=3, moe_intermediate_size=12,
+                         intermediate_size=24, n_group=4, topk_group=2, n_shared_experts=2,
+                         routed_scaling_factor=2.5, first_k_dense_replace=1, q_lora_rank=None,
+                         kv_lora_rank=8, qk_rope_head_dim=4, qk_nope_head_dim=6, v_head_dim=10,
+                         num_key_value_heads=2, head_dim=4)),
+    "gpt-oss": ("GptOssForCausalLM", "GptOssConfig",
+                dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=12,
+                     sliding_window=4, layer_types=["sliding_attention", "full_attention"])),
+    "Llama 4": ("Llama4ForCausalLM", "Llama4TextConfig",
+                dict(num_local_experts=3, num_experts_per_tok=1, intermediate_size=12,
+                     intermediate_size_mlp=24, moe_layers=[1], attention_chunk_size=16)),
+}
+
+
+def tiny_model(family: str, *, seed: int = 0, **config: object) -> nn.Module:
+    """A tiny causal language model of one family (random weights, transformers' own
+    initialisation under ``torch.manual_seed(seed)``), in eval mode; ``config`` overrides the
+    tiny defaults. Nothing is downloaded."""
+    if family not in _TINY_MODELS:
+        raise ValueError(f"family must be one of {tuple(_TINY_MODELS)}, got {family!r}")
+    _require_supported_transformers()
+    import transformers
+
+    model_name, config_name, keywords = _TINY_MODELS[family]
+    model_config = getattr(transformers, config_name)(**(_TINY_MODEL_COMMON | keywords | config))
+    torch.manual_seed(seed)
+    return getattr(transformers, model_name)(model_config).eval()

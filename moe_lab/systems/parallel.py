@@ -44,7 +44,7 @@ import socket
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -278,29 +278,31 @@ class ExpertParallelMoE(nn.Module):
                                     exchange=self.experts.last_exchange)
 
 
-# What the expert-parallel layer reproduces: a replicated router (its weight only) in front of
-# routed experts split over the ranks. Any other SparseMoE option would be lost on the ranks.
-PARALLEL_OPTIONS = frozenset({"d_model", "d_ff", "num_experts", "top_k", "dispatch",
-                              "capacity_factor", "activation", "normalize", "noise",
-                              "router_dtype", "scoring"})
+# What the expert-parallel layer does not reproduce: it routes with a copy of the layer's router
+# (every router option travels with it) and splits the routed experts (their activation too),
+# but drops nothing and has no shared experts or input weighting. These options of the one
+# config (moe_lab.layer.SparseMoEConfig) would be lost on the ranks: refused by name.
+NOT_CARRIED = {"num_shared_experts": 0, "gate_shared_experts": False, "weight_inputs": False}
 
 
 def check_layer_for_parallel(moe: object) -> SparseMoE:
     if not isinstance(moe, SparseMoE):
         raise TypeError(f"moe must be a SparseMoE, got {type(moe).__name__}")
-    defaults = SparseMoEConfig(**{f.name: getattr(moe.config, f.name) for f in fields(moe.config)
-                                  if f.name in PARALLEL_OPTIONS})
-    unsupported = [f"{f.name}={getattr(moe.config, f.name)!r}" for f in fields(moe.config)
-                   if getattr(moe.config, f.name) != getattr(defaults, f.name)]
+    if type(moe) is not SparseMoE:  # e.g. interop's layers: parts a config cannot rebuild
+        raise TypeError(f"moe must be a plain SparseMoE (the ranks rebuild it from moe.config), "
+                        f"got {type(moe).__name__}")
+    config = moe.config
+    unsupported = [f"{name}={getattr(config, name)!r}" for name, default in NOT_CARRIED.items()
+                   if getattr(config, name) != default]
     if unsupported:
         raise ValueError("the expert-parallel layer splits routed experts behind a plain router; "
                          f"it does not carry {', '.join(unsupported)} (set them to their "
                          "defaults, or run the layer in one process)")
-    if moe.capacity_factor is not None:
+    if config.capacity_factor is not None:
         raise ValueError("moe.capacity_factor must be None: the expert-parallel layer is "
-                         f"dropless, got capacity_factor={moe.capacity_factor}")
-    if moe.router.noise is not None and moe.training:
-        raise ValueError(f"moe.router.noise={moe.router.noise!r} draws different noise in "
+                         f"dropless, got capacity_factor={config.capacity_factor}")
+    if config.noise is not None and moe.training:
+        raise ValueError(f"moe.router.noise={config.noise!r} draws different noise in "
                          "every process; call moe.eval() or use noise=None")
     return moe
 
@@ -389,7 +391,7 @@ def _worker(rank: int, job: _Job) -> None:
 def _run_rank(rank: int, job: _Job, device: torch.device) -> None:
     """Forward + backward of one rank on its shard; saves what it computed for the parent."""
     inputs = torch.load(Path(job.job_dir) / "inputs.pt", weights_only=True)
-    moe = SparseMoE(**inputs["config"])
+    moe = SparseMoE.from_config(SparseMoEConfig(**inputs["config"]))  # the caller's layer as it is
     moe.load_state_dict(inputs["state"])
     moe = moe.to(device).eval()
     layer = ExpertParallelMoE.from_sparse_moe(moe, rank=rank, world_size=job.world_size)
@@ -414,8 +416,8 @@ def _run_rank(rank: int, job: _Job, device: torch.device) -> None:
 
 
 def _layer_config(moe: SparseMoE) -> dict[str, object]:
-    """SparseMoE's constructor arguments, so each rank rebuilds the same layer (then its state):
-    the layer's own stored :class:`moe_lab.layer.SparseMoEConfig`."""
+    """The layer's one config as it is now (options changed after construction included), so
+    each rank rebuilds the same layer (then loads its state): :attr:`moe_lab.SparseMoE.config`."""
     return moe.config.to_dict()
 
 
