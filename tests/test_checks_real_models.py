@@ -76,7 +76,7 @@ def test_group_limited_topk_mistakes():
         keep = torch.zeros(s.shape[0], g, dtype=torch.bool).scatter(1, grouped.sum(-1).topk(m).indices, True)
         return s.masked_fill(~keep.repeat_interleave(s.shape[1] // g, 1), float("-inf")).topk(k).indices
 
-    fails(check_group_limited_topk, by_sum, "not of all")
+    fails(check_group_limited_topk, by_sum, "sum of all its experts")
 
     def zero_mask(s, k, g, m):
         return (limit_to_top_groups(s, g, m).nan_to_num(neginf=0.0)).topk(k).indices

@@ -26,18 +26,15 @@ from moe_lab.checks.core import (
     CheckFailed,
     call,
     checker,
+    diagnose,
     expect_close,
     expect_same_grad,
     fresh,
+    matches,
     set_case,
 )
 from moe_lab.losses import average_over_layers, load_balancing_loss, router_z_loss
 from moe_lab.routing import TopKRouter, topk_routing
-
-
-def _matches(actual: torch.Tensor, candidate: torch.Tensor) -> bool:
-    return bool(torch.allclose(actual.detach().double().reshape(candidate.shape),
-                               candidate.double(), atol=1e-5, rtol=1e-4))
 
 
 def _scalar(value: object, what: str) -> torch.Tensor:
@@ -47,18 +44,6 @@ def _scalar(value: object, what: str) -> torch.Tensor:
         raise CheckFailed(f"{what} should be a single number (a 0-d tensor), got shape "
                           f"{tuple(value.shape)}: did you forget to sum or average?")
     return value.reshape(())
-
-
-def _diagnose_scalar(actual: torch.Tensor, expected: torch.Tensor, what: str,
-                     suspects: list[tuple[torch.Tensor, str]],
-                     inputs: dict[str, object] | None = None) -> None:
-    if _matches(actual, expected):
-        return
-    for candidate, hint in suspects:
-        if _matches(actual, candidate):
-            raise CheckFailed(f"{what} is {actual.item():.4f}, the reference is "
-                              f"{expected.item():.4f}. {hint}")
-    expect_close(actual.detach(), expected.detach(), what, inputs=inputs)
 
 
 def make_routing_case(seed: int, num_tokens: int, num_experts: int, top_k: int,
@@ -115,7 +100,7 @@ def check_switch_loss(switch_loss: Callable[..., torch.Tensor]) -> None:
         if num_experts != 4:
             suspects.append((4 * (f * probs.mean(0)).sum(), f"You multiplied by 4, not by E = "
                              f"router_probs.shape[1] = {num_experts}."))
-        _diagnose_scalar(actual, expected, where, suspects,
+        diagnose(actual, expected, where, suspects,
                          inputs={"router_probs": probs, "topk_idx": topk_idx})
         if not actual.requires_grad:
             raise CheckFailed(f"{where} has no gradient with respect to router_probs: P must stay "
@@ -158,7 +143,7 @@ def check_z_loss(z_loss: Callable[..., torch.Tensor]) -> None:
         ]
         if num_tokens == 1:  # one token: the mean of one square is the square of the mean
             suspects = suspects[:1] + suspects[3:]
-        _diagnose_scalar(actual, expected, where, suspects, inputs={"router_logits": logits})
+        diagnose(actual, expected, where, suspects, inputs={"router_logits": logits})
         expect_same_grad(actual, expected, {"router_logits": logits_in},
                          {"router_logits": logits_ref}, where)
 
@@ -203,7 +188,7 @@ def check_model_balance_loss(model_balance_loss: Callable[..., torch.Tensor]) ->
         if num_layers > 1:
             suspects.append((per_layer[-1], "That is the last layer's loss alone: average the "
                              "losses of all L layers."))
-        _diagnose_scalar(actual, expected, where, suspects)
+        diagnose(actual, expected, where, suspects)
         expect_same_grad(actual, expected,
                          {f"per_layer_probs[{i}]": p for i, p in enumerate(probs_in)},
                          {f"per_layer_probs[{i}]": p for i, p in enumerate(probs_ref)}, where)
@@ -244,11 +229,11 @@ def check_bias_update(bias_update: Callable[..., torch.Tensor]) -> None:
             (gamma * torch.sign(mean - load), "Add the step to the old bias: the bias "
              "accumulates over steps."),
         ]
-        if _matches(actual, expected):
+        if matches(actual, expected):
             continue
         for candidate, hint in suspects:
-            if _matches(actual, candidate):
-                raise CheckFailed(f"{where} does not match. {hint}")
+            if matches(actual, candidate):
+                raise CheckFailed(f"{where} does not match the reference. {hint}")
         at_mean = load.float() == mean  # (E,)
         off = ~torch.isclose(actual.detach().double(), expected.double(), atol=1e-6)  # (E,)
         if bool(at_mean.any()) and bool((off <= at_mean).all()):
