@@ -203,7 +203,18 @@ def test_packing_solution_and_alternatives():
 
 
 def test_packing_mistakes():
-    fails(check_greedy_packing, lambda load, g: balanced_packing(load.max() - load, g), "lightest")
+    def lightest_first(load, num_devices):  # the greedy rule in ascending order of load
+        devices, totals = [[] for _ in range(num_devices)], [0.0] * num_devices
+        for e in torch.argsort(load, stable=True).tolist():
+            g = min((g for g in range(num_devices) if len(devices[g]) < len(load) // num_devices),
+                    key=totals.__getitem__)
+            devices[g].append(e)
+            totals[g] += float(load[e])
+        return devices
+
+    fails(check_greedy_packing, lightest_first, "lightest")
+    # packing by the complements max - load, heaviest first, places like a snake
+    fails(check_greedy_packing, lambda load, g: balanced_packing(load.max() - load, g), "snake")
     fails(check_greedy_packing,
           lambda load, g: [list(range(d * (len(load) // g), (d + 1) * (len(load) // g))) for d in range(g)],
           "contiguous")

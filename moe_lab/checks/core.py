@@ -213,7 +213,9 @@ def expect_close(actual: object, expected: torch.Tensor, what: str, *, hint: str
                       default=0.0)
         overflow = (f" The inputs reach {largest:.0f}, and exp() overflows float32 above 88: "
                     f"subtract each row's max before exp (torch.softmax does this), or use "
-                    f"torch.logsumexp instead of log(exp(x).sum())." if largest > 80 else "")
+                    f"torch.logsumexp instead of log(exp(x).sum()). One max of the whole tensor "
+                    f"is not enough: rows far below it underflow to 0, and 0/0 is NaN."
+                    if largest > 80 else "")
         raise CheckFailed(f"{what} has NaN or inf where the reference is finite.{overflow} "
                           + (hint or ""))
     gap = (actual.double() - expected.double()).abs().max().item()

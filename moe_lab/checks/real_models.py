@@ -260,6 +260,20 @@ def _loads(devices: list[list[int]], load: torch.Tensor) -> list[float]:
     return sorted(float(load[list(d)].sum()) if d else 0.0 for d in devices)
 
 
+def _fill_in_order(order: list[int], load: torch.Tensor, num_devices: int) -> list[list[int]]:
+    """Each expert of ``order`` onto the least-loaded device with a free slot (the greedy rule,
+    for a mistaken order)."""
+    slots = load.numel() // num_devices
+    devices: list[list[int]] = [[] for _ in range(num_devices)]
+    totals = [0.0] * num_devices
+    for expert in order:
+        device = min((g for g in range(num_devices) if len(devices[g]) < slots),
+                     key=totals.__getitem__)
+        devices[device].append(expert)
+        totals[device] += float(load[expert])
+    return devices
+
+
 def _partition(devices: list[list[int]]) -> list[list[int]]:
     """A placement without its device order: each device's expert ids, sorted."""
     return sorted(sorted(int(e) for e in d) for d in devices)
@@ -305,7 +319,7 @@ def check_greedy_packing(fn: Callable[[torch.Tensor, int], object]) -> None:
             (dealt, "That is a round-robin deal of the sorted experts (the i-th "
              "heaviest to device i mod G): a fixed order ignores the loads already placed. Put "
              "each expert on the least-loaded device that still has a free slot."),
-            (balanced_packing(load.max() - load, num_devices),
+            (_fill_in_order(load.argsort(stable=True).tolist(), load, num_devices),
              "You placed the lightest experts first: sort by load, heaviest first."),
             ([list(range(g * per_device, (g + 1) * per_device)) for g in range(num_devices)],
              "That is the contiguous placement: put each expert on the "
