@@ -48,6 +48,9 @@ def is_close(given: float, answer: float, tolerance: float) -> bool:
 
 def grade(question: Question, response: str | None) -> Grade:
     """Mark ``response``: an option id (choice), the typed text (numeric, short)."""
+    if response is not None and not isinstance(response, str):
+        raise TypeError(f"response must be a str (an option id or the typed text) or None, got "
+                        f"{type(response).__name__} {response!r}")
     if question.kind == "choice":
         if response is None:
             return Grade(None, NO_CHOICE, False)

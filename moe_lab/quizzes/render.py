@@ -49,9 +49,16 @@ def prompt_html(question: Question, number: int, lang: str) -> str:
     return f"<b>{number}.</b> {_md_inline(question.prompt.get(lang))}{unit}"
 
 
+def plain_inline(text: str) -> str:
+    """The text of a radio button's label, which shows plain text only: the marks of `code` and
+    **bold** dropped (option texts hold no maths: the loader refuses '$' there)."""
+    return re.sub(r"\*\*([^*]+)\*\*", r"\1", re.sub(r"`([^`]+)`", r"\1", text))
+
+
 def option_labels(question: Question, lang: str) -> list[tuple[str, str]]:
-    """(label, option id) pairs for a choice question's radio buttons."""
-    return [(option.text.get(lang), option.id) for option in question.options]
+    """(label, option id) pairs for a choice question's radio buttons, in the stored order:
+    the order in the file is the order shown."""
+    return [(plain_inline(option.text.get(lang)), option.id) for option in question.options]
 
 
 def answer_text(question: Question, lang: str) -> str:

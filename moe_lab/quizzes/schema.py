@@ -192,6 +192,14 @@ def _question(raw: object, where: str) -> Question:
         ids = [o.id for o in parsed]
         if len(set(ids)) != len(ids):
             raise QuizFormatError(f"{where}: option ids repeat: {ids}")
+        in_order = [chr(ord("a") + i) for i in range(len(ids))]
+        if ids != in_order:  # the static view's "b)" is the second option shown
+            raise QuizFormatError(f"{where}: option ids must be {in_order} in the order shown, "
+                                  f"got {ids}")
+        for option in parsed:
+            if any("$" in option.text.get(lang) for lang in LANGUAGES):
+                raise QuizFormatError(f"{where} option {option.id}: no maths ($) in an option: "
+                                      "a radio button's label shows plain text")
         if raw["answer"] not in ids:
             raise QuizFormatError(f"{where}: answer {raw['answer']!r} is not among the "
                                   f"options {ids}")

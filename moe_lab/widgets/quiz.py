@@ -56,6 +56,28 @@ class SharedLooks:
         return cls(**shared, **traits)
 
 
+class FeedbackArea(widgets.Output):
+    """What shows under a question, as HTML drawn by the notebook's own renderer (an ``Output``
+    widget, not an ``HTML`` one): in JupyterLab its maths is typeset and a link to another
+    lesson (``04_load_balancing.ipynb#heading``) opens that notebook in a tab at the heading,
+    as a link in a markdown cell does, instead of navigating the whole page away."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self._html = ""
+
+    @property
+    def value(self) -> str:
+        return self._html
+
+    @value.setter
+    def value(self, html: str) -> None:
+        self._html = html
+        # one message to the browser; an empty string shows nothing
+        self.outputs = ({"output_type": "display_data", "data": {"text/html": html},
+                         "metadata": {}},) if html else ()
+
+
 class QuestionView(widgets.VBox):
     """One question: prompt, input (radio buttons, a number box or a text area), button, feedback."""
 
@@ -64,7 +86,7 @@ class QuestionView(widgets.VBox):
         looks = looks or SharedLooks()
         self.question, self.number, self.lang = question, number, lang
         self.result = None  # the last Grade
-        self.prompt = looks.make(widgets.HTML, "html")
+        self.prompt = looks.make(widgets.HTMLMath, "html")  # $...$ typeset
         if question.kind == "choice":
             self.input = looks.make(widgets.RadioButtons, "choice", layout={"width": "auto"},
                                     options=option_labels(question, lang), value=None)
@@ -74,8 +96,9 @@ class QuestionView(widgets.VBox):
         else:
             self.input = looks.make(widgets.Textarea, "short",
                                     layout={"width": "95%", "height": "80px"})
-        self.button = looks.make(widgets.Button, "button", button_style="primary")
-        self.feedback = looks.make(widgets.HTML, "html")
+        self.button = looks.make(widgets.Button, "button", button_style="primary",
+                                 layout={"width": "auto"})  # "Show the model answer" in full
+        self.feedback = looks.make(FeedbackArea, "feedback")
         self.button.on_click(lambda _: self.check())
         super().__init__([self.prompt, self.input, self.button, self.feedback],
                          layout=looks.layout("question", margin="0 0 12px 0"))
