@@ -175,6 +175,8 @@ class SparseMoE(nn.Module):
                                                                                shared_d_ff)
         self.shared_experts = (Experts(num_shared_experts, d_model, self.shared_d_ff,
                                        activation=activation) if num_shared_experts else None)
+        if shared_d_ff is not None and not num_shared_experts:
+            raise ValueError(f"shared_d_ff={shared_d_ff} needs num_shared_experts >= 1, got 0")
         if shared_gate and not num_shared_experts:
             raise ValueError("shared_gate=True needs num_shared_experts >= 1, got 0")
         self.shared_gate = nn.Linear(d_model, 1, bias=False) if shared_gate else None

@@ -68,6 +68,12 @@ def load_balancing_loss(router_probs: torch.Tensor, topk_idx: torch.Tensor,
     num_tokens, num_experts = router_probs.shape
     topk_idx = check_index_tensor("topk_idx", topk_idx, num_tokens,
                                   num_experts if check_range else None)
+    if check_range and router_probs.numel():
+        low, high = (float(v) for v in torch.aminmax(router_probs.detach()))
+        if low < 0 or high > 1:  # logits passed for probabilities give a loss below 0
+            raise ValueError(f"router_probs must be probabilities in [0, 1] (the softmax of the "
+                             f"router logits), got values in [{low:.3g}, {high:.3g}]: did you "
+                             f"pass the logits?")
     mask = check_mask(mask, num_tokens)
     # expert_mask[n, i] = number of the token's K choices that are expert i
     expert_mask = torch.zeros_like(router_probs).scatter_add(

@@ -63,6 +63,9 @@ def test_see_link_is_a_notebook_heading_anchor():
     assert see_link("04_load_balancing#2. Routing collapse, reproduced") == (
         "04_load_balancing.ipynb#2.-Routing-collapse,-reproduced",
         "04_load_balancing · 2. Routing collapse, reproduced")
+    # in JupyterLab the widget's link names the heading, found even before its cell is drawn
+    assert see_link("06_efficiency#Visualise: timings (`moe_lab.systems.bench`)", live=True)[0] \
+        == "06_efficiency.ipynb#heading=Visualise:-timings-(moe_lab.systems.bench)"
 
 
 def test_widget_marks_right_and_explains_wrong():

@@ -343,7 +343,7 @@ def test_feedback_is_drawn_by_the_notebook_renderer_so_links_open_in_jupyterlab(
     view.check()
     (output,) = view.feedback.outputs
     html = output["data"]["text/html"]
-    assert html == view.feedback.value and 'href="00_start_here.ipynb#' in html
+    assert html == view.feedback.value and 'href="00_start_here.ipynb#heading=3.-The-math' in html
 
 
 def test_qwen3_active_accepts_the_model_cards_figure():
