@@ -95,7 +95,11 @@ def _reject_constant(token: str) -> None:
 
 
 def _model(key: str, raw: dict, layers: tuple[int, ...], pairs: tuple[tuple[int, int], ...]) -> ModelRouting:
-    num_experts, top_k = int(raw["num_experts"]), int(raw["top_k"])
+    for field in ("num_experts", "top_k"):
+        value = raw[field]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key}/{field} must be an integer >= 1, got {value!r}")
+    num_experts, top_k = raw["num_experts"], raw["top_k"]
     num_layers, num_pairs, e = len(layers), len(pairs), num_experts
     fields: dict[str, dict[str, torch.Tensor]] = {f: {} for f in (
         "expert_counts", "expert_counts_top1", "expert_counts_crosslayer", "expert_counts_crosslayer_top1")}

@@ -145,6 +145,9 @@ def _numeric_answer(raw: object, where: str) -> tuple[float, str]:
     except Exception as error:  # the message names the question, then the cause
         raise QuizFormatError(f"{where}: {qualname}(**{args}) raised {error!r}") from error
     for attr in (raw.get("field") or "").split(".") if raw.get("field") else ():
+        if not hasattr(value, attr):
+            raise QuizFormatError(f"{where}: {qualname}(...) returned a {type(value).__name__}, "
+                                  f"which has no field {attr!r} (field: {raw['field']!r})")
         value = getattr(value, attr)
     call = ", ".join(f"{k}={v!r}" for k, v in args.items())
     source = f"{qualname}({call})" + (f".{raw['field']}" if raw.get("field") else "")
