@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from moe_lab.lm.stats import max_over_mean_load
 from moe_lab.validation import check_positive_int
 
 
@@ -38,8 +39,7 @@ class Placement:
 
     @property
     def busiest_over_mean(self) -> float:
-        mean = self.device_load.mean()
-        return float(self.device_load.max() / mean) if mean > 0 else 1.0
+        return max_over_mean_load(self.device_load)  # 1.0 for an empty load
 
 
 def _check_load(expert_load: object) -> torch.Tensor:

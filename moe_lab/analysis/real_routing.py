@@ -9,7 +9,7 @@ each expert was chosen at layers 0, 7 and 15, over 208,896 tokens of each of fiv
 From a count vector c (E,) of one layer and domain:
 
     load share        s_i = c_i / sum_j c_j                      (sums to 1)
-    max / mean load   max_i c_i / mean_i c_i                     (1 when balanced, E at worst)
+    max / mean load   max_i c_i / mean_i c_i                     (1 when balanced, E/K at worst)
     load entropy      H = -sum_i s_i log2 s_i                    (log2 E when balanced)
     specialisation    100 * c_i(D) / tokens(D)  = % of domain D's tokens that chose expert i
                       (the OLMoE paper's "domain specialization", its Figure 22, drawn by

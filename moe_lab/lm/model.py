@@ -287,12 +287,12 @@ def upcycle_model(dense: TinyLM, num_experts: int, top_k: int) -> TinyLM:
     return moe.train(dense.training)
 
 
-def route_text(model: TinyLM, text: str, tokenizer: ByteTokenizer | None = None) -> TextRouting:
+def route_model_text(model: TinyLM, text: str, tokenizer: ByteTokenizer | None = None) -> TextRouting:
     """Run ``text`` through the model (eval mode, its first max_seq_len bytes) and return each
-    MoE layer's routing of the byte tokens (:func:`moe_lab.lm.text_routing.route_text`). Empty text
+    MoE layer's routing of the byte tokens (:func:`moe_lab.lm.text_routing.route_bytes`). Empty text
     gives empty tables. The model's training mode is restored, even when routing fails."""
     if not isinstance(model, TinyLM) or model.config.ffn != "moe":
-        raise ValueError("route_text needs a TinyLM with ffn='moe'")
+        raise ValueError("route_model_text needs a TinyLM with ffn='moe'")
     device = next(model.parameters()).device
 
     def route_ids(ids: torch.Tensor) -> list[RouterOutput]:  # ids: (T,)
@@ -301,7 +301,7 @@ def route_text(model: TinyLM, text: str, tokenizer: ByteTokenizer | None = None)
     was_training = model.training
     model.eval()
     try:
-        return text_routing.route_text(text, route_ids, max_tokens=model.config.max_seq_len,
+        return text_routing.route_bytes(text, route_ids, max_tokens=model.config.max_seq_len,
                                        tokenizer=tokenizer)
     finally:
         model.train(was_training)

@@ -85,7 +85,7 @@ def dashboard_figure(data: DashboardData, title: str = "training") -> go.Figure:
     """Four panels: load heatmap, max/mean load, router entropy, losses."""
     figure = make_subplots(rows=2, cols=2, vertical_spacing=0.16, horizontal_spacing=0.14,
                            subplot_titles=("load share per expert", "max / mean load",
-                                           "router entropy (nats)", "losses"))
+                                           "router entropy (bits)", "losses"))
     # the colour bar right of the heatmap's own panel (top left), not at the figure's right edge
     figure.add_trace(go.Heatmap(colorscale="Viridis", zmin=0.0, zmax=1.0, showscale=True,
                                 colorbar={"len": 0.4, "y": 0.79, "xanchor": "left",

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from moe_lab.lm.model import TinyLM, route_text
+from moe_lab.lm.model import TinyLM, route_model_text
 from moe_lab.lm.text_routing import TextRouting
 from moe_lab.viz.dashboard import series_colour
 from moe_lab.viz.explorer import RoutingFn
@@ -132,6 +132,6 @@ def lm_route_fn(model: TinyLM) -> RoutingFn:
         raise ValueError("model must be a TinyLM with ffn='moe'")
 
     def route_fn(text: str, top_k: int, noise: float) -> TextRouting:
-        return route_text(model, text)
+        return route_model_text(model, text)
 
     return route_fn
