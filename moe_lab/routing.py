@@ -116,8 +116,8 @@ def topk_routing(
         if selection_bias.shape != router_probs.shape[-1:]:
             raise ValueError(f"selection_bias must have shape (E={router_probs.shape[-1]},), "
                              f"got {tuple(selection_bias.shape)}")
-    # checked here too: top_k or the groups may be reassigned after a router was built
-    check_groups(num_groups, topk_groups, router_probs.shape[-1], top_k)
+    if num_groups != 1:  # checked here too: top_k or the groups may be reassigned after a
+        check_groups(num_groups, topk_groups, router_probs.shape[-1], top_k)  # router was built
     scores_for_choice = router_probs if selection_bias is None else router_probs + selection_bias
     if num_groups > 1:
         scores_for_choice = limit_to_top_groups(scores_for_choice, num_groups, topk_groups)  # (N, E)

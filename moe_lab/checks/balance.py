@@ -60,14 +60,14 @@ def make_routing_case(seed: int, num_tokens: int, num_experts: int, top_k: int,
 
 
 # seed, N, E, K, sharpness
-SWITCH_CASES = ((0, 16, 4, 2, 1.0), (1, 12, 6, 1, 3.0), (2, 20, 8, 3, 2.0), (3, 1, 4, 2, 1.0),
+_SWITCH_CASES = ((0, 16, 4, 2, 1.0), (1, 12, 6, 1, 3.0), (2, 20, 8, 3, 2.0), (3, 1, 4, 2, 1.0),
                 (4, 8, 4, 4, 1.0), (5, 10, 3, 1, 10.0))
 
 
 @checker("check_switch_loss")
 def check_switch_loss(switch_loss: Callable[..., torch.Tensor]) -> None:
     """switch_loss(router_probs (N, E), topk_idx (N, K)) -> E * sum_i f_i * P_i."""
-    for seed, num_tokens, num_experts, top_k, sharpness in SWITCH_CASES:
+    for seed, num_tokens, num_experts, top_k, sharpness in _SWITCH_CASES:
         _, probs, topk_idx = make_routing_case(seed, num_tokens, num_experts, top_k, sharpness)
         where = f"the loss (N={num_tokens}, E={num_experts}, K={top_k})"
         set_case(where[10:-1])
@@ -111,14 +111,14 @@ def check_switch_loss(switch_loss: Callable[..., torch.Tensor]) -> None:
 
 
 # seed, N, E, logit scale, logit offset (100: exp overflows float32)
-Z_CASES = ((0, 8, 4, 1.0, 0.0), (1, 6, 8, 5.0, 0.0), (2, 10, 3, 0.1, 0.0), (3, 1, 4, 1.0, 0.0),
+_Z_CASES = ((0, 8, 4, 1.0, 0.0), (1, 6, 8, 5.0, 0.0), (2, 10, 3, 0.1, 0.0), (3, 1, 4, 1.0, 0.0),
            (4, 6, 4, 1.0, 100.0))
 
 
 @checker("check_z_loss")
 def check_z_loss(z_loss: Callable[..., torch.Tensor]) -> None:
     """z_loss(router_logits (N, E)) -> mean over tokens of logsumexp(logits)^2."""
-    for seed, num_tokens, num_experts, scale, offset in Z_CASES:
+    for seed, num_tokens, num_experts, scale, offset in _Z_CASES:
         logits, probs, _ = make_routing_case(seed, num_tokens, num_experts, 1, scale)
         logits = logits + offset  # (N, E)
         probs = torch.softmax(logits, dim=-1)  # (N, E)
@@ -148,7 +148,7 @@ def check_z_loss(z_loss: Callable[..., torch.Tensor]) -> None:
                          {"router_logits": logits_ref}, where)
 
 
-def make_layer_cases(seed: int, num_layers: int, num_tokens: int, num_experts: int, top_k: int,
+def _make_layer_cases(seed: int, num_layers: int, num_tokens: int, num_experts: int, top_k: int,
                      ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per-layer probs and topk_idx, each layer with its own (uneven) load."""
     probs, idx = [], []
@@ -160,15 +160,15 @@ def make_layer_cases(seed: int, num_layers: int, num_tokens: int, num_experts: i
     return probs, idx
 
 
-LAYER_CASES = ((0, 2, 12, 4, 2), (1, 3, 10, 6, 1), (2, 4, 8, 8, 2))
+_LAYER_CASES = ((0, 2, 12, 4, 2), (1, 3, 10, 6, 1), (2, 4, 8, 8, 2))
 
 
 @checker("check_model_balance_loss")
 def check_model_balance_loss(model_balance_loss: Callable[..., torch.Tensor]) -> None:
     """model_balance_loss(per_layer_probs, per_layer_idx) -> the Switch loss averaged over the
     L layers (each layer's loss computed on that layer's own tokens)."""
-    for seed, num_layers, num_tokens, num_experts, top_k in LAYER_CASES:
-        probs, idx = make_layer_cases(seed, num_layers, num_tokens, num_experts, top_k)
+    for seed, num_layers, num_tokens, num_experts, top_k in _LAYER_CASES:
+        probs, idx = _make_layer_cases(seed, num_layers, num_tokens, num_experts, top_k)
         where = f"the model's loss (L={num_layers} layers, E={num_experts}, K={top_k})"
         set_case(where[17:-1])
         probs_ref = [p.clone().requires_grad_(True) for p in probs]
@@ -195,7 +195,7 @@ def check_model_balance_loss(model_balance_loss: Callable[..., torch.Tensor]) ->
 
 
 # seed, E, gamma, loads (None: random); some loads sit exactly at the mean
-BIAS_CASES = ((0, 4, 0.01, None), (1, 8, 0.1, None), (2, 6, 0.001, None),
+_BIAS_CASES = ((0, 4, 0.01, None), (1, 8, 0.1, None), (2, 6, 0.001, None),
               (3, 3, 0.01, [2, 4, 6]), (4, 4, 0.1, [5, 5, 5, 5]), (5, 1, 0.01, [7]),
               (6, 5, 0.05, [0, 10, 3, 3, 4]))
 
@@ -204,7 +204,7 @@ BIAS_CASES = ((0, 4, 0.01, None), (1, 8, 0.1, None), (2, 6, 0.001, None),
 def check_bias_update(bias_update: Callable[..., torch.Tensor]) -> None:
     """bias_update(bias (E,), tokens_per_expert (E,), gamma) -> the new bias (E,):
     b_i + gamma * sign(mean_load - load_i)."""
-    for seed, num_experts, gamma, loads in BIAS_CASES:
+    for seed, num_experts, gamma, loads in _BIAS_CASES:
         generator = torch.Generator().manual_seed(seed)
         bias = 0.1 * torch.randn(num_experts, generator=generator)  # (E,)
         if loads is None:

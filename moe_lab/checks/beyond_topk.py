@@ -28,7 +28,7 @@ from moe_lab.variants.soft_moe import soft_moe_weights
 
 # ------------------------------------------------------------------ fine-grained and shared
 
-LAYOUT_CASES = (  # E, K, F, m, S
+_LAYOUT_CASES = (  # E, K, F, m, S
     (8, 2, 64, 4, 0),  # lesson 08's fine-grained run
     (8, 2, 64, 4, 1),  # lesson 08's shared run
     (16, 2, 5632, 4, 4),  # DeepSeekMoE-like: m = 4, 4 shared
@@ -41,7 +41,7 @@ LAYOUT_CASES = (  # E, K, F, m, S
 @checker("check_fine_grained_layout")
 def check_fine_grained_layout(fine_grained_layout: Callable[..., tuple[int, int, int]]) -> None:
     """fine_grained_layout(E, K, F, m, S) -> (m*E - S, m*K - S, F // m)."""
-    for e, k, f, m, s in LAYOUT_CASES:
+    for e, k, f, m, s in _LAYOUT_CASES:
         layout = fine_grained(e, k, f, m, s)
         expected = (layout.num_experts, layout.top_k, layout.d_ff)
         out = fine_grained_layout(e, k, f, m, s)
@@ -76,7 +76,7 @@ def check_fine_grained_layout(fine_grained_layout: Callable[..., tuple[int, int,
 
 # ------------------------------------------------------------------ expert choice
 
-SELECT_CASES = (  # seed, N, E, C, logit scale
+_SELECT_CASES = (  # seed, N, E, C, logit scale
     (0, 12, 4, 3, 1.0),
     (1, 1, 4, 1, 1.0),  # one token: every expert takes it
     (2, 9, 3, 6, 1.0),  # capacity 2N/E: tokens shared by several experts
@@ -96,7 +96,7 @@ def check_expert_choice_select(expert_choice_select: Callable[..., object]) -> N
     """expert_choice_select(router_probs (N, E), capacity C) -> (token_idx, gates), each (E, C):
     row e holds the C tokens with the highest router_probs[:, e] and those probabilities; the
     gates carry the gradient back to router_probs."""
-    for seed, n, e, c, scale in SELECT_CASES:
+    for seed, n, e, c, scale in _SELECT_CASES:
         probs = _select_case(seed, n, e, scale)
         where = f"(N={n}, E={e}, C={c})"
         # ties (saturated probabilities) may be broken either way: compare the chosen values

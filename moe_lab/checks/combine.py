@@ -66,7 +66,7 @@ def make_combine_case(seed: int, *, num_tokens: int = 12, d_model: int = 8, d_ff
     return x, plan, experts
 
 
-COMBINE_CASES = (
+_COMBINE_CASES = (
     dict(seed=0),
     dict(seed=1, capacity_factor=0.75),  # some assignments dropped
     dict(seed=2, num_tokens=9, num_experts=6, top_k=3, capacity_factor=0.6),
@@ -101,7 +101,7 @@ def _per_slot_outputs(x: torch.Tensor, plan: RoutingPlan, experts: Experts) -> t
 @checker("check_combine_loop")
 def check_combine_loop(combine_loop: Callable[..., torch.Tensor]) -> None:
     """combine_loop(x, plan, experts) -> y (N, D): y_n = sum over kept k of w_nk * Expert(x_n)."""
-    for case in COMBINE_CASES:
+    for case in _COMBINE_CASES:
         where = _case_text(case) or "N=12, E=4, K=2"
         set_case(where)
         x, plan, experts = make_combine_case(**case)
@@ -153,7 +153,7 @@ def check_scatter_combine(scatter_combine: Callable[..., torch.Tensor]) -> None:
 
     h_sorted (M, D): expert outputs, one row per kept assignment, in the order of sort_order;
     sort_order (M,): the flat id token * K + slot of each row; topk_weights (N, K)."""
-    for case in COMBINE_CASES:
+    for case in _COMBINE_CASES:
         where = _case_text(case) or "N=12, E=4, K=2"
         set_case(where)
         x, plan, experts = make_combine_case(**case)
@@ -194,7 +194,7 @@ def check_scatter_combine(scatter_combine: Callable[..., torch.Tensor]) -> None:
 
 
 # seed, N, E, K, logit offset (100: exp overflows float32)
-GATE_CASES = ((0, 6, 4, 2, 0.0), (1, 5, 8, 1, 0.0), (2, 7, 6, 3, 0.0), (3, 4, 4, 4, 0.0),
+_GATE_CASES = ((0, 6, 4, 2, 0.0), (1, 5, 8, 1, 0.0), (2, 7, 6, 3, 0.0), (3, 4, 4, 4, 0.0),
               (4, 1, 4, 2, 0.0), (5, 5, 4, 3, 0.0), (6, 6, 5, 2, 100.0))
 
 
@@ -202,7 +202,7 @@ GATE_CASES = ((0, 6, 4, 2, 0.0), (1, 5, 8, 1, 0.0), (2, 7, 6, 3, 0.0), (3, 4, 4,
 def check_gate_weights(gate_weights: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> None:
     """gate_weights(router_logits, top_k) -> (topk_idx, topk_weights), Mixtral style: softmax,
     top-k, renormalise; the weights must stay differentiable with respect to the logits."""
-    for seed, num_tokens, num_experts, top_k, offset in GATE_CASES:
+    for seed, num_tokens, num_experts, top_k, offset in _GATE_CASES:
         where = f"(N={num_tokens}, E={num_experts}, K={top_k}" + (
             f", logits near {offset:.0f})" if offset else ")")
         set_case(where[1:-1])

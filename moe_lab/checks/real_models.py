@@ -59,7 +59,7 @@ def _grouped_choice(scores: torch.Tensor, top_k: int, num_groups: int, topk_grou
     return _as_sets(scores.masked_fill(~keep, fill).topk(top_k, dim=-1).indices)
 
 
-GROUP_CASES = ((24, 16, 4, 4, 2, 1.2), (32, 12, 3, 3, 1, 1.2), (16, 32, 8, 8, 4, 1.2),
+_GROUP_CASES = ((24, 16, 4, 4, 2, 1.2), (32, 12, 3, 3, 1, 1.2), (16, 32, 8, 8, 4, 1.2),
                (9, 8, 2, 2, 1, 1.2), (1, 8, 4, 2, 2, 1.2), (16, 8, 4, 4, 2, 3.0),
                (10, 8, 1, 3, 1, 1.2))
 # (N, E, G, K, topk_groups, largest selection bias below 0); the last has no limit. In the
@@ -70,7 +70,7 @@ GROUP_CASES = ((24, 16, 4, 4, 2, 1.2), (32, 12, 3, 3, 1, 1.2), (16, 32, 8, 8, 4,
 @checker("check_group_limited_topk")
 def check_group_limited_topk(fn: Callable[[torch.Tensor, int, int, int], object]) -> None:
     gen = torch.Generator().manual_seed(9)
-    for num_tokens, num_experts, num_groups, top_k, topk_groups, depth in GROUP_CASES:
+    for num_tokens, num_experts, num_groups, top_k, topk_groups, depth in _GROUP_CASES:
         # sigmoid scores plus a selection bias: some biased scores are negative
         scores = torch.sigmoid(torch.randn(num_tokens, num_experts, generator=gen)) \
             + torch.empty(num_experts).uniform_(-depth, 0.2, generator=gen)  # (N, E)
@@ -119,12 +119,12 @@ def check_group_limited_topk(fn: Callable[[torch.Tensor, int, int, int], object]
 
 # ----------------------------------------------------------------------------- Llama 4
 
-INPUT_CASES = ((12, 8, 16, 6, 2), (10, 8, 12, 4, 1), (7, 4, 8, 4, 3), (1, 8, 12, 4, 2))  # (N, D, F, E, K)
+_INPUT_CASES = ((12, 8, 16, 6, 2), (10, 8, 12, 4, 1), (7, 4, 8, 4, 3), (1, 8, 12, 4, 2))  # (N, D, F, E, K)
 
 
 @checker("check_input_weighted_combine")
 def check_input_weighted_combine(fn: Callable[..., object]) -> None:
-    for seed, (num_tokens, d_model, d_ff, num_experts, top_k) in enumerate(INPUT_CASES):
+    for seed, (num_tokens, d_model, d_ff, num_experts, top_k) in enumerate(_INPUT_CASES):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             layer = SparseMoE(d_model, d_ff, num_experts, top_k, scoring="sigmoid", normalize=False,
@@ -200,13 +200,13 @@ def _weighting_suspects(x: torch.Tensor, topk_idx: torch.Tensor, weights: torch.
 
 # ----------------------------------------------------------------------------- Mixtral weights
 
-CONVERT_CASES = ((4, 16, 24), (3, 8, 8), (2, 6, 10))  # (E, D, F); D == F hides a transpose
+_CONVERT_CASES = ((4, 16, 24), (3, 8, 8), (2, 6, 10))  # (E, D, F); D == F hides a transpose
 
 
 @checker("check_convert_mixtral_experts")
 def check_convert_mixtral_experts(fn: Callable[[torch.Tensor, torch.Tensor], object]) -> None:
     gen = torch.Generator().manual_seed(4)
-    for num_experts, d_model, d_ff in CONVERT_CASES:
+    for num_experts, d_model, d_ff in _CONVERT_CASES:
         gate_up_proj = torch.randn(num_experts, 2 * d_ff, d_model, generator=gen)  # (E, 2F, D)
         down_proj = torch.randn(num_experts, d_model, d_ff, generator=gen)  # (E, D, F)
         case = f"(E={num_experts}, D={d_model}, F={d_ff})"
@@ -248,7 +248,7 @@ def check_convert_mixtral_experts(fn: Callable[[torch.Tensor, torch.Tensor], obj
 
 # ----------------------------------------------------------------------------- placement
 
-PACKING_CASES = ((torch.tensor([9.0, 1.0, 7.0, 3.0, 5.0, 2.0, 8.0, 4.0]), 2),
+_PACKING_CASES = ((torch.tensor([9.0, 1.0, 7.0, 3.0, 5.0, 2.0, 8.0, 4.0]), 2),
                  (torch.tensor([30.0, 2.0, 3.0, 11.0, 5.0, 7.0, 1.0, 13.0, 17.0]), 3),
                  (torch.tensor([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]), 4),
                  (torch.tensor([5.0, 5.0, 5.0, 5.0]), 4),
@@ -282,7 +282,7 @@ def _partition(devices: list[list[int]]) -> list[list[int]]:
 @checker("check_greedy_packing")
 def check_greedy_packing(fn: Callable[[torch.Tensor, int], object]) -> None:
     ambiguous = None  # the first hint of a case where two known mistakes place alike
-    for load, num_devices in PACKING_CASES:
+    for load, num_devices in _PACKING_CASES:
         num_experts = load.numel()
         case = f"(E={num_experts}, G={num_devices}, loads {[int(v) for v in load.tolist()]})"
         set_case(case)

@@ -44,7 +44,7 @@ from moe_lab.validation import (
 )
 from moe_lab.variants.upcycling import upcycle
 
-FFN_TYPES = ("dense", "moe")
+_FFN_TYPES = ("dense", "moe")
 IGNORE_INDEX = -100  # target id of a padded position, skipped by the loss
 
 
@@ -71,7 +71,7 @@ class ModelConfig:
         for name in ("vocab_size", "max_seq_len", "d_model", "n_layers", "n_heads", "d_ff",
                      "num_experts"):
             check_positive_int(name, getattr(self, name))
-        check_choice("ffn", self.ffn, FFN_TYPES)
+        check_choice("ffn", self.ffn, _FFN_TYPES)
         check_top_k(self.top_k, self.num_experts)
         check_nonnegative_int("num_shared_experts", self.num_shared_experts)
         check_positive_float("capacity_factor", self.capacity_factor, allow_none=True)
@@ -134,7 +134,7 @@ class DenseFFN(nn.Module):
         return self.experts.forward_expert(x, 0)  # (..., D)
 
 
-class CausalSelfAttention(nn.Module):
+class _CausalSelfAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int) -> None:
         super().__init__()
         self.n_heads = n_heads
@@ -155,7 +155,7 @@ class Block(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.norm_attn = nn.RMSNorm(config.d_model)
-        self.attn = CausalSelfAttention(config.d_model, config.n_heads)
+        self.attn = _CausalSelfAttention(config.d_model, config.n_heads)
         self.norm_ffn = nn.RMSNorm(config.d_model)
         if config.ffn == "moe":
             self.ffn: nn.Module = SparseMoE(config.d_model, config.d_ff, config.num_experts,

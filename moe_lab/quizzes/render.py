@@ -49,7 +49,7 @@ def prompt_html(question: Question, number: int, lang: str) -> str:
     return f"<b>{number}.</b> {_md_inline(question.prompt.get(lang))}{unit}"
 
 
-def plain_inline(text: str) -> str:
+def _plain_inline(text: str) -> str:
     """The text of a radio button's label, which shows plain text only: the marks of `code` and
     **bold** dropped (option texts hold no maths: the loader refuses '$' there)."""
     return re.sub(r"\*\*([^*]+)\*\*", r"\1", re.sub(r"`([^`]+)`", r"\1", text))
@@ -58,7 +58,7 @@ def plain_inline(text: str) -> str:
 def option_labels(question: Question, lang: str) -> list[tuple[str, str]]:
     """(label, option id) pairs for a choice question's radio buttons, in the stored order:
     the order in the file is the order shown."""
-    return [(plain_inline(option.text.get(lang)), option.id) for option in question.options]
+    return [(_plain_inline(option.text.get(lang)), option.id) for option in question.options]
 
 
 def answer_text(question: Question, lang: str) -> str:
@@ -79,7 +79,7 @@ def see_link(see: str, *, live: bool = False) -> tuple[str, str]:
     even when the heading's cell is not drawn yet (a long notebook draws cells as they come
     into view); a static viewer gets the plain anchor."""
     lesson, heading = see.split("#", 1)
-    anchor = plain_inline(heading.strip()).replace(" ", "-")
+    anchor = _plain_inline(heading.strip()).replace(" ", "-")
     return (f"{lesson}.ipynb#{'heading=' if live else ''}{anchor}",
             f"{lesson} · {heading.strip()}")
 

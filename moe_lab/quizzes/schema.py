@@ -28,7 +28,7 @@ import yaml
 
 QUIZ_DIR = Path(__file__).resolve().parent
 LANGUAGES = ("en", "ko")
-KINDS = ("choice", "numeric", "short")
+_KINDS = ("choice", "numeric", "short")
 _QUESTION_KEYS = {"id", "kind", "prompt", "answer", "explanation", "options", "tolerance", "unit",
                   "key_points"}
 
@@ -67,7 +67,7 @@ class KeyPoint:
 @dataclass(frozen=True)
 class Question:
     id: str
-    kind: str  # one of KINDS
+    kind: str  # one of _KINDS
     prompt: Text
     explanation: Text
     answer: str | float | Text  # option id (choice), number (numeric), model answer (short)
@@ -173,8 +173,8 @@ def _question(raw: object, where: str) -> Question:
         raise QuizFormatError(f"{where}: every question needs a string id")
     where = f"{where} ({qid})"
     kind = raw.get("kind")
-    if kind not in KINDS:
-        raise QuizFormatError(f"{where}: kind must be one of {KINDS}, got {kind!r}")
+    if kind not in _KINDS:
+        raise QuizFormatError(f"{where}: kind must be one of {_KINDS}, got {kind!r}")
     for key in ("prompt", "answer", "explanation"):
         if raw.get(key) is None:
             raise QuizFormatError(f"{where}: missing {key}")

@@ -44,14 +44,14 @@ from moe_lab.validation import check_top_k
 
 MAX_TOKENS = 96  # tokens drawn; longer texts are cut, and the figure says so
 COLUMNS = 24  # tokens per row of the grid
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39",
            "#7b4173", "#3182bd")
 
 
 def expert_colour(expert: int) -> str:
     """The colour of an expert, the same in the token grid and the load bars."""
-    return PALETTE[expert % len(PALETTE)]
+    return _PALETTE[expert % len(_PALETTE)]
 
 
 RoutingTable = TextRouting  # the explorer's name for the one result type (lessons 03, 05)
