@@ -79,8 +79,9 @@ if "google.colab" in sys.modules:
 # | $\gamma$ | `gamma` | scalar | bias update speed |
 #
 # Reading the dashboard: **max/mean load** $= \max_i c_i / \bar c$ is 1 when balanced and $E$ when
-# every token goes to one expert; **router entropy** $= -\frac1N\sum_n \sum_i p_{n,i}\log p_{n,i}$
-# is $\log E$ for a uniform router and 0 for a certain one.
+# every token goes to one expert; **router entropy** $= -\frac1N\sum_n \sum_i p_{n,i}\log_2 p_{n,i}$
+# (in bits, as every entropy of the course) is $\log_2 E$ for a uniform router and 0 for a
+# certain one.
 
 # %%
 import math
@@ -129,8 +130,8 @@ print("load share at step 0:  ", [round(v, 2) for v in first.load])
 print("load share at the end: ", [round(v, 2) for v in last.load])
 print(f"max/mean load: {first.max_over_mean:.2f} -> {last.max_over_mean:.2f} (E = 8 is total "
       "collapse)")
-print(f"router entropy: {first.router_entropy:.2f} -> {last.router_entropy:.2f} nats "
-      f"(log E = {torch.log(torch.tensor(8.0)).item():.2f})")
+print(f"router entropy: {first.router_entropy:.2f} -> {last.router_entropy:.2f} bits "
+      f"(log2 E = {torch.log2(torch.tensor(8.0)).item():.2f})")
 print(f"task loss at the end: {last.losses['task']:.3f}")
 
 
@@ -266,7 +267,7 @@ dashboard.finish()
 # NBVAL_CHECK_OUTPUT
 for name in ("none", "switch"):
     final = runs[name].final
-    print(f"{name:>7}: max/mean load {final.max_over_mean:.2f}, entropy "
+    print(f"{name:>7}: max/mean load {final.max_over_mean:.2f}, entropy (bits) "
           f"{final.router_entropy:.2f}, task loss {final.losses['task']:.3f}")
 
 # %% [markdown]
@@ -503,10 +504,10 @@ compare_runs_figure({name: run.history for name, run in runs.items()}, "max_over
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(f"{'run':>10} | max/mean load | entropy | z-loss | task loss")
+print(f"{'run':>10} | max/mean load | entropy (bits) | z-loss | task loss")
 for name, run in runs.items():
     final = run.final
-    print(f"{name:>10} | {final.max_over_mean:13.2f} | {final.router_entropy:7.2f} | "
+    print(f"{name:>10} | {final.max_over_mean:13.2f} | {final.router_entropy:14.2f} | "
           f"{final.losses['z']:6.2f} | {final.losses['task']:9.3f}")
 # what the table says, computed from it: which runs end at under half the unbalanced run's max/mean
 # load, and the worst task loss at the end against chance (a uniform guess over the 64 ids)

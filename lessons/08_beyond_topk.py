@@ -67,6 +67,7 @@ from moe_lab.checks.beyond_topk import (
 )
 from moe_lab.lm.data import eval_batches, load_lesson_data
 from moe_lab.lm.model import DenseFFN, TinyLM, upcycle_model
+from moe_lab.lm.seeds import compare_seeds
 from moe_lab.lm.tokenizer import ByteTokenizer
 from moe_lab.lm.train import (
     BASE_TRAIN,
@@ -237,6 +238,12 @@ for name, logs in shipped.items():
     print(f"{name:>13} {' '.join(f'{v:.3f}' for v in losses):>22} {sum(losses) / 3:.3f}   "
           f"{mi[0]:.3f} / {mi[1]:.3f} [{base[0]:.3f} / {base[1]:.3f}]")
 print(f"H(language) = {shipped['moe'][0]['specialisation']['h_language']:.2f} bits")
+final_loss = {name: [log["evals"][-1]["val_loss"] for log in logs] for name, logs in shipped.items()}
+mi_last = {name: [log["specialisation"]["mi_language"][1] for log in logs]
+           for name, logs in shipped.items()}
+for name in ("fine_grained", "shared"):
+    print("val loss,", compare_seeds(final_loss["moe"], final_loss[name]).verdict("moe", name))
+    print("I(lang;E) layer 1,", compare_seeds(mi_last["moe"], mi_last[name]).verdict("moe", name))
 
 # %%
 loss_curves_figure({name: logs[0] for name, logs in shipped.items()},
@@ -244,14 +251,18 @@ loss_curves_figure({name: logs[0] for name, logs in shipped.items()},
 
 # %% [markdown]
 # Read the table with the seeds in mind: at this scale (two layers, 400 steps, 100K active
-# parameters) the spread between seeds of one layout is as large as the gaps between layouts, so
-# the run shows that the three layouts train equally well at equal compute, not which one is
-# better; DeepSeekMoE's gains were measured with billions of tokens. The languages are about as
-# visible in the routing of every layout (each far above its baseline, with seed spreads that
-# overlap), so finer experts did not specialise visibly more by language here. The costs are real at any scale: the
+# parameters) no gap between layouts in validation loss exceeds the seed spread (the verdict
+# lines above), so the run shows that the three layouts train about equally well at equal
+# compute, not which one is better; DeepSeekMoE's gains were measured with billions of tokens.
+# The languages are visible in the routing of every layout (each far above its baseline); the
+# verdicts on $I(\text{lang}; E)$ say whether a layout's lead there exceeds the seed spread,
+# and a lead of the 32-expert layouts must also be read against their larger ceiling
+# ($\log_2 32$ against $\log_2 8$ bits) and their larger sampling bias. The costs are real at any scale: the
 # router is 4x larger, and a token's work is split into 8 small matmuls instead of 2 (lesson 06:
 # small experts need a grouped GEMM to run fast). Below, a short live run of each (30 steps, a
-# smaller batch) so you can see them train here.
+# smaller batch) so you can see them train here. Its times are wall-clock seconds of one run
+# each on this machine: on a machine shared with other jobs they vary several-fold from one run
+# of the cell to the next, so they say nothing about the layouts' speed.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -310,11 +321,13 @@ print("tokens no expert took:", int((out.experts_per_token == 0).sum()), "of 64"
 # The same toy router routes a text both ways. Left: token choice loads vary from expert to
 # expert (the busiest one sets the capacity you must pay for, lesson 02), expert choice loads are
 # all $C$. Right: token choice gives every token exactly $K$ experts; expert choice gives some
-# tokens many and some none. Slide the capacity factor: at $c = K$ the two spend the same compute.
+# tokens many and some none (the line above the figure counts them). It starts at $c = K = 1$,
+# where the two spend the same compute; slide both up together to keep them equal. Each byte of
+# the text is one token, and the toy routes the first 64.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-ExpertChoiceExplorer("the cat sat on the mat, and the dog sat too", capacity_factor=2.0, top_k=2)
+ExpertChoiceExplorer("the cat sat on the mat, and the dog sat too", capacity_factor=1.0, top_k=1)
 
 # %% [markdown]
 # ### Causality: does a later token change an earlier token's output?
@@ -348,7 +361,8 @@ for name, design in designs.items():
 # What the table says:
 #
 # - **Dropless token choice** is exactly causal (0 %, max exactly 0): a token's experts depend on
-#   that token alone. This is why every decoder LLM in lesson 00's list uses it.
+#   that token alone. This is why the decoder LLMs of this course (Mixtral, DeepSeek-V3,
+#   Qwen3, OLMoE, Llama 4, gpt-oss) all route by token choice.
 # - **Token choice with a capacity** does not touch the earlier positions of its own sequence
 #   here, because `moe_lab` drops in token order (later tokens lose): the perturbed last token
 #   comes after them. But it changes the outputs of *other sequences* of the batch, which are
@@ -484,8 +498,16 @@ for name, start in [("upcycled", upcycled), ("from scratch", None)]:
 loss_curves_figure(curves, title="upcycled vs from scratch (same MoE, 40 steps)")
 
 # %% [markdown]
+# On that scale the upcycled curve looks flat. Alone, on its own scale:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+loss_curves_figure({"upcycled": curves["upcycled"]}, title="upcycled alone (its own scale)")
+
+# %% [markdown]
 # The upcycled model starts at the dense model's loss (step 0, printed above). Its loss rises a
-# little over the first steps, while the fresh routers start to split the copies and AdamW starts
+# little over the first steps (a few hundredths in the run this notebook shipped with: one short
+# run, so read the shape, not the size), while the fresh routers start to split the copies and AdamW starts
 # without its moment estimates, then comes back down; the scratch MoE starts at $\ln 256 \approx
 # 5.5$ nats and is still far behind after 40 steps (it has not had the dense model's 400).
 # Komatsuzaki et al. report on T5 and ViT that upcycled models beat continuing the dense model,

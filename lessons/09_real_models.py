@@ -162,15 +162,26 @@ for name, (gap, same, _) in parity.items():
 
 # %%
 # NBVAL_CHECK_OUTPUT
-fields = ("scoring", "normalisation", "scaling", "bias", "group_limit", "shared_expert",
-          "activation", "weights_on")
-print(f"{'family':12s} {'< 1e-5':7s} {'experts':8s}", " | ".join(fields))
-for name, (gap, same, conv) in parity.items():
-    print(f"{name:12s} {str(gap < 1e-5):7s} {str(same):8s}", " | ".join(getattr(conv, f) for f in fields))
+print(f"{'family':12s} {'|y - y_block| < 1e-5':>21s} {'same experts':>13s}")
+for name, (gap, same, _) in parity.items():
+    print(f"{name:12s} {str(gap < 1e-5):>21s} {str(same):>13s}")
+# the conventions in two tables of aligned columns (one long line per family would wrap)
+for fields in (("scoring", "normalisation", "scaling", "bias"),
+               ("group_limit", "shared_expert", "activation", "weights_on")):
+    rows = [[name] + [getattr(conv, f) for f in fields] for name, (_, _, conv) in parity.items()]
+    widths = [max(len(str(row[i])) for row in [["family", *fields], *rows]) for i in range(5)]
+    print()
+    for row in [["family", *fields], *rows]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 # %% [markdown]
 # Seven blocks, one class: every row is a `SparseMoE` with a few options set (read them with
-# `print(from_transformers(block))`). The tests (`tests/test_interop.py`) repeat this at several
+# `print(from_transformers(block))`). The sizes in the rows are the tiny blocks' (8 experts of
+# width 16-40), not the real models': DeepSeek-V3 itself has 256 routed experts of width 2048
+# in 8 groups, top-8 from the best 4 groups, 1 shared expert and a scaling factor of 2.5
+# (arXiv:2412.19437, section 4.2; the factor 2.5 is its published config's
+# `routed_scaling_factor`); the table shows the same kinds of options at a size that runs
+# here. The tests (`tests/test_interop.py`) repeat this at several
 # configurations and two seeds, and compare the gradients with respect to $x$ too.
 #
 # Two conventions deserve a closer look, because a reimplementation that gets them wrong still
@@ -241,6 +252,14 @@ nodes = torch.tensor([len(set((row // 8).tolist())) for row in limited])
 print(f"tokens whose experts change under the limit: {100 * changed:.1f} %")
 print("groups (nodes) a token reaches: at most", int(nodes.max()), "| without the limit up to",
       max(len(set((row // 8).tolist())) for row in free))
+
+# %% [markdown]
+# Read the percentage as a fact about the mechanism, not about DeepSeek-V3: these scores are
+# random, with no structure, so a token's 6 best experts almost never fall in 3 of the 8 groups
+# by chance and the limit nearly always binds. A trained router sees the limit during training
+# and can learn to put a token's best experts in few groups; how often it binds in the real
+# model is not measured here. What holds for any scores is the second line: under the limit a
+# token's rows travel to at most 3 groups (nodes).
 
 # %% [markdown]
 # ## 4. Build: Llama 4 scales the expert's input
@@ -368,12 +387,14 @@ print("converted by hand equals MixtralSparseMoeBlock (max |gap| < 1e-5):", gap 
 # `moe_lab.analysis.real_routing.load_real_routing` reads counts shipped with the package (from the
 # [OLMoE repository](https://github.com/allenai/OLMoE), Apache-2.0): how often each expert of
 # **OLMoE-1B-7B** (64 experts, top-8, trained from scratch) and **Mixtral-8x7B** (8 experts,
-# top-2) was chosen at layers 0, 7 and 15, over 208,896 tokens of each of five domains (arXiv,
+# top-2) was chosen at layers 0, 7 and 15 (of 16 layers in OLMoE, of 32 in Mixtral: for Mixtral
+# these are its first half only), over 208,896 tokens of each of five domains (arXiv,
 # books, C4, GitHub, Wikipedia), plus same-slot co-occurrence between layers. Counts of one layer
 # sum to tokens $\times K$ (the loader checks).
 #
 # **Load imbalance.** For a load vector $c$ (E,): $\max_i c_i / \operatorname{mean}_i c_i$ (1 when
-# balanced, $E$ at worst) and the entropy of the load share, $H = -\sum_i p_i \log_2 p_i$ with
+# balanced; at worst $E/K$, when one expert is in every token's top-$K$: $c_i$ = tokens, the mean
+# = tokens $\times K / E$; 8 for OLMoE, 4 for Mixtral) and the entropy of the load share, $H = -\sum_i p_i \log_2 p_i$ with
 # $p = c / \sum c$, divided by $\log_2 E$ (1 when uniform). For comparison: lesson 05's tiny MoE
 # (8 experts, top-2) on its last training batch (`moe_lab/results/lesson05/moe.json`).
 
@@ -399,11 +420,17 @@ for layer, counts in enumerate(lesson05):
     print(f"{'lesson 05 MoE':13s} {layer:5d}  {max_over_mean_load(counts):5.2f} (one training batch)"
           f"   {load_entropy_bits(counts) / 3:.3f}")
 print(f"{'uniform':13s} {'any':>5s}  {1.0:5.2f}   1.000")
+for routing in real.values():
+    worst = routing.num_experts / routing.top_k  # one expert in every token's top-K
+    highest = max(r.max_over_mean for r in load_imbalance(routing))
+    print(f"{routing.model}: worst case E/K = {worst:.0f}; its highest max/mean above is "
+          f"{highest:.2f}, {100 * highest / worst:.0f} % of the worst case")
 
 # %% [markdown]
-# Mixtral's 8 experts stay close to the mean on every domain, like lesson 05's tiny model.
-# OLMoE's 64 experts are far less even *per domain*: at layer 0 one expert takes almost every
-# arXiv token, yet the normalised entropies stay high: the imbalance sits in a few hot experts
+# Mixtral's 8 experts stay close to the mean on every domain, like lesson 05's tiny model (at
+# the three layers measured, all in its first half). OLMoE's 64 experts are far less even *per
+# domain*: at layer 0 one expert takes almost every arXiv token (its max/mean is close to the
+# worst case $E/K$), yet the normalised entropies stay high: the imbalance sits in a few hot experts
 # per domain. The hot experts differ from domain to domain, which is how a model trained with a
 # load-balancing loss over mixed batches can be this uneven within one domain.
 #

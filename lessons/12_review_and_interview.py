@@ -48,7 +48,7 @@ if "google.colab" in sys.modules:
 # each answered by a number this course measured (read from the shipped results or computed
 # here), never by a number typed into the text.
 #
-# Prerequisites: lessons 00-07. Nothing new is built here, so there is no exercise; the quizzes
+# Prerequisites: lessons 00-09 (the review draws on all of them). Nothing new is built here, so there is no exercise; the quizzes
 # come from `moe_lab.quizzes` (one YAML file per lesson, `moe_lab/quizzes/NN.yaml`) and are
 # drawn by `moe_lab.widgets.quiz.QuizWidget`. Switch the language with the English / 한국어
 # buttons.
@@ -127,8 +127,9 @@ print(len(review), "questions:", [q.id for q in review])
 #
 # ### Why does the router run in fp32, even in a bf16 model?
 #
-# Because the router's output is a discrete choice: bfloat16 keeps 8 bits of mantissa, so
-# near-tied logits round together or swap, and the token goes to a different expert. And because
+# Because the router's output is a discrete choice: bfloat16 stores 7 bits of mantissa (8
+# significant bits with the implicit leading one, about 2-3 decimal digits), so near-tied logits
+# round together or swap, and the token goes to a different expert. And because
 # it is cheap: the router is a $D \times E$ matrix. The first cell repeats lesson 01's experiment
 # (same weights, same bf16 activations, a float32 and a bfloat16 router); the second computes
 # what float32 costs in Mixtral 8x7B, from `moe_lab.systems.params`.
@@ -225,19 +226,26 @@ print(f"one decoding step: C = {step_capacity}, the token runs "
 # NBVAL_CHECK_OUTPUT
 sweep = capacity_sweep_table([load_log(name) for name in LESSON05_RUNS if name.startswith("moe")])
 config = load_log("moe")["train_config"]
+dropless = load_log("moe")["evals"][-1]["val_loss"]
+moe_seeds = [load_log(f"moe_seed{s}")["evals"][-1]["val_loss"] for s in (0, 1, 2)]
+moe_spread = max(moe_seeds) - min(moe_seeds)  # the dropless MoE's range over 3 seeds
 n_tok, k_, e_ = config["batch_size"] * config["seq_len"], 2, 8
-print(f"{'capacity':>9} {'drop rate':>10} {'val loss':>9} {'padding if balanced':>20}")
+print(f"{'capacity':>9} {'drop rate':>10} {'val loss':>9} {'- dropless':>11} "
+      f"{'padding if balanced':>20}")
 for row in sweep:
     if row.capacity_factor is None:
         padding = "-"
     else:
         slots = e_ * compute_capacity(row.capacity_factor, n_tok, k_, e_)  # E * C rows
         padding = f"{100 * max(0.0, 1 - n_tok * k_ / slots):.0f} %"
-    print(f"{row.label:>9} {row.drop_rate:>10.3f} {row.val_loss:>9.3f} {padding:>20}")
+    print(f"{row.label:>9} {row.drop_rate:>10.3f} {row.val_loss:>9.3f} "
+          f"{row.val_loss - dropless:>+11.3f} {padding:>20}")
+print(f"seed spread of the dropless MoE (3 seeds): {moe_spread:.3f}")
 
 # %% [markdown]
 # **Answer, with the table above:** a small factor drops many assignments and the validation
-# loss is clearly worse; raising it drops less but reserves empty slots that the padded strategy
+# loss is worse by more than the seed spread (one seed per capacity, so a gap within the spread
+# says nothing); raising it drops less but reserves empty slots that the padded strategy
 # computes and sends anyway (the last column, even with perfect balance). The dropless run keeps
 # every assignment at the price of data-dependent shapes. (Lessons 02, 05, 06.)
 #

@@ -118,6 +118,8 @@ class SparseMoEConfig:
         check_nonnegative_int("num_shared_experts", self.num_shared_experts)
         if self.shared_d_ff is not None:
             check_positive_int("shared_d_ff", self.shared_d_ff)
+            if not self.num_shared_experts:  # a width for experts that do not exist: refused
+                raise ValueError(f"shared_d_ff={self.shared_d_ff} needs num_shared_experts >= 1, got 0")
         check_bool("gate_shared_experts", self.gate_shared_experts)
         if self.gate_shared_experts and not self.num_shared_experts:
             raise ValueError("gate_shared_experts=True needs num_shared_experts >= 1, got 0")

@@ -83,8 +83,18 @@ def load_balancing_loss(router_probs: torch.Tensor, topk_idx: torch.Tensor,
     """
     router_probs = _compute_dtype(_check_probs(router_probs))
     num_tokens, num_experts = router_probs.shape
-    topk_idx = check_index_tensor("topk_idx", topk_idx, num_tokens,
-                                  num_experts if check_range else None)
+    topk_idx = check_index_tensor("topk_idx", topk_idx, num_tokens, None)
+    if check_range and topk_idx.numel():  # the ids' and the probabilities' ranges: one sync
+        low_id, high_id, low, high = torch.stack([
+            topk_idx.min().double(), topk_idx.max().double(),
+            router_probs.detach().min().double(), router_probs.detach().max().double()]).tolist()
+        if low_id < 0 or high_id >= num_experts:
+            raise ValueError(f"topk_idx values must lie in [0, {num_experts}), got ids from "
+                             f"{int(low_id)} to {int(high_id)}")
+        if low < 0 or high > 1:  # logits passed for probabilities give a loss below 0
+            raise ValueError(f"router_probs must be probabilities in [0, 1] (the softmax of the "
+                             f"router logits), got values in [{low:.3g}, {high:.3g}]: did you "
+                             f"pass the logits?")
     mask = check_mask(mask, num_tokens)
     if expert_counts is None:
         f = _masked_mean(_expert_mask(router_probs, topk_idx), mask) / topk_idx.shape[1]  # (E,)

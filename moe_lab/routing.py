@@ -93,6 +93,7 @@ def limit_to_top_groups(scores_for_choice: torch.Tensor, num_groups: int,
     other experts' scores become -inf. (N, E) -> (N, E).
     """
     num_tokens, num_experts = scores_for_choice.shape
+    check_groups(num_groups, topk_groups, num_experts, 1)
     grouped = scores_for_choice.view(num_tokens, num_groups, num_experts // num_groups)  # (N, G, E/G)
     # group_score_g = sum of the top-2 scores of group g  (top-1 when a group holds one expert)
     group_scores = grouped.topk(min(2, grouped.shape[-1]), dim=-1).values.sum(dim=-1)  # (N, G)
@@ -128,6 +129,8 @@ def topk_routing(
         if selection_bias.shape != router_probs.shape[-1:]:
             raise ValueError(f"selection_bias must have shape (E={router_probs.shape[-1]},), "
                              f"got {tuple(selection_bias.shape)}")
+    if num_groups != 1:  # checked here too: top_k or the groups may be reassigned after a
+        check_groups(num_groups, topk_groups, router_probs.shape[-1], top_k)  # router was built
     scores_for_choice = router_probs if selection_bias is None else router_probs + selection_bias
     if num_groups > 1:
         scores_for_choice = limit_to_top_groups(scores_for_choice, num_groups, topk_groups)  # (N, E)

@@ -375,3 +375,121 @@ def test_low_precision_losses_are_computed_in_float32(dtype):
     for loss in (router_z_loss(p), importance_loss(p), load_balancing_loss(p, p.topk(K, -1).indices),
                  cv_squared(p.sum(0))):
         assert loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+# ---- issue 20: silent wrong results and obscure errors, one row each ---------------------------
+
+def _issue20_rows():
+    import json
+
+    from moe_lab import Experts as _Experts
+    from moe_lab.analysis.placement import device_loads, greedy_placement
+    from moe_lab.analysis.real_routing import DATA_FILE, load_real_routing
+    from moe_lab.quizzes import grade, load_quiz
+    from moe_lab.routing import limit_to_top_groups
+    from moe_lab.variants.causality import last_token_perturbation
+    from moe_lab.variants.expert_choice import expert_choice_capacity
+    from moe_lab.variants.upcycling import upcycle
+
+    grouped = TopKRouter(D, 8, 2, num_groups=4, topk_groups=2)  # 4 eligible experts
+    layer = SparseMoE(D, F, 8, 2, num_shared_experts=1)
+    x3 = torch.randn(2, 4, D, generator=gen)  # (B, T, D)
+    raw = json.loads(DATA_FILE.read_text(encoding="utf-8"))
+
+    def damaged(edit):
+        def run(tmp_path):
+            copy = json.loads(json.dumps(raw))
+            edit(copy)
+            path = tmp_path / "routing.json"
+            path.write_text(json.dumps(copy), encoding="utf-8")
+            return load_real_routing(path)
+        return run
+
+    def top_k_past_groups():
+        grouped.top_k = 5  # valid for 8 experts, not for the 4 the groups leave
+        try:
+            return grouped(torch.randn(3, D, generator=gen))
+        finally:
+            grouped.top_k = 2
+
+    placement = greedy_placement(torch.tensor([4.0, 3.0, 2.0, 1.0]), 2)
+    return [
+        ("top_k reassigned past the group limit", top_k_past_groups, ValueError,
+         ["top_k=5", "topk_groups=2", "4 eligible"]),
+        ("num_groups not dividing E", lambda: limit_to_top_groups(torch.randn(3, 8), 3, 1),
+         ValueError, ["num_groups must divide num_experts=8"]),
+        ("topk_routing groups", lambda: topk_routing(probs, 2, num_groups=3), ValueError,
+         ["num_groups"]),
+        ("shared_d_ff without shared experts", lambda: SparseMoE(D, F, E, K, shared_d_ff=64),
+         ValueError, ["shared_d_ff=64", "num_shared_experts"]),
+        ("upcycle scaling_factor", lambda: upcycle(_Experts(1, D, F), E, K, scaling_factor=2.0),
+         ValueError, ["scaling_factor", "step-0"]),
+        ("upcycle weight_inputs", lambda: upcycle(_Experts(1, D, F), E, K, weight_inputs=True),
+         ValueError, ["weight_inputs", "step-0"]),
+        ("upcycle expert_bias", lambda: upcycle(_Experts(1, D, F), E, K, expert_bias=True),
+         ValueError, ["expert_bias", "whether the dense FFN has biases"]),
+        ("expert choice capacity factor < 0", lambda: expert_choice_capacity(-1.0, 16, 4),
+         ValueError, ["capacity_factor", "> 0"]),
+        ("expert choice num_experts 0", lambda: expert_choice_capacity(1.0, 16, 0),
+         ValueError, ["num_experts"]),
+        ("load_balancing_loss given logits", lambda: load_balancing_loss(
+            torch.randn(6, E, generator=gen) * 3, idx), ValueError, ["probabilities", "logits"]),
+        ("causality, the layer's output object", lambda: last_token_perturbation(
+            lambda v: layer(v), x3), TypeError, ["layer_fn", "MoEOutput", ".y"]),
+        ("causality, a flattened output", lambda: last_token_perturbation(
+            lambda v: layer(v).y.reshape(-1, D), x3), ValueError, ["layer_fn", "(8, 16)"]),
+        ("placement given another model's loads", lambda: device_loads(
+            placement.experts, placement.replicas, torch.rand(8)), ValueError,
+         ["replicas", "another model"]),
+        ("placement ids past E", lambda: device_loads(
+            [[0, 7]], torch.ones(4, dtype=torch.int64), torch.rand(4)), ValueError,
+         ["expert ids 0..7", "E=4"]),
+        ("grade an int short answer", lambda: grade(load_quiz(12).questions[0], 5), TypeError,
+         ["response", "int"]),
+        ("grade a list for a choice", lambda: grade(
+            next(q for q in load_quiz(8).questions if q.kind == "choice"), ["a"]), TypeError,
+         ["response", "list"]),
+        ("damaged routing file: top_k 0", damaged(
+            lambda r: next(iter(r["models"].values())).update(top_k=0)), ValueError,
+         ["/top_k", ">= 1"]),
+        ("damaged routing file: a string", damaged(
+            lambda r: next(iter(r["models"].values())).update(num_experts="8")), ValueError,
+         ["/num_experts", "'8'"]),
+    ]
+
+
+ISSUE20 = _issue20_rows()
+
+
+@pytest.mark.parametrize(("call", "error", "words"), [row[1:] for row in ISSUE20],
+                         ids=[row[0] for row in ISSUE20])
+def test_issue20_bad_input_is_refused_with_the_argument_named(call, error, words, tmp_path):
+    import inspect
+
+    with pytest.raises(error) as caught:
+        call(tmp_path) if inspect.signature(call).parameters else call()
+    for word in words:
+        assert word in str(caught.value), (word, str(caught.value))
+
+
+def test_upcycle_keeps_the_dense_ffns_biases_and_swiglu_constants():
+    from moe_lab import Experts as _Experts
+    from moe_lab.variants.upcycling import upcycle
+
+    for options in ({"bias": True}, {"activation": "clamped_swiglu", "swiglu_alpha": 1.0,
+                                     "swiglu_limit": 3.0, "bias": True}):
+        dense = _Experts(1, D, F, **options)
+        moe = upcycle(dense, E, K)
+        x = torch.randn(7, D, generator=gen) * 3
+        assert (moe(x).y - dense.forward_all(x)[0]).abs().max() < 1e-5, options
+
+
+def test_quiz_field_typo_names_the_file_and_question(tmp_path):
+    from moe_lab.quizzes import QuizFormatError, load_quiz
+    from moe_lab.quizzes.schema import QUIZ_DIR
+
+    text = (QUIZ_DIR / "08.yaml").read_text(encoding="utf-8").replace("field: top_k",
+                                                                     "field: top_kk")
+    (tmp_path / "08.yaml").write_text(text, encoding="utf-8")
+    with pytest.raises(QuizFormatError, match=r"08.yaml question 0 \(fine-grained-top-k\).*top_kk"):
+        load_quiz(tmp_path / "08.yaml")

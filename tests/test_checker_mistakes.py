@@ -25,7 +25,11 @@ from moe_lab.checks import (
     check_bias_update,
     check_capacity,
     check_combine_loop,
+    check_convert_mixtral_experts,
     check_gate_weights,
+    check_greedy_packing,
+    check_group_limited_topk,
+    check_input_weighted_combine,
     check_jitter,
     check_keep_mask,
     check_local_expert_order,
@@ -35,6 +39,7 @@ from moe_lab.checks import (
     check_router_probs,
     check_scatter_combine,
     check_send_splits,
+    check_soft_moe_weights,
     check_sort_by_expert,
     check_switch_loss,
     check_tokens_per_expert,
@@ -759,6 +764,195 @@ def local_transposes_in_place(recv_counts):
 # ------------------------------------------------------------------ the table
 
 
+# ------------------------------------------------------------------ issue 20: 02, 06, 08, 09
+
+
+def capacity_integer_ceiling(capacity_factor, num_tokens, top_k, num_experts):
+    return int((capacity_factor * num_tokens * top_k + num_experts - 1) // num_experts)
+
+
+def keep_drops_overloaded_expert(topk_idx, num_experts, capacity):
+    load = torch.bincount(topk_idx.reshape(-1), minlength=num_experts)  # (E,)
+    return (load <= capacity)[topk_idx]
+
+
+def sort_pair_swapped(topk_idx, num_experts):
+    flat = topk_idx.reshape(-1)
+    return torch.bincount(flat, minlength=num_experts), torch.argsort(flat, stable=True)
+
+
+def _soft(slot_logits, shift):
+    e = (slot_logits - shift).exp()
+    return e / e.sum(-2, keepdim=True), e / e.sum(-1, keepdim=True)
+
+
+def soft_alt_two_maxes(slot_logits):
+    dispatch = _soft(slot_logits, slot_logits.amax(-2, keepdim=True))[0]
+    combine = _soft(slot_logits, slot_logits.amax(-1, keepdim=True))[1]
+    return dispatch, combine
+
+
+def soft_alt_log_softmax(slot_logits):
+    return slot_logits.log_softmax(-2).exp(), slot_logits.log_softmax(-1).exp()
+
+
+def soft_global_max(slot_logits):  # exp of rows far below the global max underflows: 0/0
+    return _soft(slot_logits, slot_logits.max())
+
+
+def soft_axes_swapped(slot_logits):
+    return slot_logits.softmax(-1), slot_logits.softmax(-2)
+
+
+def soft_combine_over_batch(slot_logits):
+    return slot_logits.softmax(-2), slot_logits.softmax(0)
+
+
+def _group_choice(scores, top_k, num_groups, topk_groups, fill):
+    n, e = scores.shape
+    grouped = scores.view(n, num_groups, e // num_groups)  # (N, G, E/G)
+    best = grouped.topk(min(2, e // num_groups), -1).values.sum(-1).topk(topk_groups, -1).indices
+    keep = torch.zeros(n, num_groups, dtype=torch.bool).scatter(1, best, True)
+    keep = keep.repeat_interleave(e // num_groups, dim=1)  # (N, E)
+    return scores.masked_fill(~keep, fill).topk(top_k, -1).indices
+
+
+def group_alt_inf(scores, top_k, num_groups, topk_groups):
+    return _group_choice(scores, top_k, num_groups, topk_groups, float("-inf"))
+
+
+def group_alt_where_min(scores, top_k, num_groups, topk_groups):
+    low = torch.finfo(scores.dtype).min
+    return _group_choice(scores.double(), top_k, num_groups, topk_groups, low)
+
+
+def group_mask_minus_one(scores, top_k, num_groups, topk_groups):
+    return _group_choice(scores, top_k, num_groups, topk_groups, -1.0)
+
+
+def group_mask_zero(scores, top_k, num_groups, topk_groups):
+    return _group_choice(scores, top_k, num_groups, topk_groups, 0.0)
+
+
+def group_no_limit(scores, top_k, num_groups, topk_groups):
+    return scores.topk(top_k, -1).indices
+
+
+def _weighted(x, topk_idx, topk_weights, experts, *, x_of=None, w_of=None, out=False):
+    y = torch.zeros_like(x)
+    for e in range(experts.num_experts):
+        token, slot = (topk_idx == e).nonzero(as_tuple=True)
+        w = (w_of or (lambda w: w))(topk_weights)[token, slot, None]
+        x_e = (x_of or (lambda x: x))(x)[token]
+        h = experts.forward_expert(x_e if out else w * x_e, e)
+        y = y.index_add(0, token, w * h if out else h)
+    return y
+
+
+def weighting_alt_loop(x, topk_idx, topk_weights, experts):
+    y = []
+    for n in range(x.shape[0]):
+        y.append(sum(experts.forward_expert(topk_weights[n, k] * x[n:n + 1], int(topk_idx[n, k]))[0]
+                     for k in range(topk_idx.shape[1])))
+    return torch.stack(y)
+
+
+def weighting_alt_index_add(x, topk_idx, topk_weights, experts):
+    return _weighted(x, topk_idx, topk_weights, experts)
+
+
+def weighting_x_no_grad(x, topk_idx, topk_weights, experts):
+    with torch.no_grad():
+        x_const = x.clone()
+    return _weighted(x_const, topk_idx, topk_weights, experts)
+
+
+def weighting_renormalised(x, topk_idx, topk_weights, experts):
+    return _weighted(x, topk_idx, topk_weights, experts,
+                     w_of=lambda w: w / w.sum(-1, keepdim=True))
+
+
+def weighting_scaled_once(x, topk_idx, topk_weights, experts):
+    y = torch.zeros_like(x)
+    xs = x * topk_weights.sum(-1, keepdim=True)  # (N, D)
+    for e in range(experts.num_experts):
+        token, _ = (topk_idx == e).nonzero(as_tuple=True)
+        y = y.index_add(0, token, experts.forward_expert(xs[token], e))
+    return y
+
+
+def weighting_output(x, topk_idx, topk_weights, experts):
+    return _weighted(x, topk_idx, topk_weights, experts, out=True)
+
+
+def convert_alt_float64(gate_up_proj, down_proj):
+    gate, up = gate_up_proj.double().chunk(2, dim=1)
+    return gate.transpose(1, 2), up.transpose(1, 2), down_proj.double().transpose(1, 2)
+
+
+def convert_alt_permute_copies(gate_up_proj, down_proj):
+    f = gate_up_proj.shape[1] // 2
+    return (gate_up_proj[:, :f].permute(0, 2, 1).clone(),
+            gate_up_proj[:, f:].permute(0, 2, 1).clone(), down_proj.permute(0, 2, 1).clone())
+
+
+def convert_transposes_in_place(gate_up_proj, down_proj):
+    gate, up = gate_up_proj.chunk(2, dim=1)
+    return gate.transpose(1, 2), up.transpose(1, 2), down_proj.transpose_(1, 2)
+
+
+def convert_reshape(gate_up_proj, down_proj):
+    e, f2, d = gate_up_proj.shape
+    gate, up = gate_up_proj.chunk(2, dim=1)
+    return gate.reshape(e, d, f2 // 2), up.reshape(e, d, f2 // 2), down_proj.reshape(e, -1, d)
+
+
+def convert_gate_up_swapped(gate_up_proj, down_proj):
+    gate, up = gate_up_proj.chunk(2, dim=1)
+    return up.transpose(1, 2), gate.transpose(1, 2), down_proj.transpose(1, 2)
+
+
+def _greedy(order, load, num_devices):
+    slots = load.numel() // num_devices
+    devices, totals = [[] for _ in range(num_devices)], [0.0] * num_devices
+    for e in order:
+        g = min((g for g in range(num_devices) if len(devices[g]) < slots), key=totals.__getitem__)
+        devices[g].append(int(e))
+        totals[g] += float(load[e])
+    return devices
+
+
+def packing_alt_loop(expert_load, num_devices):
+    order = sorted(range(expert_load.numel()), key=lambda e: -float(expert_load[e]))
+    return _greedy(order, expert_load, num_devices)
+
+
+def packing_alt_tuples(expert_load, num_devices):
+    order = torch.argsort(expert_load, descending=True, stable=True).tolist()
+    return [tuple(d) for d in _greedy(order, expert_load, num_devices)]
+
+
+def packing_snake(expert_load, num_devices):
+    devices = [[] for _ in range(num_devices)]
+    for rank, e in enumerate(torch.argsort(expert_load, descending=True, stable=True).tolist()):
+        turn, step = divmod(rank, num_devices)
+        devices[step if turn % 2 == 0 else num_devices - 1 - step].append(e)
+    return devices
+
+
+def packing_sorted_round_robin(expert_load, num_devices):
+    order = torch.argsort(expert_load, descending=True, stable=True).tolist()
+    return [order[g::num_devices] for g in range(num_devices)]
+
+
+def packing_round_robin_ids(expert_load, num_devices):
+    return [list(range(g, expert_load.numel(), num_devices)) for g in range(num_devices)]
+
+
+def packing_lightest_first(expert_load, num_devices):
+    return _greedy(torch.argsort(expert_load, stable=True).tolist(), expert_load, num_devices)
+
+
 CASES = [
     (check_router_probs, probs_alt_float64, *PASS),
     (check_router_probs, probs_alt_stable_by_hand, *PASS),
@@ -897,6 +1091,43 @@ CASES = [
     (check_local_expert_order, local_values, "failed", ["sorted expert ids"]),
     (check_local_expert_order, local_transposes_in_place, "failed",
      ["changed its input recv_counts"]),
+    # issue 20
+    (check_capacity, capacity_integer_ceiling, "failed", ["(a + b - 1) // b", "math.ceil"]),
+    (check_keep_mask, keep_drops_overloaded_expert, "failed",
+     ["dropped every assignment", "first C assignments"]),
+    (check_sort_by_expert, sort_pair_swapped, "failed", ["pair swapped"]),
+    (check_soft_moe_weights, soft_alt_two_maxes, *PASS),
+    (check_soft_moe_weights, soft_alt_log_softmax, *PASS),
+    (check_soft_moe_weights, soft_global_max, "failed",
+     ["one max of the whole tensor", "underflow", "own axis"]),
+    (check_soft_moe_weights, soft_axes_swapped, "failed", ["swapped", "dim -2"]),
+    (check_soft_moe_weights, soft_combine_over_batch, "failed", ["combine_weights"]),
+    (check_group_limited_topk, group_alt_inf, *PASS),
+    (check_group_limited_topk, group_alt_where_min, *PASS),
+    (check_group_limited_topk, group_mask_minus_one, "failed",
+     ["with -1", "dropped group", "float('-inf')"]),
+    (check_group_limited_topk, group_mask_zero, "failed", ["with 0", "float('-inf')"]),
+    (check_group_limited_topk, group_no_limit, "failed", ["among all experts"]),
+    (check_input_weighted_combine, weighting_alt_loop, *PASS),
+    (check_input_weighted_combine, weighting_alt_index_add, *PASS),
+    (check_input_weighted_combine, weighting_x_no_grad, "failed", ["No gradient reaches x"]),
+    (check_input_weighted_combine, weighting_renormalised, "failed",
+     ["renormalised", "sigmoid scores as they are"]),
+    (check_input_weighted_combine, weighting_scaled_once, "failed",
+     ["scaled x once", "its own weight"]),
+    (check_input_weighted_combine, weighting_output, "failed", ["OUTPUT"]),
+    (check_convert_mixtral_experts, convert_alt_float64, *PASS),
+    (check_convert_mixtral_experts, convert_alt_permute_copies, *PASS),
+    (check_convert_mixtral_experts, convert_transposes_in_place, "failed",
+     ["changed its input down_proj"]),
+    (check_convert_mixtral_experts, convert_reshape, "failed", ["reshaped", "transpose"]),
+    (check_convert_mixtral_experts, convert_gate_up_swapped, "failed", ["swapped", "FIRST F"]),
+    (check_greedy_packing, packing_alt_loop, *PASS),
+    (check_greedy_packing, packing_alt_tuples, *PASS),
+    (check_greedy_packing, packing_snake, "failed", ["snake", "least-loaded"]),
+    (check_greedy_packing, packing_sorted_round_robin, "failed", ["round-robin deal"]),
+    (check_greedy_packing, packing_round_robin_ids, "failed", ["round-robin placement by expert id"]),
+    (check_greedy_packing, packing_lightest_first, "failed", ["lightest"]),
 ]
 
 
@@ -909,7 +1140,8 @@ def test_verdict_and_hint(check, fn, status, words):
         assert word in result.message, (word, result.message)
     if status != "passed":  # a sentence, or a code name (topk_idx, y, order) that starts one
         first = result.message.split()[0]
-        assert first[0].isupper() or "_" in first or first in ("y", "order"), result.message
+        assert first[0].isupper() or first[0] == "(" or "_" in first or first in ("y", "order"), \
+            result.message  # "(N=12, E=6, K=2): ..." names the case first
 
 
 def test_every_checker_has_three_new_mistakes_and_two_alternatives():
@@ -942,3 +1174,17 @@ def test_lesson_solution_passes_the_stricter_checker_and_leaves_the_rng_alone(ch
     result = check(lesson_solution(lesson, name), verbose=False)
     assert result, result.message
     assert torch.equal(torch.rand(3), expected_next)
+
+
+def test_every_checker_imports_from_moe_lab_checks():
+    import moe_lab.checks
+    from moe_lab.checks import check_moe_ffn_params  # lesson 00's: missing once (issue 20)
+
+    modules = ("balance", "beyond_topk", "combine", "efficiency", "lm", "parallel", "params",
+               "real_models", "router", "topk")
+    for module in modules:
+        namespace = vars(__import__(f"moe_lab.checks.{module}", fromlist=["_"]))
+        for name in namespace:
+            if name.startswith("check_") and callable(namespace[name]):
+                assert getattr(moe_lab.checks, name) is namespace[name], name
+    assert check_moe_ffn_params is moe_lab.checks.params.check_moe_ffn_params

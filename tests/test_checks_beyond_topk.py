@@ -198,12 +198,12 @@ def soft_wrong_grad(slot_logits):
 
 
 SOFT_BUGS = [
-    (soft_swapped, "softmax over the slots"),
+    (soft_swapped, "are swapped"),
     (soft_over_batch, "mixes different sequences"),
     (soft_naive_exp, "Subtract the max"),
     (soft_in_place, "changed in place"),
     (soft_detached, "carry no gradient"),
-    (soft_combine_over_tokens, "combine_weights is a softmax"),
+    (soft_combine_over_tokens, "Your combine softmax runs over the tokens"),
     (soft_wrong_grad, "gradient is not"),
     (lambda z: torch.softmax(z, -1), "Return a pair"),
 ]

@@ -76,7 +76,7 @@ def test_group_limited_topk_mistakes():
         keep = torch.zeros(s.shape[0], g, dtype=torch.bool).scatter(1, grouped.sum(-1).topk(m).indices, True)
         return s.masked_fill(~keep.repeat_interleave(s.shape[1] // g, 1), float("-inf")).topk(k).indices
 
-    fails(check_group_limited_topk, by_sum, "not of all")
+    fails(check_group_limited_topk, by_sum, "sum of all its experts")
 
     def zero_mask(s, k, g, m):
         return (limit_to_top_groups(s, g, m).nan_to_num(neginf=0.0)).topk(k).indices
@@ -203,7 +203,18 @@ def test_packing_solution_and_alternatives():
 
 
 def test_packing_mistakes():
-    fails(check_greedy_packing, lambda load, g: balanced_packing(load.max() - load, g), "lightest")
+    def lightest_first(load, num_devices):  # the greedy rule in ascending order of load
+        devices, totals = [[] for _ in range(num_devices)], [0.0] * num_devices
+        for e in torch.argsort(load, stable=True).tolist():
+            g = min((g for g in range(num_devices) if len(devices[g]) < len(load) // num_devices),
+                    key=totals.__getitem__)
+            devices[g].append(e)
+            totals[g] += float(load[e])
+        return devices
+
+    fails(check_greedy_packing, lightest_first, "lightest")
+    # packing by the complements max - load, heaviest first, places like a snake
+    fails(check_greedy_packing, lambda load, g: balanced_packing(load.max() - load, g), "snake")
     fails(check_greedy_packing,
           lambda load, g: [list(range(d * (len(load) // g), (d + 1) * (len(load) // g))) for d in range(g)],
           "contiguous")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moe_lab.lm.text_routing import route_text
+from moe_lab.lm.text_routing import route_bytes
 from moe_lab.routing import TopKRouter
 from moe_lab.viz.capacity import capacity_grid_figure, capacity_grid_table
 from moe_lab.viz.explorer import explorer_figure
@@ -27,7 +27,7 @@ def _text_routing(num_tokens: int):
     torch.manual_seed(0)
     embedding, router = torch.nn.Embedding(256, D), TopKRouter(D, E, K)
     with torch.no_grad():
-        routing = route_text("ab" * num_tokens, lambda ids: [router(embedding(ids))],
+        routing = route_bytes("ab" * num_tokens, lambda ids: [router(embedding(ids))],
                              max_tokens=max(1, num_tokens))
     assert routing.num_tokens == num_tokens
     return routing

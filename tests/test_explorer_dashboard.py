@@ -14,7 +14,7 @@ from torch import nn
 from moe_lab import TopKRouter
 from moe_lab.lm.stats import StepStats, max_over_mean_load, router_entropy, step_stats
 from moe_lab.lm.text_routing import TextRouting
-from moe_lab.lm.text_routing import route_text as route_token_ids
+from moe_lab.lm.text_routing import route_bytes as route_token_ids
 from moe_lab.viz.dashboard import compare_runs_figure, dashboard_data, dashboard_figure
 from moe_lab.viz.explorer import (
     COLUMNS,
@@ -199,7 +199,8 @@ def test_explorer_widget_rejects_a_bad_routing_callable():
 
 def test_stats_at_known_points():
     uniform = torch.full((5, 4), 0.25)
-    assert router_entropy(uniform) == pytest.approx(math.log(4))
+    assert router_entropy(uniform) == pytest.approx(math.log2(4))  # bits, as every entropy
+    assert max_over_mean_load(torch.zeros(4)) == 1.0  # an empty load counts as balanced
     assert router_entropy(torch.eye(4)) == pytest.approx(0.0, abs=1e-6)
     assert max_over_mean_load(torch.tensor([3, 3, 3, 3])) == 1.0
     assert max_over_mean_load(torch.tensor([12, 0, 0, 0])) == 4.0

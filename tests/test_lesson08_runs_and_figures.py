@@ -114,6 +114,15 @@ def test_expert_choice_explorer_redraws_on_every_control():
     assert widget.loads.tokens_left_out == 0
     widget.top_k.value = 3
     assert widget.loads.token_choice_experts_per_token == [3] * n
-    widget.text.value = ""
-    assert widget.loads.capacity == 1
+    assert "0</b> of 11 tokens got no expert" in widget.note.value
+    widget.text.value = ""  # nothing typed: nothing routed, not one space (issue 20)
+    assert widget.loads is None and widget.figure is None and "Type a text" in widget.note.value
+    widget.text.value = "x" * 100  # cut to the toy's 64 bytes, and said so
     assert widget.figure.layout.title.text.startswith("token choice vs expert choice")
+    assert "the first 64 of the text's 100 bytes" in widget.note.value
+
+
+def test_expert_choice_explorer_default_shows_tokens_without_an_expert():
+    widget = ExpertChoiceExplorer()  # the lesson's prose: expert choice leaves some tokens out
+    assert widget.loads.tokens_left_out > 0
+    assert widget.capacity_factor.value == widget.top_k.value  # equal compute (c = K)

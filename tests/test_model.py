@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from moe_lab import average_over_layers, load_balancing_loss, router_z_loss
-from moe_lab.lm.model import IGNORE_INDEX, LMOutput, ModelConfig, TinyLM, route_text
+from moe_lab.lm.model import IGNORE_INDEX, LMOutput, ModelConfig, TinyLM, route_model_text
 
 SMALL = dict(d_model=32, n_layers=2, n_heads=4, max_seq_len=16, d_ff=16, num_experts=4, top_k=2)
 
@@ -157,7 +157,7 @@ def test_bad_inputs():
 
 def test_route_text():
     model = make_model("moe").train()
-    routing = route_text(model, "안녕 hi!")
+    routing = route_model_text(model, "안녕 hi!")
     assert len(routing.labels) == routing.num_tokens == len("안녕 hi!".encode()) == 10
     assert routing.topk_idx.shape == (2, 10, 2) and routing.router_probs.shape == (2, 10, 4)
     torch.testing.assert_close(routing.topk_weights.sum(-1), torch.ones(2, 10))
@@ -168,16 +168,16 @@ def test_route_text():
     for layer, out in enumerate(expected):
         assert torch.equal(routing.topk_idx[layer], out.topk_idx)
         torch.testing.assert_close(routing.router_probs[layer], out.router.probs)
-    empty = route_text(model, "")
+    empty = route_model_text(model, "")
     assert empty.labels == [] and empty.topk_idx.shape == (2, 0, 2)
-    long = route_text(model, "ab" * 20)
+    long = route_model_text(model, "ab" * 20)
     assert long.topk_idx.shape == (2, 16, 2) and long.labels == ["a", "b"] * 8
     assert (long.num_tokens, long.total_tokens, long.truncated) == (16, 40, True)
     assert empty.total_tokens == 0 and not empty.truncated
     with pytest.raises(ValueError, match="moe"):
-        route_text(make_model("dense"), "hi")
+        route_model_text(make_model("dense"), "hi")
     with pytest.raises(TypeError, match="text"):
-        route_text(model, None)
+        route_model_text(model, None)
 
 
 def test_route_text_restores_the_training_mode_when_routing_fails():
@@ -189,6 +189,6 @@ def test_route_text_restores_the_training_mode_when_routing_fails():
 
     hook = model.blocks[1].register_forward_pre_hook(fail)
     with pytest.raises(RuntimeError, match="boom"):
-        route_text(model, "hi")
+        route_model_text(model, "hi")
     hook.remove()
     assert model.training and all(m.training for m in model.modules())

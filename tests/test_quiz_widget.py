@@ -51,17 +51,21 @@ def test_numeric_answers_show_their_computation_in_the_static_view():
 
 def test_feedback_right_is_marked_wrong_shows_explanation():
     question = QUIZ.question("why-f-times-p")
-    right = feedback_html(question, grade(question, "a"), "en")
-    wrong = feedback_html(question, grade(question, "b"), "en")
+    wrong_id = next(o.id for o in question.options if o.id != question.answer)
+    right = feedback_html(question, grade(question, question.answer), "en")
+    wrong = feedback_html(question, grade(question, wrong_id), "en")
     assert "✓" in right and "Why" not in right
     assert "✗" in wrong and "argmax/top-k is piecewise constant" in wrong
-    assert "해설" in feedback_html(question, grade(question, "b"), "ko")
+    assert "해설" in feedback_html(question, grade(question, wrong_id), "ko")
 
 
 def test_see_link_is_a_notebook_heading_anchor():
     assert see_link("04_load_balancing#2. Routing collapse, reproduced") == (
         "04_load_balancing.ipynb#2.-Routing-collapse,-reproduced",
         "04_load_balancing · 2. Routing collapse, reproduced")
+    # in JupyterLab the widget's link names the heading, found even before its cell is drawn
+    assert see_link("06_efficiency#Visualise: timings (`moe_lab.systems.bench`)", live=True)[0] \
+        == "06_efficiency.ipynb#heading=Visualise:-timings-(moe_lab.systems.bench)"
 
 
 def test_widget_marks_right_and_explains_wrong():
@@ -136,8 +140,8 @@ def test_questions_share_their_layout_and_style_models():
     quiz = show_quiz(4)
     opened = len(set(registry) - before)
     # the quiz's header (its box, heading, language toggle: 10 models with their looks) and at
-    # most 11 shared looks, then 5 per question
-    assert opened <= 10 + 11 + 5 * len(quiz.views), f"{opened} models for {len(quiz.views)} questions"
+    # most 12 shared looks (the feedback area has its own), then 5 per question
+    assert opened <= 10 + 12 + 5 * len(quiz.views), f"{opened} models for {len(quiz.views)} questions"
     first, second = quiz.views[0], quiz.views[1]
     assert first.button.layout is second.button.layout and first.button.style is second.button.style
     assert first.feedback is not second.feedback and first.input is not second.input

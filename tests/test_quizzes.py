@@ -163,6 +163,10 @@ BROKEN = [
     ("one option", lambda r: r["questions"][0]["options"].pop(), "at least two options"),
     ("repeated option ids", lambda r: r["questions"][0]["options"][1].update(id="a"), "repeat"),
     ("option lacks ko", lambda r: r["questions"][0]["options"][1].pop("ko"), r"option b"),
+    ("options out of order", lambda r: r["questions"][0]["options"].reverse(),
+     r"option ids must be \['a', 'b'\] in the order shown"),
+    ("maths in an option", lambda r: r["questions"][0]["options"][0].update(en="$f P$"),
+     r"option a: no maths"),
     ("unknown kind", lambda r: r["questions"][0].update(kind="essay"), "kind must be one of"),
     ("typo key", lambda r: r["questions"][0].update(explaination={}), "unknown keys"),
     ("repeated ids", lambda r: r["questions"][1].update(id="c"), "question ids repeat"),
@@ -253,3 +257,96 @@ def test_review_draws_one_marked_question_per_lesson():
     assert len(review_questions(per_lesson=2)) == 2 * len(lessons)
     with pytest.raises(ValueError, match="per_lesson"):
         review_questions(per_lesson=0)
+
+
+# ---- choice questions: the order shown, the answers' positions, the distractors (issue 20) ----
+
+def _choices():
+    return [(quiz, q) for quiz in load_all() for q in quiz.questions if q.kind == "choice"]
+
+
+def test_the_order_in_the_file_is_the_order_shown():
+    from moe_lab.quizzes.render import option_labels
+    from moe_lab.widgets.quiz import QuestionView
+
+    for quiz, question in _choices():
+        ids = [o.id for o in question.options]
+        assert ids == [chr(ord("a") + i) for i in range(len(ids))], (quiz.lesson, question.id)
+        assert [i for _, i in option_labels(question, "en")] == ids
+    view = QuestionView(_choices()[0][1], 1, "en")
+    assert [value for _, value in view.input.options] == ["a", "b", "c"]
+
+
+def test_right_answers_are_spread_across_positions():
+    positions = []
+    for quiz in load_all():
+        mine = [[o.id for o in q.options].index(q.answer) for q in quiz.questions
+                if q.kind == "choice"]
+        if len(mine) >= 2:  # no quiz with one position for all its answers
+            assert len(set(mine)) >= 2, (quiz.lesson, mine)
+        positions += mine
+    # over the course, no position holds much more than its share
+    for position in range(3):
+        share = positions.count(position) / len(positions)
+        assert 0.2 < share < 0.45, (position, positions)
+
+
+def test_distractors_are_as_long_as_the_right_option():
+    """The right option is not given away by being the longest: the longest distractor is at
+    least 70 % of its length in both languages, and it is the longest option in at most a third
+    of the questions."""
+    longest = 0
+    for quiz, question in _choices():
+        for lang in ("en", "ko"):
+            right = len(next(o for o in question.options if o.id == question.answer).text.get(lang))
+            other = max(len(o.text.get(lang)) for o in question.options if o.id != question.answer)
+            assert other >= 0.7 * right, (quiz.lesson, question.id, lang, right, other)
+            longest += lang == "en" and right > other
+    assert longest <= len(_choices()) / 3, longest
+
+
+def test_quiz_text_renders_markdown_and_leaves_maths_to_the_typesetter():
+    from moe_lab.quizzes.render import key_points_html, option_labels, prompt_html
+    from moe_lab.widgets.quiz import QuestionView
+
+    raw = copy.deepcopy(GOOD)
+    raw["questions"][0]["prompt"]["en"] = "Run `moe_lab.bench` for **two** sizes: $f \\cdot P$?"
+    raw["questions"][0]["options"][0]["en"] = "the `nonzero` call"
+    question = parse_quiz(raw).question("c")
+    shown = prompt_html(question, 1, "en")
+    assert "<code>moe_lab.bench</code>" in shown and "<b>two</b>" in shown and "`" not in shown
+    assert "$f \\cdot P$" in shown  # left for MathJax: the prompt is an HTMLMath widget
+    assert option_labels(question, "en")[0][0] == "the nonzero call"  # a label shows plain text
+    view = QuestionView(question, 1, "en")
+    assert type(view.prompt).__name__ == "HTMLMath"
+    card = load_quiz(12)
+    point = next(p for q in card.questions for p in q.key_points if "$" in p.see)
+    assert "$f \\cdot P$" in key_points_html((point,), "en")
+
+
+def test_reveal_button_is_as_wide_as_its_label():
+    from moe_lab.widgets.quiz import show_quiz
+
+    quiz = show_quiz(12)
+    assert quiz.views[0].button.description == "Show the model answer"
+    assert quiz.views[0].button.layout.width == "auto"
+
+
+def test_feedback_is_drawn_by_the_notebook_renderer_so_links_open_in_jupyterlab():
+    """The revealed model answer, with its key-point links, is an Output widget's text/html:
+    JupyterLab renders it with the notebook's own link handler (the link opens the lesson in a
+    tab, at the heading) and typesets its maths; tests/test_browser_quiz.py clicks a link."""
+    from moe_lab.widgets.quiz import show_quiz
+
+    view = show_quiz(12).views[0]
+    view.input.value = "more parameters at the same compute"
+    view.check()
+    (output,) = view.feedback.outputs
+    html = output["data"]["text/html"]
+    assert html == view.feedback.value and 'href="00_start_here.ipynb#heading=3.-The-math' in html
+
+
+def test_qwen3_active_accepts_the_model_cards_figure():
+    question = load_quiz(8).question("qwen3-active")  # 3.35e9 by the calculator
+    assert grade(question, "3.3e9").correct and grade(question, "3.4e9").correct
+    assert grade(question, "3.1e9").correct is False

@@ -8,7 +8,7 @@ import torch
 from plain_references import fixed_layers
 
 from moe_lab import RouterOutput
-from moe_lab.lm.text_routing import TextRouting, route_text
+from moe_lab.lm.text_routing import TextRouting, route_bytes
 from moe_lab.widgets._toy import ToyByteRouter
 
 
@@ -16,7 +16,7 @@ def test_route_text_stacks_every_layer():
     probs = torch.tensor([[[0.6, 0.3, 0.1], [0.1, 0.2, 0.7]],
                           [[0.2, 0.5, 0.3], [0.4, 0.4, 0.2]]])  # (L=2, T=2, E=3)
     calls = []
-    routing = route_text("ab€", fixed_layers(probs, 2, calls), max_tokens=2,
+    routing = route_bytes("ab€", fixed_layers(probs, 2, calls), max_tokens=2,
                          layer_names=["first", "second"])
     assert isinstance(routing, TextRouting)
     assert calls[0].tolist() == [97, 98] and calls[0].dtype == torch.long  # the first 2 bytes
@@ -38,7 +38,7 @@ def test_route_text_stacks_every_layer():
 def test_route_text_on_odd_text(text):
     probs = torch.softmax(torch.randn(1, 8, 4, generator=torch.Generator().manual_seed(0)), -1)
     calls = []
-    routing = route_text(text, fixed_layers(probs, 1, calls), max_tokens=8)
+    routing = route_bytes(text, fixed_layers(probs, 1, calls), max_tokens=8)
     num_bytes = len(text.encode("utf-8", "replace"))
     assert routing.num_tokens == len(routing.labels) == num_bytes == routing.total_tokens
     assert routing.topk_idx.shape == (1, num_bytes, 1)
@@ -51,27 +51,27 @@ def test_route_text_rejects_bad_input():
     probs = torch.softmax(torch.randn(2, 4, 3), -1)
     good = fixed_layers(probs, 1)
     with pytest.raises(TypeError, match="text"):
-        route_text(None, good, max_tokens=4)
+        route_bytes(None, good, max_tokens=4)
     with pytest.raises(TypeError, match="route_ids"):
-        route_text("ab", "not callable", max_tokens=4)
+        route_bytes("ab", "not callable", max_tokens=4)
     with pytest.raises(ValueError, match="max_tokens"):
-        route_text("ab", good, max_tokens=0)
+        route_bytes("ab", good, max_tokens=0)
     with pytest.raises(TypeError, match="route_ids"):
-        route_text("ab", lambda ids: [], max_tokens=4)
+        route_bytes("ab", lambda ids: [], max_tokens=4)
     with pytest.raises(TypeError, match="RouterOutput"):
-        route_text("ab", lambda ids: [{"probs": probs[0]}], max_tokens=4)
+        route_bytes("ab", lambda ids: [{"probs": probs[0]}], max_tokens=4)
     with pytest.raises(ValueError, match="T=2"):  # outputs over the wrong number of tokens
-        route_text("ab", lambda ids: good(torch.zeros(3, dtype=torch.long)), max_tokens=4)
+        route_bytes("ab", lambda ids: good(torch.zeros(3, dtype=torch.long)), max_tokens=4)
     one = good(torch.zeros(2, dtype=torch.long))[0]
     with pytest.raises(ValueError, match="topk_idx"):
-        route_text("ab", lambda ids: [RouterOutput(one.logits, one.probs, one.topk_idx + 3,
+        route_bytes("ab", lambda ids: [RouterOutput(one.logits, one.probs, one.topk_idx + 3,
                                                    one.topk_weights)], max_tokens=4)
     with pytest.raises(ValueError, match="layer 1"):  # another E in the second layer
-        route_text("ab", lambda ids: [one, RouterOutput(one.logits[:, :2], one.probs[:, :2],
+        route_bytes("ab", lambda ids: [one, RouterOutput(one.logits[:, :2], one.probs[:, :2],
                                                         one.topk_idx, one.topk_weights)],
                    max_tokens=4)
     with pytest.raises(ValueError, match="layer_names"):
-        route_text("ab", good, max_tokens=4, layer_names=["only one"])
+        route_bytes("ab", good, max_tokens=4, layer_names=["only one"])
 
 
 @pytest.mark.parametrize("noise", [None, "noisy_topk", "jitter"])

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moe_lab import RouterOutput
-from moe_lab.lm.text_routing import route_text
+from moe_lab.lm.text_routing import route_bytes
 from moe_lab.systems.params import MIXTRAL_8X7B, count_parameters
 from moe_lab.viz.capacity import (
     DROPPED,
@@ -173,12 +173,12 @@ def _routing(probs: list[list[float]], top_k: int):
 
 def test_router_heatmap_table_exact_and_cut() -> None:
     route_ids = _routing([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3]], top_k=1)
-    table = router_heatmap_table(route_text("abc", route_ids, max_tokens=3))
+    table = router_heatmap_table(route_bytes("abc", route_ids, max_tokens=3))
     assert table.token_labels == ["a", "b", "c"] and table.topk_idx == [[0], [2], [1]]
     assert table.probs[1] == pytest.approx([0.1, 0.3, 0.6])
     assert table.num_experts == 3 and table.num_tokens == table.total_tokens == 3
     assert "first" not in router_heatmap_figure(table).layout.title.text
-    cut = router_heatmap_table(route_text("abcdefghij", route_ids, max_tokens=2))
+    cut = router_heatmap_table(route_bytes("abcdefghij", route_ids, max_tokens=2))
     assert cut.token_labels == ["a", "b"] and len(cut.probs) == 2
     assert (cut.num_tokens, cut.total_tokens) == (2, 10)  # tokens drawn, tokens in the text
     figure = router_heatmap_figure(cut)
@@ -187,11 +187,11 @@ def test_router_heatmap_table_exact_and_cut() -> None:
     with pytest.raises(TypeError, match="routing"):
         router_heatmap_table(route_ids)
     with pytest.raises(ValueError, match="layer"):
-        router_heatmap_table(route_text("abc", route_ids, max_tokens=3), layer=1)
+        router_heatmap_table(route_bytes("abc", route_ids, max_tokens=3), layer=1)
 
 
 def test_router_heatmap_table_empty() -> None:
-    table = router_heatmap_table(route_text("", _routing([[0.25] * 4], top_k=2), max_tokens=3))
+    table = router_heatmap_table(route_bytes("", _routing([[0.25] * 4], top_k=2), max_tokens=3))
     assert table.probs == [] and table.num_experts == 4 and table.num_tokens == 0
     assert "no tokens" in router_heatmap_figure(table).layout.title.text
 

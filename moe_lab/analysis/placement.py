@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from moe_lab.lm.stats import max_over_mean_load
 from moe_lab.validation import check_positive_int
 
 
@@ -38,8 +39,7 @@ class Placement:
 
     @property
     def busiest_over_mean(self) -> float:
-        mean = self.device_load.mean()
-        return float(self.device_load.max() / mean) if mean > 0 else 1.0
+        return max_over_mean_load(self.device_load)  # 1.0 for an empty load
 
 
 def _check_load(expert_load: object) -> torch.Tensor:
@@ -64,7 +64,16 @@ def device_loads(experts: Sequence[Sequence[int]], replicas: torch.Tensor,
                  expert_load: torch.Tensor) -> torch.Tensor:
     """(G,) load of each device for a placement and any load vector (E,): each slot of expert e
     takes load_e / replicas_e. Use it to test a placement made from one domain on another."""
-    per_copy = _check_load(expert_load) / replicas.double()  # (E,)
+    load = _check_load(expert_load)
+    if not isinstance(replicas, torch.Tensor) or replicas.shape != load.shape:
+        shape = tuple(replicas.shape) if isinstance(replicas, torch.Tensor) else type(replicas).__name__
+        raise ValueError(f"replicas must have the shape of expert_load, (E={load.numel()},), "
+                         f"got {shape}: is expert_load from another model?")
+    placed = sorted({int(e) for slots in experts for e in slots})
+    if placed and (placed[0] < 0 or placed[-1] >= load.numel()):
+        raise ValueError(f"the placement holds expert ids {placed[0]}..{placed[-1]}, but "
+                         f"expert_load has E={load.numel()} experts: is it from another model?")
+    per_copy = load / replicas.double()  # (E,)
     return torch.stack([per_copy[list(slots)].sum() for slots in experts])  # (G,)
 
 

@@ -9,7 +9,7 @@ each expert was chosen at layers 0, 7 and 15, over 208,896 tokens of each of fiv
 From a count vector c (E,) of one layer and domain:
 
     load share        s_i = c_i / sum_j c_j                      (sums to 1)
-    max / mean load   max_i c_i / mean_i c_i                     (1 when balanced, E at worst)
+    max / mean load   max_i c_i / mean_i c_i                     (1 when balanced, E/K at worst)
     load entropy      H = -sum_i s_i log2 s_i                    (log2 E when balanced)
     specialisation    100 * c_i(D) / tokens(D)  = % of domain D's tokens that chose expert i
                       (the OLMoE paper's "domain specialization", its Figure 22, drawn by
@@ -95,7 +95,11 @@ def _reject_constant(token: str) -> None:
 
 
 def _model(key: str, raw: dict, layers: tuple[int, ...], pairs: tuple[tuple[int, int], ...]) -> ModelRouting:
-    num_experts, top_k = int(raw["num_experts"]), int(raw["top_k"])
+    for field in ("num_experts", "top_k"):
+        value = raw[field]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key}/{field} must be an integer >= 1, got {value!r}")
+    num_experts, top_k = raw["num_experts"], raw["top_k"]
     num_layers, num_pairs, e = len(layers), len(pairs), num_experts
     fields: dict[str, dict[str, torch.Tensor]] = {f: {} for f in (
         "expert_counts", "expert_counts_top1", "expert_counts_crosslayer", "expert_counts_crosslayer_top1")}

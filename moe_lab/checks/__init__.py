@@ -7,6 +7,7 @@ A stub that still raises ``NotImplementedError`` gets a friendly "not implemente
 a traceback, and the checker returns a falsy result, so the lesson can go on with the reference
 implementation.
 
+    lesson 00  params.py      check_moe_ffn_params
     lesson 01  router.py      check_router_probs, check_noisy_topk_logits, check_jitter
     lesson 02  topk.py        check_topk_routing, check_tokens_per_expert, check_capacity,
                               check_keep_mask
@@ -54,6 +55,7 @@ from moe_lab.checks.efficiency import check_sort_by_expert
 from moe_lab.checks.inference import check_expected_distinct_experts, check_lru_cache
 from moe_lab.checks.lm import check_average_aux_loss, check_mutual_information
 from moe_lab.checks.parallel import check_local_expert_order, check_send_splits
+from moe_lab.checks.params import check_moe_ffn_params
 from moe_lab.checks.real_models import (
     check_convert_mixtral_experts,
     check_greedy_packing,
@@ -93,6 +95,7 @@ __all__ = [
     "check_local_expert_order",
     "check_lru_cache",
     "check_model_balance_loss",
+    "check_moe_ffn_params",
     "check_mutual_information",
     "check_noisy_topk_logits",
     "check_recompute_count",

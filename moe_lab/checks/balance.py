@@ -26,18 +26,15 @@ from moe_lab.checks.core import (
     CheckFailed,
     call,
     checker,
+    diagnose,
     expect_close,
     expect_same_grad,
     fresh,
+    matches,
     set_case,
 )
 from moe_lab.losses import average_over_layers, load_balancing_loss, router_z_loss
 from moe_lab.routing import TopKRouter, topk_routing
-
-
-def _matches(actual: torch.Tensor, candidate: torch.Tensor) -> bool:
-    return bool(torch.allclose(actual.detach().double().reshape(candidate.shape),
-                               candidate.double(), atol=1e-5, rtol=1e-4))
 
 
 def _scalar(value: object, what: str) -> torch.Tensor:
@@ -47,18 +44,6 @@ def _scalar(value: object, what: str) -> torch.Tensor:
         raise CheckFailed(f"{what} should be a single number (a 0-d tensor), got shape "
                           f"{tuple(value.shape)}: did you forget to sum or average?")
     return value.reshape(())
-
-
-def _diagnose_scalar(actual: torch.Tensor, expected: torch.Tensor, what: str,
-                     suspects: list[tuple[torch.Tensor, str]],
-                     inputs: dict[str, object] | None = None) -> None:
-    if _matches(actual, expected):
-        return
-    for candidate, hint in suspects:
-        if _matches(actual, candidate):
-            raise CheckFailed(f"{what} is {actual.item():.4f}, the reference is "
-                              f"{expected.item():.4f}. {hint}")
-    expect_close(actual.detach(), expected.detach(), what, inputs=inputs)
 
 
 def make_routing_case(seed: int, num_tokens: int, num_experts: int, top_k: int,
@@ -75,14 +60,14 @@ def make_routing_case(seed: int, num_tokens: int, num_experts: int, top_k: int,
 
 
 # seed, N, E, K, sharpness
-SWITCH_CASES = ((0, 16, 4, 2, 1.0), (1, 12, 6, 1, 3.0), (2, 20, 8, 3, 2.0), (3, 1, 4, 2, 1.0),
+_SWITCH_CASES = ((0, 16, 4, 2, 1.0), (1, 12, 6, 1, 3.0), (2, 20, 8, 3, 2.0), (3, 1, 4, 2, 1.0),
                 (4, 8, 4, 4, 1.0), (5, 10, 3, 1, 10.0))
 
 
 @checker("check_switch_loss")
 def check_switch_loss(switch_loss: Callable[..., torch.Tensor]) -> None:
     """switch_loss(router_probs (N, E), topk_idx (N, K)) -> E * sum_i f_i * P_i."""
-    for seed, num_tokens, num_experts, top_k, sharpness in SWITCH_CASES:
+    for seed, num_tokens, num_experts, top_k, sharpness in _SWITCH_CASES:
         _, probs, topk_idx = make_routing_case(seed, num_tokens, num_experts, top_k, sharpness)
         where = f"the loss (N={num_tokens}, E={num_experts}, K={top_k})"
         set_case(where[10:-1])
@@ -115,7 +100,7 @@ def check_switch_loss(switch_loss: Callable[..., torch.Tensor]) -> None:
         if num_experts != 4:
             suspects.append((4 * (f * probs.mean(0)).sum(), f"You multiplied by 4, not by E = "
                              f"router_probs.shape[1] = {num_experts}."))
-        _diagnose_scalar(actual, expected, where, suspects,
+        diagnose(actual, expected, where, suspects,
                          inputs={"router_probs": probs, "topk_idx": topk_idx})
         if not actual.requires_grad:
             raise CheckFailed(f"{where} has no gradient with respect to router_probs: P must stay "
@@ -126,14 +111,14 @@ def check_switch_loss(switch_loss: Callable[..., torch.Tensor]) -> None:
 
 
 # seed, N, E, logit scale, logit offset (100: exp overflows float32)
-Z_CASES = ((0, 8, 4, 1.0, 0.0), (1, 6, 8, 5.0, 0.0), (2, 10, 3, 0.1, 0.0), (3, 1, 4, 1.0, 0.0),
+_Z_CASES = ((0, 8, 4, 1.0, 0.0), (1, 6, 8, 5.0, 0.0), (2, 10, 3, 0.1, 0.0), (3, 1, 4, 1.0, 0.0),
            (4, 6, 4, 1.0, 100.0))
 
 
 @checker("check_z_loss")
 def check_z_loss(z_loss: Callable[..., torch.Tensor]) -> None:
     """z_loss(router_logits (N, E)) -> mean over tokens of logsumexp(logits)^2."""
-    for seed, num_tokens, num_experts, scale, offset in Z_CASES:
+    for seed, num_tokens, num_experts, scale, offset in _Z_CASES:
         logits, probs, _ = make_routing_case(seed, num_tokens, num_experts, 1, scale)
         logits = logits + offset  # (N, E)
         probs = torch.softmax(logits, dim=-1)  # (N, E)
@@ -158,12 +143,12 @@ def check_z_loss(z_loss: Callable[..., torch.Tensor]) -> None:
         ]
         if num_tokens == 1:  # one token: the mean of one square is the square of the mean
             suspects = suspects[:1] + suspects[3:]
-        _diagnose_scalar(actual, expected, where, suspects, inputs={"router_logits": logits})
+        diagnose(actual, expected, where, suspects, inputs={"router_logits": logits})
         expect_same_grad(actual, expected, {"router_logits": logits_in},
                          {"router_logits": logits_ref}, where)
 
 
-def make_layer_cases(seed: int, num_layers: int, num_tokens: int, num_experts: int, top_k: int,
+def _make_layer_cases(seed: int, num_layers: int, num_tokens: int, num_experts: int, top_k: int,
                      ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per-layer probs and topk_idx, each layer with its own (uneven) load."""
     probs, idx = [], []
@@ -175,15 +160,15 @@ def make_layer_cases(seed: int, num_layers: int, num_tokens: int, num_experts: i
     return probs, idx
 
 
-LAYER_CASES = ((0, 2, 12, 4, 2), (1, 3, 10, 6, 1), (2, 4, 8, 8, 2))
+_LAYER_CASES = ((0, 2, 12, 4, 2), (1, 3, 10, 6, 1), (2, 4, 8, 8, 2))
 
 
 @checker("check_model_balance_loss")
 def check_model_balance_loss(model_balance_loss: Callable[..., torch.Tensor]) -> None:
     """model_balance_loss(per_layer_probs, per_layer_idx) -> the Switch loss averaged over the
     L layers (each layer's loss computed on that layer's own tokens)."""
-    for seed, num_layers, num_tokens, num_experts, top_k in LAYER_CASES:
-        probs, idx = make_layer_cases(seed, num_layers, num_tokens, num_experts, top_k)
+    for seed, num_layers, num_tokens, num_experts, top_k in _LAYER_CASES:
+        probs, idx = _make_layer_cases(seed, num_layers, num_tokens, num_experts, top_k)
         where = f"the model's loss (L={num_layers} layers, E={num_experts}, K={top_k})"
         set_case(where[17:-1])
         probs_ref = [p.clone().requires_grad_(True) for p in probs]
@@ -203,14 +188,14 @@ def check_model_balance_loss(model_balance_loss: Callable[..., torch.Tensor]) ->
         if num_layers > 1:
             suspects.append((per_layer[-1], "That is the last layer's loss alone: average the "
                              "losses of all L layers."))
-        _diagnose_scalar(actual, expected, where, suspects)
+        diagnose(actual, expected, where, suspects)
         expect_same_grad(actual, expected,
                          {f"per_layer_probs[{i}]": p for i, p in enumerate(probs_in)},
                          {f"per_layer_probs[{i}]": p for i, p in enumerate(probs_ref)}, where)
 
 
 # seed, E, gamma, loads (None: random); some loads sit exactly at the mean
-BIAS_CASES = ((0, 4, 0.01, None), (1, 8, 0.1, None), (2, 6, 0.001, None),
+_BIAS_CASES = ((0, 4, 0.01, None), (1, 8, 0.1, None), (2, 6, 0.001, None),
               (3, 3, 0.01, [2, 4, 6]), (4, 4, 0.1, [5, 5, 5, 5]), (5, 1, 0.01, [7]),
               (6, 5, 0.05, [0, 10, 3, 3, 4]))
 
@@ -219,7 +204,7 @@ BIAS_CASES = ((0, 4, 0.01, None), (1, 8, 0.1, None), (2, 6, 0.001, None),
 def check_bias_update(bias_update: Callable[..., torch.Tensor]) -> None:
     """bias_update(bias (E,), tokens_per_expert (E,), gamma) -> the new bias (E,):
     b_i + gamma * sign(mean_load - load_i)."""
-    for seed, num_experts, gamma, loads in BIAS_CASES:
+    for seed, num_experts, gamma, loads in _BIAS_CASES:
         generator = torch.Generator().manual_seed(seed)
         bias = 0.1 * torch.randn(num_experts, generator=generator)  # (E,)
         if loads is None:
@@ -244,11 +229,11 @@ def check_bias_update(bias_update: Callable[..., torch.Tensor]) -> None:
             (gamma * torch.sign(mean - load), "Add the step to the old bias: the bias "
              "accumulates over steps."),
         ]
-        if _matches(actual, expected):
+        if matches(actual, expected):
             continue
         for candidate, hint in suspects:
-            if _matches(actual, candidate):
-                raise CheckFailed(f"{where} does not match. {hint}")
+            if matches(actual, candidate):
+                raise CheckFailed(f"{where} does not match the reference. {hint}")
         at_mean = load.float() == mean  # (E,)
         off = ~torch.isclose(actual.detach().double(), expected.double(), atol=1e-6)  # (E,)
         if bool(at_mean.any()) and bool((off <= at_mean).all()):

@@ -21,14 +21,14 @@ from collections.abc import Callable
 
 import torch
 
-from moe_lab.checks.core import CheckFailed, checker, expect_close, expect_pair
+from moe_lab.checks.core import CheckFailed, checker, diagnose, expect_close, expect_pair, matches
 from moe_lab.systems.params import fine_grained
 from moe_lab.variants.expert_choice import expert_choice_routing
 from moe_lab.variants.soft_moe import soft_moe_weights
 
 # ------------------------------------------------------------------ fine-grained and shared
 
-LAYOUT_CASES = (  # E, K, F, m, S
+_LAYOUT_CASES = (  # E, K, F, m, S
     (8, 2, 64, 4, 0),  # lesson 08's fine-grained run
     (8, 2, 64, 4, 1),  # lesson 08's shared run
     (16, 2, 5632, 4, 4),  # DeepSeekMoE-like: m = 4, 4 shared
@@ -41,7 +41,7 @@ LAYOUT_CASES = (  # E, K, F, m, S
 @checker("check_fine_grained_layout")
 def check_fine_grained_layout(fine_grained_layout: Callable[..., tuple[int, int, int]]) -> None:
     """fine_grained_layout(E, K, F, m, S) -> (m*E - S, m*K - S, F // m)."""
-    for e, k, f, m, s in LAYOUT_CASES:
+    for e, k, f, m, s in _LAYOUT_CASES:
         layout = fine_grained(e, k, f, m, s)
         expected = (layout.num_experts, layout.top_k, layout.d_ff)
         out = fine_grained_layout(e, k, f, m, s)
@@ -76,7 +76,7 @@ def check_fine_grained_layout(fine_grained_layout: Callable[..., tuple[int, int,
 
 # ------------------------------------------------------------------ expert choice
 
-SELECT_CASES = (  # seed, N, E, C, logit scale
+_SELECT_CASES = (  # seed, N, E, C, logit scale
     (0, 12, 4, 3, 1.0),
     (1, 1, 4, 1, 1.0),  # one token: every expert takes it
     (2, 9, 3, 6, 1.0),  # capacity 2N/E: tokens shared by several experts
@@ -96,7 +96,7 @@ def check_expert_choice_select(expert_choice_select: Callable[..., object]) -> N
     """expert_choice_select(router_probs (N, E), capacity C) -> (token_idx, gates), each (E, C):
     row e holds the C tokens with the highest router_probs[:, e] and those probabilities; the
     gates carry the gradient back to router_probs."""
-    for seed, n, e, c, scale in SELECT_CASES:
+    for seed, n, e, c, scale in _SELECT_CASES:
         probs = _select_case(seed, n, e, scale)
         where = f"(N={n}, E={e}, C={c})"
         # ties (saturated probabilities) may be broken either way: compare the chosen values
@@ -158,6 +158,23 @@ SOFT_CASES = (  # seed, B, T, E*S, logit scale
 )
 
 
+def _non_finite_hint(dispatch: torch.Tensor, combine: torch.Tensor, logits: torch.Tensor,
+                     where: str) -> str:
+    """Name the likely cause of inf/NaN weights: exp() of the raw logits overflowing, or one max
+    of the whole tensor subtracted (rows far below it underflow to 0, and 0/0 is NaN)."""
+    shifted = (logits - logits.max()).exp()  # (B, T, E*S): one global max
+    global_max = (shifted / shifted.sum(-2, keepdim=True), shifted / shifted.sum(-1, keepdim=True))
+    bad = (~torch.isfinite(dispatch.detach()), ~torch.isfinite(combine.detach()))
+    if all(torch.equal(b, ~torch.isfinite(g)) for b, g in zip(bad, global_max, strict=True)):
+        return (f"The weights {where} hold NaN: you subtracted one max of the whole tensor "
+                "before exp(), so the entries far below it underflow to 0 and a softmax of "
+                "zeros is 0/0. Subtract the max along each softmax's own axis "
+                "(.amax(dim, keepdim=True)), or use torch.softmax.")
+    return (f"The weights {where} hold inf or NaN: exp() of a large logit overflows float32 "
+            "(above 88). Subtract the max along the softmax's axis before exp(), or use "
+            "torch.softmax.")
+
+
 @checker("check_soft_moe_weights")
 def check_soft_moe_weights(soft_moe_weights_fn: Callable[..., object]) -> None:
     """soft_moe_weights(slot_logits (B, T, E*S)) -> (dispatch_weights, combine_weights), each
@@ -175,25 +192,29 @@ def check_soft_moe_weights(soft_moe_weights_fn: Callable[..., object]) -> None:
             raise CheckFailed(f"slot_logits {where} was changed in place (e.g. .exp_() or -=): "
                               "compute on a copy.")
         if not (torch.isfinite(dispatch).all() and torch.isfinite(combine).all()):
-            raise CheckFailed(f"the weights {where} hold inf or NaN: exp() of a large logit "
-                              "overflows. Subtract the max before exp, or use torch.softmax.")
-        suspects = [
-            (ref_combine, "dispatch_weights is a softmax over the slots: the dispatch weights of "
-             "one slot sum to 1 over the tokens of a sequence (softmax over dim -2, T)."),
-            (torch.softmax(logits, dim=0), "dispatch_weights is a softmax over the batch "
-             "(dim 0): that mixes different sequences. Use the token axis, dim -2."),
-        ]
-        for candidate, hint in suspects:
-            if dispatch.shape == candidate.shape and not (b == 1 and t == 1) and torch.allclose(
-                    dispatch.detach().double(), candidate.double(), atol=1e-5, rtol=1e-4):
-                raise CheckFailed(f"dispatch_weights {where} do not match. {hint}")
-        if combine.shape == ref_dispatch.shape and t > 1 and torch.allclose(
-                combine.detach().double(), ref_dispatch.double(), atol=1e-5, rtol=1e-4):
-            raise CheckFailed(f"combine_weights {where} do not match. combine_weights is a softmax "
-                              "over the slots of each token (dim -1): a token's output mixes the "
-                              "slot outputs with weights summing to 1.")
+            raise CheckFailed(_non_finite_hint(dispatch, combine, logits, where))
+        if dispatch.shape == ref_combine.shape and t > 1 \
+                and matches(dispatch, ref_combine) and matches(combine, ref_dispatch):
+            raise CheckFailed(f"dispatch_weights and combine_weights {where} are swapped: you "
+                              "took the dispatch softmax over the slots (dim -1) and the combine "
+                              "softmax over the tokens (dim -2). Dispatch mixes the T tokens of "
+                              "a sequence into each slot (softmax over dim -2); combine mixes "
+                              "the slots for each token (softmax over dim -1).")
+        if not (b == 1 and t == 1):
+            diagnose(dispatch, ref_dispatch, f"dispatch_weights {where}", [
+                (ref_combine, "Your dispatch softmax runs over the slots (dim -1), the combine "
+                 "axis: dispatch mixes the T tokens of a sequence into each slot, so take it "
+                 "over the token axis, dim -2."),
+                (torch.softmax(logits, dim=0), "Your dispatch softmax runs over the batch "
+                 "(dim 0), which mixes different sequences: take it over the token axis, "
+                 "dim -2."),
+            ])
+        diagnose(combine, ref_combine, f"combine_weights {where}", [
+            (ref_dispatch, "Your combine softmax runs over the tokens (dim -2), the dispatch "
+             "axis: a token's output mixes the slot outputs, so take it over the slots, "
+             "dim -1."),
+        ] if t > 1 else [])
         expect_close(dispatch.detach(), ref_dispatch, f"dispatch_weights {where}")
-        expect_close(combine.detach(), ref_combine, f"combine_weights {where}")
         if not (dispatch.requires_grad and combine.requires_grad):
             raise CheckFailed(f"the weights {where} carry no gradient back to slot_logits: Soft "
                               "MoE is trained end to end through them; do not detach.")

@@ -27,7 +27,7 @@ from moe_lab.checks.core import (
     CheckFailed,
     call,
     checker,
-    expect_close,
+    diagnose,
     expect_pair,
     expect_same_grad,
     expect_unchanged,
@@ -45,24 +45,6 @@ from moe_lab.dispatch import (
 )
 from moe_lab.experts import Experts
 from moe_lab.routing import TopKRouter, topk_routing
-
-
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and torch.allclose(a.double(), b.double(), atol=1e-5, rtol=1e-4)
-
-
-def _diagnose(actual: object, expected: torch.Tensor, what: str,
-              suspects: list[tuple[torch.Tensor, str]],
-              inputs: dict[str, object] | None = None) -> None:
-    """Pass if ``actual`` matches ``expected``; else name the first suspect it matches."""
-    if isinstance(actual, torch.Tensor) and _close(actual.detach(), expected):
-        return
-    if isinstance(actual, torch.Tensor):
-        for candidate, hint in suspects:
-            if _close(actual.detach(), candidate):
-                raise CheckFailed(f"{what} does not match the reference. {hint}")
-    expect_close(actual if not isinstance(actual, torch.Tensor) else actual.detach(), expected,
-                 what, inputs=inputs)
 
 
 def make_combine_case(seed: int, *, num_tokens: int = 12, d_model: int = 8, d_ff: int = 16,
@@ -84,7 +66,7 @@ def make_combine_case(seed: int, *, num_tokens: int = 12, d_model: int = 8, d_ff
     return x, plan, experts
 
 
-COMBINE_CASES = (
+_COMBINE_CASES = (
     dict(seed=0),
     dict(seed=1, capacity_factor=0.75),  # some assignments dropped
     dict(seed=2, num_tokens=9, num_experts=6, top_k=3, capacity_factor=0.6),
@@ -119,7 +101,7 @@ def _per_slot_outputs(x: torch.Tensor, plan: RoutingPlan, experts: Experts) -> t
 @checker("check_combine_loop")
 def check_combine_loop(combine_loop: Callable[..., torch.Tensor]) -> None:
     """combine_loop(x, plan, experts) -> y (N, D): y_n = sum over kept k of w_nk * Expert(x_n)."""
-    for case in COMBINE_CASES:
+    for case in _COMBINE_CASES:
         where = _case_text(case) or "N=12, E=4, K=2"
         set_case(where)
         x, plan, experts = make_combine_case(**case)
@@ -157,7 +139,7 @@ def check_combine_loop(combine_loop: Callable[..., torch.Tensor]) -> None:
             suspects.append((first_four, f"Only experts 0-3 contributed, of E="
                              f"{plan.num_experts}: loop over range(experts.num_experts), not a "
                              f"fixed 4."))
-        _diagnose(actual, expected.detach(), f"y ({where})", suspects,
+        diagnose(actual, expected.detach(), f"y ({where})", suspects,
                   inputs={"x": x, "topk_idx": plan.topk_idx, "keep": plan.keep})
         leaves = {"x": x_in, "topk_weights": plan_in.topk_weights, **_expert_grads(experts)}
         reference = {"x": x_ref, "topk_weights": plan_ref.topk_weights,
@@ -171,7 +153,7 @@ def check_scatter_combine(scatter_combine: Callable[..., torch.Tensor]) -> None:
 
     h_sorted (M, D): expert outputs, one row per kept assignment, in the order of sort_order;
     sort_order (M,): the flat id token * K + slot of each row; topk_weights (N, K)."""
-    for case in COMBINE_CASES:
+    for case in _COMBINE_CASES:
         where = _case_text(case) or "N=12, E=4, K=2"
         set_case(where)
         x, plan, experts = make_combine_case(**case)
@@ -204,7 +186,7 @@ def check_scatter_combine(scatter_combine: Callable[..., torch.Tensor]) -> None:
             (unsorted_weights, "The weights are in the wrong order: the rows of h_sorted follow "
              "sort_order, so gather the weights with topk_weights.reshape(-1)[sort_order]."),
         ]
-        _diagnose(actual, expected, f"y ({where})", suspects,
+        diagnose(actual, expected, f"y ({where})", suspects,
                   inputs={"topk_weights": plan.topk_weights})
         expect_same_grad(actual, reference_y, {"h_sorted": h_in, "topk_weights": weights_in},
                          {"h_sorted": h_ref, "topk_weights": plan_ref.topk_weights},
@@ -212,7 +194,7 @@ def check_scatter_combine(scatter_combine: Callable[..., torch.Tensor]) -> None:
 
 
 # seed, N, E, K, logit offset (100: exp overflows float32)
-GATE_CASES = ((0, 6, 4, 2, 0.0), (1, 5, 8, 1, 0.0), (2, 7, 6, 3, 0.0), (3, 4, 4, 4, 0.0),
+_GATE_CASES = ((0, 6, 4, 2, 0.0), (1, 5, 8, 1, 0.0), (2, 7, 6, 3, 0.0), (3, 4, 4, 4, 0.0),
               (4, 1, 4, 2, 0.0), (5, 5, 4, 3, 0.0), (6, 6, 5, 2, 100.0))
 
 
@@ -220,7 +202,7 @@ GATE_CASES = ((0, 6, 4, 2, 0.0), (1, 5, 8, 1, 0.0), (2, 7, 6, 3, 0.0), (3, 4, 4,
 def check_gate_weights(gate_weights: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> None:
     """gate_weights(router_logits, top_k) -> (topk_idx, topk_weights), Mixtral style: softmax,
     top-k, renormalise; the weights must stay differentiable with respect to the logits."""
-    for seed, num_tokens, num_experts, top_k, offset in GATE_CASES:
+    for seed, num_tokens, num_experts, top_k, offset in _GATE_CASES:
         where = f"(N={num_tokens}, E={num_experts}, K={top_k}" + (
             f", logits near {offset:.0f})" if offset else ")")
         set_case(where[1:-1])
@@ -238,7 +220,7 @@ def check_gate_weights(gate_weights: Callable[..., tuple[torch.Tensor, torch.Ten
             raise CheckFailed(f"topk_idx {where} is not the top-k of the logits, best first: "
                               "use torch.topk(..., k=top_k, dim=-1).")
         probs = torch.softmax(logits, -1)  # (N, E)
-        _diagnose(topk_weights, ref_weights.detach(), f"topk_weights {where}", [
+        diagnose(topk_weights, ref_weights.detach(), f"topk_weights {where}", [
             (probs.gather(-1, ref_idx), "These are the raw top-k probabilities: renormalise "
              "them to sum to 1 over the K chosen experts (Mixtral)."),
             (logits.gather(-1, ref_idx), "These are the raw logits: apply a softmax."),

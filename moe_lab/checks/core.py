@@ -23,6 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
+#: The tolerances of every comparison with a reference (float32 arithmetic in a different order).
+ATOL, RTOL = 1e-5, 1e-4
+
 
 class CheckFailed(AssertionError):
     """Raised inside a checker with a message for the learner (the likely mistake)."""
@@ -189,7 +192,7 @@ def _first_bad_row(actual: torch.Tensor, expected: torch.Tensor, atol: float,
 
 
 def expect_close(actual: object, expected: torch.Tensor, what: str, *, hint: str = "",
-                 atol: float = 1e-5, rtol: float = 1e-4,
+                 atol: float = ATOL, rtol: float = RTOL,
                  inputs: dict[str, object] | None = None) -> None:
     """Raise :class:`CheckFailed` unless ``actual`` is a tensor equal to ``expected``.
 
@@ -210,7 +213,9 @@ def expect_close(actual: object, expected: torch.Tensor, what: str, *, hint: str
                       default=0.0)
         overflow = (f" The inputs reach {largest:.0f}, and exp() overflows float32 above 88: "
                     f"subtract each row's max before exp (torch.softmax does this), or use "
-                    f"torch.logsumexp instead of log(exp(x).sum())." if largest > 80 else "")
+                    f"torch.logsumexp instead of log(exp(x).sum()). One max of the whole tensor "
+                    f"is not enough: rows far below it underflow to 0, and 0/0 is NaN."
+                    if largest > 80 else "")
         raise CheckFailed(f"{what} has NaN or inf where the reference is finite.{overflow} "
                           + (hint or ""))
     gap = (actual.double() - expected.double()).abs().max().item()
@@ -229,9 +234,45 @@ def expect_close(actual: object, expected: torch.Tensor, what: str, *, hint: str
                       f"{fmt(expected[row])}, got {fmt(actual[row])}.")
 
 
+def matches(actual: object, candidate: object, *, atol: float = ATOL, rtol: float = RTOL) -> bool:
+    """Whether the learner's ``actual`` equals ``candidate`` (a reference or a known mistake's
+    result) to the checkers' tolerance: tensors of one shape (or of one element each), else ==."""
+    if isinstance(candidate, torch.Tensor):
+        if not isinstance(actual, torch.Tensor):
+            return False
+        if actual.shape != candidate.shape and not (actual.numel() == candidate.numel() == 1):
+            return False
+        return bool(torch.allclose(actual.detach().double().reshape(candidate.shape),
+                                   candidate.detach().double(), atol=atol, rtol=rtol))
+    return actual == candidate
+
+
+def diagnose(actual: object, expected: object, what: str,
+             suspects: Sequence[tuple[object, str]], *, inputs: dict[str, object] | None = None,
+             atol: float = ATOL, rtol: float = RTOL, otherwise: str | None = None) -> None:
+    """The checkers' one pattern: pass when ``actual`` matches ``expected``; else, when it matches
+    a known mistake's result (``suspects``: (that result, its hint), most specific first), raise
+    with that mistake's hint; else raise ``otherwise`` when given, or :func:`expect_close`'s
+    message (the first row that differs)."""
+    if matches(actual, expected, atol=atol, rtol=rtol):
+        return
+    for candidate, hint in suspects:
+        if matches(actual, candidate, atol=atol, rtol=rtol):
+            if isinstance(actual, torch.Tensor) and actual.numel() == 1 \
+                    and isinstance(expected, torch.Tensor) and expected.numel() == 1:
+                raise CheckFailed(f"{what} is {float(actual.detach()):.4f}, the reference is "
+                                  f"{float(expected.detach()):.4f}. {hint}")
+            raise CheckFailed(f"{what} does not match the reference. {hint}")
+    if otherwise is None and isinstance(expected, torch.Tensor):
+        expect_close(actual.detach() if isinstance(actual, torch.Tensor) else actual,
+                     expected.detach(), what, atol=atol, rtol=rtol, inputs=inputs)
+    raise CheckFailed(otherwise or f"{what} does not match the reference: expected {expected!r}, "
+                                   f"got {actual!r}.")
+
+
 def expect_same_grad(out: torch.Tensor, expected_out: torch.Tensor,
                      leaves: dict[str, torch.Tensor], reference_leaves: dict[str, torch.Tensor],
-                     what: str, *, seed: int = 0, atol: float = 1e-5, rtol: float = 1e-4) -> None:
+                     what: str, *, seed: int = 0, atol: float = ATOL, rtol: float = RTOL) -> None:
     """Backpropagate the same upstream gradient through the learner's ``out`` and the reference's
     ``expected_out``; the gradients of each named leaf must agree."""
     if not isinstance(out, torch.Tensor) or not out.requires_grad:

@@ -84,6 +84,10 @@ def check_sort_by_expert(fn: Callable[[torch.Tensor, int], object]) -> None:
         _, expected_counts = sort_by_expert_reference(topk_idx, num_experts)
         order, counts = expect_pair(call(fn, *fresh(topk_idx), num_experts, names=("topk_idx",)),
                                     "order, tokens_per_expert")
+        if order.shape == expected_counts.shape and counts.shape == (num_tokens * top_k,) \
+                and num_tokens * top_k != num_experts and torch.equal(order.long(), expected_counts):
+            raise CheckFailed("You returned the pair swapped: return (order, tokens_per_expert), "
+                              "the N*K assignment ids first, then the E counts.")
         if counts.dim() == 1 and counts.shape[0] < num_experts:
             raise CheckFailed(f"The tokens_per_expert tensor has {counts.shape[0]} entries for E="
                               f"{num_experts} experts: the last experts got no token. Use "

@@ -26,7 +26,15 @@ from collections.abc import Callable
 import torch
 
 from moe_lab.analysis.placement import balanced_packing
-from moe_lab.checks.core import CheckFailed, checker, expect_close
+from moe_lab.checks.core import (
+    CheckFailed,
+    call,
+    checker,
+    diagnose,
+    expect_same_grad,
+    fresh,
+    set_case,
+)
 from moe_lab.experts import Experts
 from moe_lab.interop import mixtral_expert_weights
 from moe_lab.layer import SparseMoE
@@ -51,139 +59,162 @@ def _grouped_choice(scores: torch.Tensor, top_k: int, num_groups: int, topk_grou
     return _as_sets(scores.masked_fill(~keep, fill).topk(top_k, dim=-1).indices)
 
 
-GROUP_CASES = ((24, 16, 4, 4, 2), (32, 12, 3, 3, 1), (16, 32, 8, 8, 4), (9, 8, 2, 2, 1),
-               (1, 8, 4, 2, 2), (10, 8, 1, 3, 1))  # (N, E, G, K, topk_groups); last: no limit
+_GROUP_CASES = ((24, 16, 4, 4, 2, 1.2), (32, 12, 3, 3, 1, 1.2), (16, 32, 8, 8, 4, 1.2),
+               (9, 8, 2, 2, 1, 1.2), (1, 8, 4, 2, 2, 1.2), (16, 8, 4, 4, 2, 3.0),
+               (10, 8, 1, 3, 1, 1.2))
+# (N, E, G, K, topk_groups, largest selection bias below 0); the last has no limit. In the
+# sixth, K is every expert the two kept groups hold and biased scores reach -3: an expert of a
+# dropped group masked with a finite value (0, -1) beats a kept one.
 
 
 @checker("check_group_limited_topk")
 def check_group_limited_topk(fn: Callable[[torch.Tensor, int, int, int], object]) -> None:
     gen = torch.Generator().manual_seed(9)
-    for num_tokens, num_experts, num_groups, top_k, topk_groups in GROUP_CASES:
+    for num_tokens, num_experts, num_groups, top_k, topk_groups, depth in _GROUP_CASES:
         # sigmoid scores plus a selection bias: some biased scores are negative
         scores = torch.sigmoid(torch.randn(num_tokens, num_experts, generator=gen)) \
-            + torch.empty(num_experts).uniform_(-1.2, 0.2, generator=gen)  # (N, E)
+            + torch.empty(num_experts).uniform_(-depth, 0.2, generator=gen)  # (N, E)
         case = f"(N={num_tokens}, E={num_experts}, groups={num_groups}, K={top_k}, " \
                f"topk_groups={topk_groups})"
-        scores_in = scores.clone()
-        got = fn(scores_in, top_k, num_groups, topk_groups)
-        if not torch.equal(scores_in, scores):
-            raise CheckFailed(f"{case}: your function changed scores_for_choice in place; work on "
-                              "a copy (masked_fill, not masked_fill_).")
+        set_case(case)
+        got = call(fn, scores.clone(), top_k, num_groups, topk_groups,
+                   names=("scores_for_choice",))
         if not isinstance(got, torch.Tensor):
-            raise CheckFailed(f"return topk_idx, a (N, K) tensor, got {type(got).__name__}.")
+            raise CheckFailed(f"Return topk_idx, a (N, K) tensor, got {type(got).__name__}.")
         if got.is_floating_point():
             raise CheckFailed(f"{case}: you returned floats: return the expert indices "
                               "(torch.topk(...).indices), not the scores.")
         if got.shape != (num_tokens, top_k):
             raise CheckFailed(f"{case}: topk_idx should have shape (N, K) = {(num_tokens, top_k)}, "
                               f"got {tuple(got.shape)}.")
-        expected = _as_sets(limit_to_top_groups(scores, num_groups, topk_groups).topk(top_k).indices)
+        kept = limit_to_top_groups(scores, num_groups, topk_groups)  # (N, E), -inf outside
+        expected = _as_sets(kept.topk(top_k).indices)
         got = _as_sets(got.long())
-        if torch.equal(got, expected):
-            continue
+        best_two = lambda g: g.topk(min(2, g.shape[-1]), dim=-1).values.sum(-1)  # noqa: E731
         suspects = [
             (_as_sets(scores.topk(top_k).indices),
-             "you chose among all experts: first keep only the topk_groups best groups."),
+             "You chose among all experts: first keep only the topk_groups best groups."),
             (_grouped_choice(scores, top_k, num_groups, topk_groups, lambda g: g.max(-1).values,
                              float("-inf")),
-             "a group's score is the sum of its TWO best scores, not its best one."),
+             "You scored each group by its best expert: a group's score is the sum of its TWO "
+             "best scores."),
             (_grouped_choice(scores, top_k, num_groups, topk_groups, lambda g: g.sum(-1),
                              float("-inf")),
-             "a group's score is the sum of its two best scores, not of all its experts."),
-            (_grouped_choice(scores, top_k, num_groups, topk_groups,
-                             lambda g: g.topk(2, dim=-1).values.sum(-1), 0.0),
-             "you masked the other groups with 0, but a biased score can be negative, so a "
-             "masked expert beat it: mask with float('-inf')."),
+             "You scored each group by the sum of all its experts: a group's score is the sum "
+             "of its two best scores."),
         ]
-        for candidate, hint in suspects:
-            if torch.equal(got, candidate):
-                raise CheckFailed(f"{case}: {hint}")
-        raise CheckFailed(f"{case}: your choice differs from the reference for "
-                          f"{int((got != expected).any(-1).sum())} of {num_tokens} tokens.")
+        outside = ~torch.isfinite(kept.gather(1, got.clamp(0, num_experts - 1)))  # (N, K)
+        if bool(outside.any()):
+            masks = [fill for fill in (0.0, -1.0) if torch.equal(
+                got, _grouped_choice(scores, top_k, num_groups, topk_groups, best_two, fill))]
+            value = f"with {masks[0]:g}" if masks else "with a finite value"
+            suspects.append((got, f"You masked the dropped groups {value}, but a biased score "
+                             f"can be lower than that (here down to {float(scores.min()):.2f}), "
+                             "so an expert of a dropped group beat a kept one: mask with "
+                             "float('-inf')."))
+        diagnose(got, expected, f"topk_idx {case}", suspects,
+                 otherwise=f"{case}: your choice differs from the reference for "
+                           f"{int((got != expected).any(-1).sum())} of {num_tokens} tokens.")
 
 
 # ----------------------------------------------------------------------------- Llama 4
 
-INPUT_CASES = ((10, 8, 12, 4, 1), (12, 8, 16, 6, 2), (7, 4, 8, 4, 3), (1, 8, 12, 4, 2))  # (N, D, F, E, K)
+_INPUT_CASES = ((12, 8, 16, 6, 2), (10, 8, 12, 4, 1), (7, 4, 8, 4, 3), (1, 8, 12, 4, 2))  # (N, D, F, E, K)
 
 
 @checker("check_input_weighted_combine")
 def check_input_weighted_combine(fn: Callable[..., object]) -> None:
-    for seed, (num_tokens, d_model, d_ff, num_experts, top_k) in enumerate(INPUT_CASES):
+    for seed, (num_tokens, d_model, d_ff, num_experts, top_k) in enumerate(_INPUT_CASES):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             layer = SparseMoE(d_model, d_ff, num_experts, top_k, scoring="sigmoid", normalize=False,
                               weight_inputs=True)
             x = torch.randn(num_tokens, d_model) * 2  # (N, D)
-        out = layer(x)
-        routing, expected = out.router, out.y  # expected (N, D)
+        routing = layer.router(x)
+        x_ref, weights_ref = fresh(x, routing.topk_weights, grad=True)  # (N, D), (N, K)
+        expected = _input_weighted_reference(x_ref, routing.topk_idx, weights_ref, layer.experts)
         case = f"(N={num_tokens}, E={num_experts}, K={top_k})"
-        weights = routing.topk_weights.detach().clone().requires_grad_()  # (N, K)
-        x_in = x.clone()
-        got = fn(x_in, routing.topk_idx, weights, layer.experts)
-        if not torch.equal(x_in, x):
-            raise CheckFailed(f"{case}: your function changed x in place; build new tensors "
-                              "(x * w, not x *= w).")
-        if isinstance(got, torch.Tensor) and got.shape == expected.shape \
-                and not torch.allclose(got.detach(), expected.detach(), atol=1e-5, rtol=1e-4):
-            _diagnose_weighting(got.detach(), x, routing.topk_idx, routing.topk_weights.detach(),
-                                layer.experts, case)
-        expect_close(got.detach() if isinstance(got, torch.Tensor) else got, expected.detach(),
-                     f"{case}: y")
-        if got.requires_grad:
-            got.square().sum().backward()
-        if weights.grad is None:
-            raise CheckFailed(f"{case}: y does not depend on topk_weights in autograd: the router "
-                              "learns through them, so keep them in the graph (no .detach(), "
-                              ".item() or torch.no_grad()).")
-        expected_grad = torch.autograd.grad(expected.square().sum(), routing.topk_weights)[0]
-        expect_close(weights.grad, expected_grad, f"{case}: the gradient of topk_weights",
-                     hint="the weight multiplies the expert's input, inside the expert.")
+        set_case(case)
+        x_in, weights = fresh(x, routing.topk_weights, grad=True)
+        got = call(fn, x_in, routing.topk_idx.clone(), weights, layer.experts,
+                   names=("x", "topk_idx", "topk_weights"))
+        diagnose(got, expected.detach(), f"{case}: y",
+                 _weighting_suspects(x, routing.topk_idx, routing.topk_weights.detach(),
+                                     layer.experts))
+        expect_same_grad(got, expected, {"x": x_in, "topk_weights": weights},
+                         {"x": x_ref, "topk_weights": weights_ref}, f"{case}: y")
 
 
-def _diagnose_weighting(got: torch.Tensor, x: torch.Tensor, topk_idx: torch.Tensor,
-                        weights: torch.Tensor, experts: Experts, case: str) -> None:
+def _input_weighted_reference(x: torch.Tensor, topk_idx: torch.Tensor, weights: torch.Tensor,
+                              experts: Experts) -> torch.Tensor:
+    """y_n = sum_k Expert_{i_nk}(w_nk x_n), differentiable in x and the weights (the router's
+    decision given): the value of ``SparseMoE(..., weight_inputs=True)``."""
+    y = torch.zeros_like(x)  # (N, D)
+    for e in range(experts.num_experts):
+        token, slot = (topk_idx == e).nonzero(as_tuple=True)  # (M_e,) each
+        # y[token] += Expert_e(w[token, slot] * x[token])
+        y = y.index_add(0, token, experts.forward_expert(weights[token, slot, None] * x[token], e))
+    return y
+
+
+def _weighting_suspects(x: torch.Tensor, topk_idx: torch.Tensor, weights: torch.Tensor,
+                        experts: Experts) -> list[tuple[torch.Tensor, str]]:
+    """y for each catalogued mistake of Llama 4's input weighting, with its hint."""
+    top_k = topk_idx.shape[1]
     with torch.no_grad():
-        def run(scale_in: bool, scale_out: bool, slots: int) -> torch.Tensor:
-            y = torch.zeros_like(x)
+        def run(w: torch.Tensor, scale_in: bool, scale_out: bool, slots: int,
+                x_scale: torch.Tensor | None = None) -> torch.Tensor:
+            y = torch.zeros_like(x)  # (N, D)
             for n in range(x.shape[0]):
+                x_n = x[n:n + 1] * (1.0 if x_scale is None else x_scale[n])  # (1, D)
                 for k in range(slots):
-                    w, e = weights[n, k], int(topk_idx[n, k])
-                    h = experts.forward_expert((w if scale_in else 1.0) * x[n:n + 1], e)[0]
-                    y[n] += (w if scale_out else 1.0) * h
+                    h = experts.forward_expert((w[n, k] if scale_in else 1.0) * x_n,
+                                               int(topk_idx[n, k]))[0]  # (D,)
+                    y[n] += (w[n, k] if scale_out else 1.0) * h
             return y
 
-        top_k = topk_idx.shape[1]
+        renormalised = weights / weights.sum(-1, keepdim=True)  # (N, K)
         suspects = [
-            (run(False, True, top_k), "you weighted the expert's OUTPUT, w * E(x) (Mixtral's "
-             "order); Llama 4 scales the input: E(w * x), and the outputs are summed as they are."),
-            (run(True, True, top_k), "you scaled both the input and the output: Llama 4 scales "
-             "only the input."),
-            (run(False, False, top_k), "the weights are missing: scale each expert's input by "
-             "its weight."),
-            (run(True, False, 1), "only the first expert of each token counts: sum over all K."),
+            (run(weights, False, True, top_k), "You weighted the expert's OUTPUT, w * E(x) "
+             "(Mixtral's order); Llama 4 scales the input: E(w * x), and the outputs are summed "
+             "as they are."),
+            (run(weights, True, True, top_k), "You scaled both the input and the output: Llama 4 "
+             "scales only the input."),
+            (run(weights, False, False, top_k, weights.sum(-1)), "You scaled x once by the sum "
+             "of its weights and gave that to every expert: each expert gets x scaled by its "
+             "own weight, E_k(w_k * x)."),
         ]
-    for candidate, hint in suspects:
-        if torch.allclose(got, candidate, atol=1e-5, rtol=1e-4):
-            raise CheckFailed(f"{case}: {hint}")
+        if top_k > 1:
+            suspects.append((run(renormalised, True, False, top_k), "You renormalised the "
+                             "weights to sum to 1 over the K experts: Llama 4 uses the sigmoid "
+                             "scores as they are (normalize=False)."))
+        suspects += [
+            (run(weights, False, False, top_k), "The weights are missing (each expert got x as "
+             "it is" + (", which is also what renormalising over K = 1 expert gives" if top_k == 1
+                        else "") + "): scale each expert's input by its own sigmoid score."),
+            (run(weights, True, False, 1), "Only the first expert of each token counts: sum "
+             "over all K."),
+        ]
+    return suspects
 
 
 # ----------------------------------------------------------------------------- Mixtral weights
 
-CONVERT_CASES = ((4, 16, 24), (3, 8, 8), (2, 6, 10))  # (E, D, F); D == F hides a transpose
+_CONVERT_CASES = ((4, 16, 24), (3, 8, 8), (2, 6, 10))  # (E, D, F); D == F hides a transpose
 
 
 @checker("check_convert_mixtral_experts")
 def check_convert_mixtral_experts(fn: Callable[[torch.Tensor, torch.Tensor], object]) -> None:
     gen = torch.Generator().manual_seed(4)
-    for num_experts, d_model, d_ff in CONVERT_CASES:
+    for num_experts, d_model, d_ff in _CONVERT_CASES:
         gate_up_proj = torch.randn(num_experts, 2 * d_ff, d_model, generator=gen)  # (E, 2F, D)
         down_proj = torch.randn(num_experts, d_model, d_ff, generator=gen)  # (E, D, F)
         case = f"(E={num_experts}, D={d_model}, F={d_ff})"
-        got = fn(gate_up_proj.clone(), down_proj.clone())
+        set_case(case)
+        got = call(fn, *fresh(gate_up_proj, down_proj), names=("gate_up_proj", "down_proj"))
         if not (isinstance(got, tuple | list) and len(got) == 3
                 and all(isinstance(t, torch.Tensor) for t in got)):
-            raise CheckFailed("return three tensors (w_gate, w_up, w_down), "
+            raise CheckFailed("Return three tensors (w_gate, w_up, w_down), "
                               f"got {type(got).__name__}.")
         expected = mixtral_expert_weights(gate_up_proj, down_proj)
         names = ("w_gate", "w_up", "w_down")
@@ -196,45 +227,69 @@ def check_convert_mixtral_experts(fn: Callable[[torch.Tensor, torch.Tensor], obj
                                   f"{tuple(tensor.shape)}.{hint}")
         gate_rows, up_rows = gate_up_proj.chunk(2, dim=1)  # (E, F, D)
         interleaved = (gate_up_proj[:, ::2].transpose(1, 2), gate_up_proj[:, 1::2].transpose(1, 2))
-        for name, tensor, reference in zip(names, got, expected, strict=True):
-            if torch.allclose(tensor, reference):
-                continue
-            other = expected[1] if name == "w_gate" else expected[0]
-            if name != "w_down" and torch.allclose(tensor, other):
-                raise CheckFailed(f"{case}: gate and up are swapped: the FIRST F rows of "
-                                  "gate_up_proj are the gate (gate, up = ....chunk(2, dim=1)).")
-            if name != "w_down" and torch.allclose(tensor, interleaved[names.index(name)]):
-                raise CheckFailed(f"{case}: you took every other row (gpt-oss's interleaved "
-                                  "layout); Mixtral stacks [gate; up]: the first F rows, then "
-                                  "the next F.")
-            untransposed = (gate_rows, up_rows, down_proj)[names.index(name)]
-            if d_model == d_ff and torch.allclose(tensor, untransposed):
-                raise CheckFailed(f"{case}: {name} is not transposed (D == F here, so the shape "
-                                  "could not tell): F.linear(x, W) computes x @ W.T.")
-            raise CheckFailed(f"{case}: {name} differs from the reference.")
+        for i, (name, tensor, reference) in enumerate(zip(names, got, expected, strict=True)):
+            untransposed = (gate_rows, up_rows, down_proj)[i]  # (E, F, D) or (E, D, F)
+            suspects = [(untransposed, f"{name} is not transposed (D == F here, so the shape "
+                         "could not tell): F.linear(x, W) computes x @ W.T.")] \
+                if d_model == d_ff else [
+                (untransposed.reshape(reference.shape), f"You reshaped {name} to its new "
+                 "shape: reshape keeps the numbers in memory order, so rows and columns get "
+                 "mixed; transpose the last two dimensions (.transpose(1, 2)).")]
+            if name != "w_down":
+                suspects += [
+                    (expected[1 - i], "Gate and up are swapped: the FIRST F rows of "
+                     "gate_up_proj are the gate (gate, up = ....chunk(2, dim=1))."),
+                    (interleaved[i], "You took every other row (gpt-oss's interleaved layout); "
+                     "Mixtral stacks [gate; up]: the first F rows, then the next F."),
+                ]
+            diagnose(tensor, reference, f"{case}: {name}", suspects,
+                     otherwise=f"{case}: {name} differs from the reference.")
 
 
 # ----------------------------------------------------------------------------- placement
 
-PACKING_CASES = ((torch.tensor([9.0, 1.0, 7.0, 3.0, 5.0, 2.0, 8.0, 4.0]), 2),
+_PACKING_CASES = ((torch.tensor([9.0, 1.0, 7.0, 3.0, 5.0, 2.0, 8.0, 4.0]), 2),
                  (torch.tensor([30.0, 2.0, 3.0, 11.0, 5.0, 7.0, 1.0, 13.0, 17.0]), 3),
                  (torch.tensor([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]), 4),
-                 (torch.tensor([5.0, 5.0, 5.0, 5.0]), 4))
+                 (torch.tensor([5.0, 5.0, 5.0, 5.0]), 4),
+                 # lightest-first and a snake placement differ here (they agree above)
+                 (torch.tensor([8.0, 9, 24, 1, 29, 25, 15, 10, 29, 35, 18, 21]), 3))
 
 
 def _loads(devices: list[list[int]], load: torch.Tensor) -> list[float]:
     return sorted(float(load[list(d)].sum()) if d else 0.0 for d in devices)
 
 
+def _fill_in_order(order: list[int], load: torch.Tensor, num_devices: int) -> list[list[int]]:
+    """Each expert of ``order`` onto the least-loaded device with a free slot (the greedy rule,
+    for a mistaken order)."""
+    slots = load.numel() // num_devices
+    devices: list[list[int]] = [[] for _ in range(num_devices)]
+    totals = [0.0] * num_devices
+    for expert in order:
+        device = min((g for g in range(num_devices) if len(devices[g]) < slots),
+                     key=totals.__getitem__)
+        devices[device].append(expert)
+        totals[device] += float(load[expert])
+    return devices
+
+
+def _partition(devices: list[list[int]]) -> list[list[int]]:
+    """A placement without its device order: each device's expert ids, sorted."""
+    return sorted(sorted(int(e) for e in d) for d in devices)
+
+
 @checker("check_greedy_packing")
 def check_greedy_packing(fn: Callable[[torch.Tensor, int], object]) -> None:
-    for load, num_devices in PACKING_CASES:
+    ambiguous = None  # the first hint of a case where two known mistakes place alike
+    for load, num_devices in _PACKING_CASES:
         num_experts = load.numel()
         case = f"(E={num_experts}, G={num_devices}, loads {[int(v) for v in load.tolist()]})"
-        got = fn(load.clone(), num_devices)
+        set_case(case)
+        got = call(fn, load.clone(), num_devices, names=("expert_load",))
         if isinstance(got, torch.Tensor) or not isinstance(got, list | tuple) \
                 or not all(isinstance(d, list | tuple) for d in got):
-            raise CheckFailed("return one list of expert ids per device (a list of G lists), "
+            raise CheckFailed("Return one list of expert ids per device (a list of G lists), "
                               f"got {type(got).__name__}.")
         devices = [[int(e) for e in d] for d in got]
         if len(devices) != num_devices:
@@ -250,17 +305,39 @@ def check_greedy_packing(fn: Callable[[torch.Tensor, int], object]) -> None:
         if _loads(devices, load) == expected:
             continue
         per_device = num_experts // num_devices
+        heaviest = load.argsort(descending=True, stable=True).tolist()  # expert ids
+        snake = [[] for _ in range(num_devices)]
+        dealt = [[] for _ in range(num_devices)]
+        for rank, expert in enumerate(heaviest):
+            turn, step = divmod(rank, num_devices)
+            snake[step if turn % 2 == 0 else num_devices - 1 - step].append(expert)
+            dealt[step].append(expert)
         suspects = [
-            (_loads(balanced_packing(load.max() - load, num_devices), load),
-             "you placed the lightest experts first: sort by load, heaviest first."),
-            (_loads([list(range(g * per_device, (g + 1) * per_device)) for g in range(num_devices)],
-                    load), "that is the contiguous placement: put each expert on the "
+            (snake, "That is a snake placement (heaviest first, dealt 0, 1, ..., "
+             "G-1, then back G-1, ..., 0): a fixed order ignores the loads already placed. Put "
+             "each expert on the least-loaded device that still has a free slot."),
+            (dealt, "That is a round-robin deal of the sorted experts (the i-th "
+             "heaviest to device i mod G): a fixed order ignores the loads already placed. Put "
+             "each expert on the least-loaded device that still has a free slot."),
+            (_fill_in_order(load.argsort(stable=True).tolist(), load, num_devices),
+             "You placed the lightest experts first: sort by load, heaviest first."),
+            ([list(range(g * per_device, (g + 1) * per_device)) for g in range(num_devices)],
+             "That is the contiguous placement: put each expert on the "
              "least-loaded device that still has a free slot."),
-            (_loads([list(range(g, num_experts, num_devices)) for g in range(num_devices)], load),
-             "that is a round-robin placement: put each expert on the least-loaded device "
-             "that still has a free slot."),
+            ([list(range(g, num_experts, num_devices)) for g in range(num_devices)],
+             "That is a round-robin placement by expert id (expert e on device e mod G): "
+             "put each expert on the least-loaded device that still has a free slot."),
         ]
-        for candidate, hint in suspects:
-            if _loads(devices, load) == candidate:
-                raise CheckFailed(f"{case}: {hint}")
-        raise CheckFailed(f"{case}: expected device loads {expected}, got {_loads(devices, load)}.")
+        same_placement = [hint for placement, hint in suspects
+                          if _partition(placement) == _partition(devices)]
+        if len(set(same_placement)) > 1:  # two mistakes place alike here: a later case tells
+            ambiguous = ambiguous or f"{case}: {same_placement[0]}"
+            continue
+        if same_placement:  # the very placement of a known mistake
+            raise CheckFailed(f"{case}: {same_placement[0]}")
+        diagnose(_loads(devices, load), expected, f"{case}: the device loads",
+                 [(_loads(placement, load), hint) for placement, hint in suspects],
+                 otherwise=f"{case}: expected device loads {expected}, "
+                           f"got {_loads(devices, load)}.")
+    if ambiguous:
+        raise CheckFailed(ambiguous)

@@ -114,7 +114,7 @@ def _noise_scale(x: torch.Tensor, w_noise: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.softplus(x @ w_noise.T)  # (N, E)
 
 
-def expect_fresh_draws(draw_a: torch.Tensor, draw_b: torch.Tensor, what: str,
+def _expect_fresh_draws(draw_a: torch.Tensor, draw_b: torch.Tensor, what: str,
                        element: str) -> None:
     """Raise unless two calls drew differently and one draw varies across tokens and across the
     other axis. draw_*: (N, X) standardised draws of two calls (noise / scale, or x_jittered / x)."""
@@ -186,7 +186,7 @@ def check_noisy_topk_logits(noisy_topk_logits: Callable[..., torch.Tensor]) -> N
     # z = (H(x) - x W_g) / softplus(x W_noise) should be standard normal, fresh per element
     z = (noisy.detach().double() - clean) / scale  # (N, E)
     z_b = (noisy_b.detach().double() - clean) / scale  # (N, E)
-    expect_fresh_draws(z, z_b, "noise", "expert")
+    _expect_fresh_draws(z, z_b, "noise", "expert")
     if abs(z.mean().item()) > 0.05 or abs(z.std().item() - 1) > 0.05:
         raise CheckFailed(f"The noise has the wrong scale: (noisy - clean) / softplus(x @ "
                           f"w_noise.T) has mean {z.mean().item():.3f} and std "
@@ -252,7 +252,7 @@ def check_jitter(jitter: Callable[[torch.Tensor, float, bool], torch.Tensor]) ->
     (x_in,) = fresh(x, grad=True)
     out_b = _tensor(call(jitter, x_in, eps, True, names=("x",)))
     u_b = out_b.detach().double() / x.double()  # (N, D)
-    expect_fresh_draws(u, u_b, "jitter factor u", "element")
+    _expect_fresh_draws(u, u_b, "jitter factor u", "element")
     if abs(u.mean().item() - 1) > 0.01 or abs(u.std().item() - eps / 3 ** 0.5) > 0.01:
         raise CheckFailed(f"x_jittered / x has mean {u.mean().item():.3f} and std "
                           f"{u.std().item():.3f}; for u ~ Uniform(1 - eps, 1 + eps) expect 1 "

@@ -166,7 +166,8 @@ def check_tokens_per_expert(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> 
 # multiples (int(x) + 1 is wrong there), some not (floor and round are wrong there), N = 0
 _CAPACITY_CASES = [(1.0, 10, 2, 4), (1.25, 10, 2, 4), (1.0, 7, 1, 2), (0.5, 3, 1, 8),
                    (2.0, 16, 2, 8), (1.5, 9, 2, 8), (0.25, 64, 1, 16), (1.0, 1, 1, 4),
-                   (1.5, 6, 2, 3), (1.0, 0, 2, 4)]
+                   (1.5, 6, 2, 3), (1.0, 0, 2, 4), (1.25, 10, 1, 4)]
+# the last: capacity_factor * N * K = 12.5, where the integer ceiling (a + b - 1) // b rounds down
 
 
 @checker("check_capacity")
@@ -197,6 +198,12 @@ def check_capacity(fn: Callable[[float, int, int, int], int]) -> None:
         if got == expected + 1 and exact == int(exact):
             raise CheckFailed(f"Off by one: {case}. At an exact multiple ceil(x) = x: adding 1 "
                               f"(int(x) + 1 or ceil(x) + 1) over-counts. Use math.ceil alone.")
+        assignments = capacity_factor * n_tokens * top_k  # a float when capacity_factor is
+        if got == int((assignments + num_experts - 1) // num_experts):
+            raise CheckFailed(f"{case}. The integer ceiling (a + b - 1) // b holds for integers "
+                              f"only: capacity_factor * N * K = {assignments:g} is not one, and "
+                              f"({assignments:g} + {num_experts - 1}) // {num_experts} rounds "
+                              f"down. Use math.ceil(capacity_factor * N * K / E).")
         if got in (math.floor(exact), round(exact)) and got < expected:
             raise CheckFailed(f"Off by one: {case}. You rounded down (or to nearest); round up "
                               f"with math.ceil so the mean load N*K/E fits.")
@@ -222,6 +229,7 @@ def check_keep_mask(fn: Callable[[torch.Tensor, int, int], torch.Tensor]) -> Non
                                                    (8, 5, 2, 16)]:
         cases.append((_skewed_topk_idx(n_tokens, num_experts, top_k, gen), num_experts,
                       capacity))
+    ambiguous = None  # the message of a case where two mistakes give the same mask
     for topk_idx, num_experts, capacity in cases:
         n_tokens, top_k = topk_idx.shape
         where = f"N={n_tokens}, E={num_experts}, K={top_k}, capacity={capacity}"
@@ -240,6 +248,18 @@ def check_keep_mask(fn: Callable[[torch.Tensor, int, int], torch.Tensor]) -> Non
             continue
         kept_per_expert = torch.bincount(topk_idx[got], minlength=num_experts)  # (E,)
         demand = torch.bincount(topk_idx.reshape(-1), minlength=num_experts)  # (E,)
+        drops_whole = (demand <= capacity)[topk_idx]  # (N, K): overloaded experts dropped
+        if torch.equal(got, drops_whole) and not bool(got.any()):
+            ambiguous = ambiguous or (  # every expert is overloaded: a later case tells which
+                f"You kept no assignment at all ({where}), where the reference keeps "
+                f"{int(plan.keep.sum())}: an expert keeps its first C assignments "
+                f"(position < capacity, positions counting from 0).")
+            continue
+        if torch.equal(got, drops_whole):
+            raise CheckFailed(f"You dropped every assignment of an expert whose load is over "
+                              f"capacity {capacity} ({where}): an overloaded expert still keeps "
+                              f"its first C assignments (position < capacity); only those past "
+                              f"C are dropped.")
         if not bool(got.any()):
             raise CheckFailed(f"You kept no assignment at all ({where}), where the reference "
                               f"keeps {int(plan.keep.sum())}. Positions within an expert count "
@@ -268,3 +288,5 @@ def check_keep_mask(fn: Callable[[torch.Tensor, int, int], torch.Tensor]) -> Non
                           f"({where}): keep min(load, C) per expert. topk_idx = "
                           f"{fmt(topk_idx, 12)}, expected {fmt(plan.keep, 12)}, got "
                           f"{fmt(got, 12)}.")
+    if ambiguous:
+        raise CheckFailed(ambiguous)

@@ -1,7 +1,7 @@
 """A tiny MoE language model, its data and its training (lessons 03-05, 11).
 
     tokenizer      ByteTokenizer: UTF-8 bytes, no vocabulary file
-    text_routing   route_text: which experts each byte of a text goes to, per layer
+    text_routing   route_bytes: which experts each byte of a text goes to, per layer
     toy, stats     lesson 04's toy task and the per-step routing statistics
     data           the multilingual corpus, split and batched with each sequence's language
     model          a tiny decoder-only transformer with dense or MoE blocks

@@ -76,14 +76,14 @@ class Batch:
                                               self.language_ids)))
 
 
-def corpus_dir() -> importlib.resources.abc.Traversable:
+def _corpus_dir() -> importlib.resources.abc.Traversable:
     """The installed chatterbot-corpus data folder (one subfolder per language)."""
     return importlib.resources.files("chatterbot_corpus") / "data"
 
 
 def list_languages() -> list[str]:
     """The corpus's languages, sorted: the index of a language here is its language id."""
-    return sorted(p.name for p in corpus_dir().iterdir() if p.is_dir() and not
+    return sorted(p.name for p in _corpus_dir().iterdir() if p.is_dir() and not
                   p.name.startswith(("_", ".")))
 
 
@@ -106,7 +106,7 @@ def load_corpus(languages: Sequence[str] | None = None) -> list[Sample]:
         raise ValueError(f"languages must be among {available}, got unknown {unknown}")
     samples: list[Sample] = []
     for language in chosen:
-        folder = corpus_dir() / language
+        folder = _corpus_dir() / language
         for path in sorted((p for p in folder.iterdir() if p.name.endswith((".yml", ".yaml"))),
                            key=lambda p: p.name):
             document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}

@@ -44,7 +44,7 @@ from moe_lab.validation import (
 )
 from moe_lab.variants.upcycling import upcycle
 
-FFN_TYPES = ("dense", "moe")
+_FFN_TYPES = ("dense", "moe")
 IGNORE_INDEX = -100  # target id of a padded position, skipped by the loss
 
 
@@ -71,7 +71,7 @@ class ModelConfig:
         for name in ("vocab_size", "max_seq_len", "d_model", "n_layers", "n_heads", "d_ff",
                      "num_experts"):
             check_positive_int(name, getattr(self, name))
-        check_choice("ffn", self.ffn, FFN_TYPES)
+        check_choice("ffn", self.ffn, _FFN_TYPES)
         check_top_k(self.top_k, self.num_experts)
         check_nonnegative_int("num_shared_experts", self.num_shared_experts)
         check_positive_float("capacity_factor", self.capacity_factor, allow_none=True)
@@ -134,7 +134,7 @@ class DenseFFN(nn.Module):
         return self.experts.forward_expert(x, 0)  # (..., D)
 
 
-class CausalSelfAttention(nn.Module):
+class _CausalSelfAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int) -> None:
         super().__init__()
         self.n_heads = n_heads
@@ -155,7 +155,7 @@ class Block(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.norm_attn = nn.RMSNorm(config.d_model)
-        self.attn = CausalSelfAttention(config.d_model, config.n_heads)
+        self.attn = _CausalSelfAttention(config.d_model, config.n_heads)
         self.norm_ffn = nn.RMSNorm(config.d_model)
         if config.ffn == "moe":
             self.ffn: nn.Module = SparseMoE(config.d_model, config.d_ff, config.num_experts,
@@ -287,12 +287,12 @@ def upcycle_model(dense: TinyLM, num_experts: int, top_k: int) -> TinyLM:
     return moe.train(dense.training)
 
 
-def route_text(model: TinyLM, text: str, tokenizer: ByteTokenizer | None = None) -> TextRouting:
+def route_model_text(model: TinyLM, text: str, tokenizer: ByteTokenizer | None = None) -> TextRouting:
     """Run ``text`` through the model (eval mode, its first max_seq_len bytes) and return each
-    MoE layer's routing of the byte tokens (:func:`moe_lab.lm.text_routing.route_text`). Empty text
+    MoE layer's routing of the byte tokens (:func:`moe_lab.lm.text_routing.route_bytes`). Empty text
     gives empty tables. The model's training mode is restored, even when routing fails."""
     if not isinstance(model, TinyLM) or model.config.ffn != "moe":
-        raise ValueError("route_text needs a TinyLM with ffn='moe'")
+        raise ValueError("route_model_text needs a TinyLM with ffn='moe'")
     device = next(model.parameters()).device
 
     def route_ids(ids: torch.Tensor) -> list[RouterOutput]:  # ids: (T,)
@@ -301,7 +301,7 @@ def route_text(model: TinyLM, text: str, tokenizer: ByteTokenizer | None = None)
     was_training = model.training
     model.eval()
     try:
-        return text_routing.route_text(text, route_ids, max_tokens=model.config.max_seq_len,
+        return text_routing.route_bytes(text, route_ids, max_tokens=model.config.max_seq_len,
                                        tokenizer=tokenizer)
     finally:
         model.train(was_training)

@@ -54,7 +54,7 @@ def _byte_class_table() -> torch.Tensor:
     return table
 
 
-BYTE_CLASS_TABLE = _byte_class_table()  # (256,) byte -> index into BYTE_CLASSES
+_BYTE_CLASS_TABLE = _byte_class_table()  # (256,) byte -> index into BYTE_CLASSES
 
 
 def byte_class(token_ids: torch.Tensor) -> torch.Tensor:
@@ -63,7 +63,7 @@ def byte_class(token_ids: torch.Tensor) -> torch.Tensor:
         raise TypeError("token_ids must be an integer torch.Tensor of byte ids")
     if token_ids.numel() and (token_ids.min() < 0 or token_ids.max() > 255):
         raise ValueError("token_ids must lie in [0, 256)")
-    return BYTE_CLASS_TABLE.to(token_ids.device)[token_ids]
+    return _BYTE_CLASS_TABLE.to(token_ids.device)[token_ids]
 
 
 def _joint_counts(labels: torch.Tensor, topk_idx: torch.Tensor, rows: int, cols: int,

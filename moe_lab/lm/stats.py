@@ -5,8 +5,11 @@ can hand them to a callback and a figure (:mod:`moe_lab.viz.dashboard`) can draw
 either knowing the other.
 
     load_i          = tokens_per_expert_i / sum_j tokens_per_expert_j        (share of assignments)
-    max_over_mean   = max_i tokens_per_expert_i / mean_i tokens_per_expert_i (1 = balanced, E = collapsed)
-    router_entropy  = mean_n  - sum_i p_{n,i} log p_{n,i}                    (nats; log E = uniform)
+    max_over_mean   = max_i tokens_per_expert_i / mean_i tokens_per_expert_i (1 = balanced, E/K = collapsed)
+    router_entropy  = mean_n  - sum_i p_{n,i} log2 p_{n,i}                   (bits; log2 E = uniform)
+
+Conventions shared by the whole package: entropies are in bits; the imbalance max/mean of an
+empty load (no assignment at all) is 1.0, as for a balanced one (no expert is above the mean).
 """
 
 from __future__ import annotations
@@ -19,23 +22,24 @@ from moe_lab.validation import check_float_tensor
 
 
 def router_entropy(router_probs: torch.Tensor) -> float:
-    """Mean over tokens of the entropy of the router distribution, in nats (log E at most)."""
+    """Mean over tokens of the entropy of the router distribution, in bits (log2 E at most)."""
     check_float_tensor("router_probs", router_probs)
     if router_probs.dim() != 2:
         raise ValueError(f"router_probs must have shape (N, E), got {tuple(router_probs.shape)}")
     if router_probs.shape[0] == 0:
         return 0.0
     probs = router_probs.detach().float()  # (N, E)
-    # H_n = - sum_i p_{n,i} log p_{n,i}
-    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=-1)  # (N,)
+    # H_n = - sum_i p_{n,i} log2 p_{n,i}
+    entropy = -(probs * probs.clamp_min(1e-12).log2()).sum(dim=-1)  # (N,)
     return float(entropy.mean())
 
 
 def max_over_mean_load(tokens_per_expert: torch.Tensor) -> float:
-    """max_i load_i / mean_i load_i: 1.0 when balanced, E when every assignment is on one expert."""
+    """max_i load_i / mean_i load_i: 1.0 when balanced (and for an empty load), E / K when one
+    expert is in every token's top-K (E when every assignment is on one expert)."""
     counts = tokens_per_expert.detach().float()  # (E,)
     mean = counts.mean()
-    return float(counts.max() / mean) if mean > 0 else 0.0
+    return float(counts.max() / mean) if mean > 0 else 1.0
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ Lessons 01-03 (a toy byte router) and 05 (a trained language model) all route te
 
 ``route_ids`` is any callable from token ids (T,) int64 to one :class:`moe_lab.RouterOutput`
 per layer: an embedding and a router (lesson 03's explorer, the toy router of the lesson 01-02
-widgets) or a whole model (a :class:`moe_lab.lm.model.TinyLM`, :func:`moe_lab.lm.model.route_text`).
+widgets) or a whole model (a :class:`moe_lab.lm.model.TinyLM`, :func:`moe_lab.lm.model.route_model_text`).
 The figures (``moe_lab.viz.router``, ``moe_lab.viz.explorer``) draw from the one result type,
 :class:`TextRouting`.
 
@@ -90,7 +90,7 @@ class TextRouting:
 
 
 @torch.no_grad()
-def route_text(text: str, route_ids: RouteIds, *, max_tokens: int,
+def route_bytes(text: str, route_ids: RouteIds, *, max_tokens: int,
                tokenizer: ByteTokenizer | None = None,
                layer_names: Sequence[str] | None = None) -> TextRouting:
     """Tokenise ``text`` into bytes, route its first ``max_tokens`` tokens with ``route_ids``

@@ -43,7 +43,7 @@ from moe_lab.losses import importance_loss, load_balancing_loss, router_z_loss
 from moe_lab.systems.threads import torch_threads
 from moe_lab.validation import check_choice, check_positive_float, check_positive_int, check_top_k
 
-BALANCE_METHODS = ("none", "switch", "importance", "bias")
+_BALANCE_METHODS = ("none", "switch", "importance", "bias")
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class ToyConfig:
     lr: float = 1e-2            # Adam learning rate
     router_init_scale: float = 0.01  # multiplies the router's initial weight (near-uniform start)
     shared_offset: float = 3.0  # norm of a direction common to every token's input
-    balance: str = "none"       # one of BALANCE_METHODS
+    balance: str = "none"       # one of _BALANCE_METHODS
     aux_coef: float = 1e-1      # weight of the switch / importance loss
     z_coef: float = 0.0         # weight of the router z-loss (ST-MoE uses 1e-3)
     bias_gamma: float = 5e-2    # DeepSeek-V3 bias update speed
@@ -73,7 +73,7 @@ class ToyConfig:
                      "batch_size", "steps"):
             check_positive_int(name, getattr(self, name))
         check_top_k(self.top_k, self.num_experts)
-        check_choice("balance", self.balance, BALANCE_METHODS)
+        check_choice("balance", self.balance, _BALANCE_METHODS)
         for name in ("lr", "router_init_scale", "aux_coef", "bias_gamma"):
             check_positive_float(name, getattr(self, name))
         if self.z_coef < 0:

@@ -369,7 +369,8 @@ def specialisation_summary(model: TinyLM, data: LessonData, train_config: TrainC
 def run_suite(runs: dict[str, tuple[ModelConfig, bool]], names: Sequence[str], out_dir: Path,
               train_config: TrainConfig, command: str, *, progress: bool = True,
               specialisation: bool = False, file_suffix: str = "") -> None:
-    """Train each named run, write ``<name><file_suffix>.json`` (and ``.pt`` where shipped);
+    """Train each named run, write ``<name><file_suffix>.json`` (and ``<name>.pt`` where shipped,
+    for the unsuffixed runs only);
     with ``specialisation`` the log also holds :func:`specialisation_summary`."""
     unknown = sorted(set(names) - set(runs))
     if unknown:
@@ -384,7 +385,7 @@ def run_suite(runs: dict[str, tuple[ModelConfig, bool]], names: Sequence[str], o
             log["specialisation"] = specialisation_summary(result.model, data, train_config)
         stem = f"{name}{file_suffix}"
         (out_dir / f"{stem}.json").write_text(json.dumps(log, indent=1), encoding="utf-8")
-        if ship_checkpoint:
+        if ship_checkpoint and not file_suffix:  # seeded repeats ship their logs only
             save_checkpoint(out_dir / f"{stem}.pt", result.model)
         last = result.evals[-1]
         print(f"{stem}: val_loss {last.val_loss:.4f} drop_rate {last.val_drop_rate:.4f} "

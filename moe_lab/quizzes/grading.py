@@ -16,14 +16,14 @@ from moe_lab.quizzes.schema import Question, Text
 
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
-MARKS = Text(en="Correct.", ko="정답입니다.")
-WRONG = Text(en="Not quite.", ko="아쉽네요, 틀렸습니다.")
-NOT_A_NUMBER = Text(en="Please type a number (for example 1.5 or 2e-3).",
+_MARKS = Text(en="Correct.", ko="정답입니다.")
+_WRONG = Text(en="Not quite.", ko="아쉽네요, 틀렸습니다.")
+_NOT_A_NUMBER = Text(en="Please type a number (for example 1.5 or 2e-3).",
                     ko="숫자를 입력하세요 (예: 1.5 또는 2e-3).")
-NO_CHOICE = Text(en="Pick an option first.", ko="먼저 보기를 고르세요.")
-EMPTY = Text(en="Write an answer first, then reveal the model answer.",
+_NO_CHOICE = Text(en="Pick an option first.", ko="먼저 보기를 고르세요.")
+_EMPTY = Text(en="Write an answer first, then reveal the model answer.",
              ko="먼저 답을 쓴 뒤 모범 답안을 확인하세요.")
-MODEL_ANSWER = Text(en="Model answer", ko="모범 답안")
+_MODEL_ANSWER = Text(en="Model answer", ko="모범 답안")
 
 
 @dataclass(frozen=True)
@@ -41,27 +41,30 @@ def parse_number(response: str) -> float | None:
     return float(text) if _NUMBER.match(text) else None
 
 
-def is_close(given: float, answer: float, tolerance: float) -> bool:
+def _is_close(given: float, answer: float, tolerance: float) -> bool:
     """Within ``tolerance`` (absolute), and never looser than 1e-6 relative."""
     return math.isclose(given, answer, rel_tol=1e-6, abs_tol=tolerance)
 
 
 def grade(question: Question, response: str | None) -> Grade:
     """Mark ``response``: an option id (choice), the typed text (numeric, short)."""
+    if response is not None and not isinstance(response, str):
+        raise TypeError(f"response must be a str (an option id or the typed text) or None, got "
+                        f"{type(response).__name__} {response!r}")
     if question.kind == "choice":
         if response is None:
-            return Grade(None, NO_CHOICE, False)
+            return Grade(None, _NO_CHOICE, False)
         if response not in {o.id for o in question.options}:
             raise ValueError(f"response must be one of the option ids "
                              f"{[o.id for o in question.options]}, got {response!r}")
         right = response == question.answer
-        return Grade(right, MARKS if right else WRONG, not right)
+        return Grade(right, _MARKS if right else _WRONG, not right)
     if question.kind == "numeric":
         given = parse_number(response or "")
         if given is None:
-            return Grade(None, NOT_A_NUMBER, False)
-        right = is_close(given, question.answer, question.tolerance)
-        return Grade(right, MARKS if right else WRONG, not right)
+            return Grade(None, _NOT_A_NUMBER, False)
+        right = _is_close(given, question.answer, question.tolerance)
+        return Grade(right, _MARKS if right else _WRONG, not right)
     if not (response or "").strip():
-        return Grade(None, EMPTY, False)
-    return Grade(None, MODEL_ANSWER, True)
+        return Grade(None, _EMPTY, False)
+    return Grade(None, _MODEL_ANSWER, True)

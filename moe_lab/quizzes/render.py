@@ -49,9 +49,16 @@ def prompt_html(question: Question, number: int, lang: str) -> str:
     return f"<b>{number}.</b> {_md_inline(question.prompt.get(lang))}{unit}"
 
 
+def _plain_inline(text: str) -> str:
+    """The text of a radio button's label, which shows plain text only: the marks of `code` and
+    **bold** dropped (option texts hold no maths: the loader refuses '$' there)."""
+    return re.sub(r"\*\*([^*]+)\*\*", r"\1", re.sub(r"`([^`]+)`", r"\1", text))
+
+
 def option_labels(question: Question, lang: str) -> list[tuple[str, str]]:
-    """(label, option id) pairs for a choice question's radio buttons."""
-    return [(option.text.get(lang), option.id) for option in question.options]
+    """(label, option id) pairs for a choice question's radio buttons, in the stored order:
+    the order in the file is the order shown."""
+    return [(_plain_inline(option.text.get(lang)), option.id) for option in question.options]
 
 
 def answer_text(question: Question, lang: str) -> str:
@@ -64,22 +71,28 @@ def answer_text(question: Question, lang: str) -> str:
     return question.answer.get(lang)
 
 
-def see_link(see: str) -> tuple[str, str]:
+def see_link(see: str, *, live: bool = False) -> tuple[str, str]:
     """'04_load_balancing#2. Routing collapse' -> (href, link text). The href is the notebook
-    next to this one with JupyterLab's heading anchor (spaces become '-')."""
+    next to this one with the heading's anchor (its text, spaces as '-', code marks dropped, as
+    JupyterLab names it). ``live`` (the widget, in JupyterLab): the fragment reads
+    ``#heading=...``, which JupyterLab finds from the notebook's source, so it scrolls there
+    even when the heading's cell is not drawn yet (a long notebook draws cells as they come
+    into view); a static viewer gets the plain anchor."""
     lesson, heading = see.split("#", 1)
-    return f"{lesson}.ipynb#{heading.strip().replace(' ', '-')}", f"{lesson} · {heading.strip()}"
+    anchor = _plain_inline(heading.strip()).replace(" ", "-")
+    return (f"{lesson}.ipynb#{'heading=' if live else ''}{anchor}",
+            f"{lesson} · {heading.strip()}")
 
 
-def key_points_html(points: tuple[KeyPoint, ...], lang: str) -> str:
+def key_points_html(points: tuple[KeyPoint, ...], lang: str, *, live: bool = False) -> str:
     if not points:
         return ""
     items = []
     for point in points:
         link = ""
         if point.see:
-            href, text = see_link(point.see)
-            link = f' — <a href="{html.escape(href, quote=True)}">{html.escape(text)}</a>'
+            href, text = see_link(point.see, live=live)
+            link = f' — <a href="{html.escape(href, quote=True)}">{_md_inline(text)}</a>'
         items.append(f"<li>☐ {_md_inline(point.text.get(lang))}{link}</li>")
     return (f"<div class='moe-quiz-keypoints'><b>{label('key_points', lang)}</b>"
             f"<ul style='list-style:none;padding-left:0.5em'>{''.join(items)}</ul></div>")
@@ -99,7 +112,7 @@ def feedback_html(question: Question, result: Grade, lang: str) -> str:
         return (f"<div class='moe-quiz-model' style='border-left:3px solid #0969da;"
                 f"padding-left:0.6em'><b>{result.feedback.get(lang)}:</b> "
                 f"{_md_inline(question.answer.get(lang))}"
-                f"{key_points_html(question.key_points, lang)}{explanation}</div>")
+                f"{key_points_html(question.key_points, lang, live=True)}{explanation}</div>")
     return (f"<div class='moe-quiz-wrong' style='color:#cf222e'>✗ {result.feedback.get(lang)}"
             f"</div>{explanation}")
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from moe_lab.quizzes.schema import Question, Text, load_all
 
-REVIEW_KINDS = ("choice", "numeric")  # marked at once; short answers stay in their lessons
+_REVIEW_KINDS = ("choice", "numeric")  # marked at once; short answers stay in their lessons
 
 
 def review_questions(*, per_lesson: int = 1, seed: int = 0,
@@ -24,7 +24,7 @@ def review_questions(*, per_lesson: int = 1, seed: int = 0,
         number = quiz.lesson[:2]
         if number in exclude:
             continue
-        pool = [q for q in quiz.questions if q.kind in REVIEW_KINDS]
+        pool = [q for q in quiz.questions if q.kind in _REVIEW_KINDS]
         for question in rng.sample(pool, min(per_lesson, len(pool))):
             tag = f"[{number}] "
             picked.append(replace(question, id=f"{number}:{question.id}",

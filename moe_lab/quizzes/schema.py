@@ -28,7 +28,7 @@ import yaml
 
 QUIZ_DIR = Path(__file__).resolve().parent
 LANGUAGES = ("en", "ko")
-KINDS = ("choice", "numeric", "short")
+_KINDS = ("choice", "numeric", "short")
 _QUESTION_KEYS = {"id", "kind", "prompt", "answer", "explanation", "options", "tolerance", "unit",
                   "key_points"}
 
@@ -67,7 +67,7 @@ class KeyPoint:
 @dataclass(frozen=True)
 class Question:
     id: str
-    kind: str  # one of KINDS
+    kind: str  # one of _KINDS
     prompt: Text
     explanation: Text
     answer: str | float | Text  # option id (choice), number (numeric), model answer (short)
@@ -145,6 +145,9 @@ def _numeric_answer(raw: object, where: str) -> tuple[float, str]:
     except Exception as error:  # the message names the question, then the cause
         raise QuizFormatError(f"{where}: {qualname}(**{args}) raised {error!r}") from error
     for attr in (raw.get("field") or "").split(".") if raw.get("field") else ():
+        if not hasattr(value, attr):
+            raise QuizFormatError(f"{where}: {qualname}(...) returned a {type(value).__name__}, "
+                                  f"which has no field {attr!r} (field: {raw['field']!r})")
         value = getattr(value, attr)
     call = ", ".join(f"{k}={v!r}" for k, v in args.items())
     source = f"{qualname}({call})" + (f".{raw['field']}" if raw.get("field") else "")
@@ -170,8 +173,8 @@ def _question(raw: object, where: str) -> Question:
         raise QuizFormatError(f"{where}: every question needs a string id")
     where = f"{where} ({qid})"
     kind = raw.get("kind")
-    if kind not in KINDS:
-        raise QuizFormatError(f"{where}: kind must be one of {KINDS}, got {kind!r}")
+    if kind not in _KINDS:
+        raise QuizFormatError(f"{where}: kind must be one of {_KINDS}, got {kind!r}")
     for key in ("prompt", "answer", "explanation"):
         if raw.get(key) is None:
             raise QuizFormatError(f"{where}: missing {key}")
@@ -192,6 +195,14 @@ def _question(raw: object, where: str) -> Question:
         ids = [o.id for o in parsed]
         if len(set(ids)) != len(ids):
             raise QuizFormatError(f"{where}: option ids repeat: {ids}")
+        in_order = [chr(ord("a") + i) for i in range(len(ids))]
+        if ids != in_order:  # the static view's "b)" is the second option shown
+            raise QuizFormatError(f"{where}: option ids must be {in_order} in the order shown, "
+                                  f"got {ids}")
+        for option in parsed:
+            if any("$" in option.text.get(lang) for lang in LANGUAGES):
+                raise QuizFormatError(f"{where} option {option.id}: no maths ($) in an option: "
+                                      "a radio button's label shows plain text")
         if raw["answer"] not in ids:
             raise QuizFormatError(f"{where}: answer {raw['answer']!r} is not among the "
                                   f"options {ids}")

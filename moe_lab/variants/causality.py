@@ -34,6 +34,19 @@ class CausalityReport:
 
 
 @torch.no_grad()
+def _output(layer_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``layer_fn(x)`` as a (B, T, D) tensor, or a TypeError/ValueError that says what came back."""
+    y = layer_fn(x)
+    if not isinstance(y, torch.Tensor):
+        hint = (" (a layer's output object: return its .y, e.g. lambda v: layer(v).y)"
+                if hasattr(y, "y") else "")
+        raise TypeError(f"layer_fn must return a tensor (B, T, D), got {type(y).__name__}{hint}")
+    if y.shape != x.shape:
+        raise ValueError(f"layer_fn must return the shape of x, (B, T, D) = {tuple(x.shape)}, "
+                         f"got {tuple(y.shape)}: reshape a flattened (B*T, D) output back")
+    return y
+
+
 def last_token_perturbation(layer_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *,
                             seed: int = 0, tolerance: float = 1e-6) -> CausalityReport:
     """Perturb x[0, -1] (a fresh N(0, 1) vector) and report how the other outputs of
@@ -45,7 +58,7 @@ def last_token_perturbation(layer_fn: Callable[[torch.Tensor], torch.Tensor], x:
     x_perturbed = x.clone()
     x_perturbed[0, -1] = torch.randn(x.shape[-1], generator=generator).to(x)
     # |y' - y| per position, max over the features
-    change = (layer_fn(x_perturbed) - layer_fn(x)).abs().amax(dim=-1).float()  # (B, T)
+    change = (_output(layer_fn, x_perturbed) - _output(layer_fn, x)).abs().amax(dim=-1).float()  # (B, T)
     earlier, others = change[0, :-1], change[1:].reshape(-1)  # (T-1,), ((B-1)*T,)
 
     def share(values: torch.Tensor) -> float:

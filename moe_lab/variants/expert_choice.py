@@ -32,6 +32,7 @@ from moe_lab.routing import TopKRouter
 from moe_lab.validation import (
     check_float_tensor,
     check_last_dim,
+    check_nonnegative_int,
     check_positive_float,
     check_positive_int,
 )
@@ -39,6 +40,9 @@ from moe_lab.validation import (
 
 def expert_choice_capacity(capacity_factor: float, num_tokens: int, num_experts: int) -> int:
     """C = ceil(capacity_factor * N / E), at most N (an expert cannot take a token twice)."""
+    check_positive_float("capacity_factor", capacity_factor)
+    check_nonnegative_int("num_tokens", num_tokens)
+    check_positive_int("num_experts", num_experts)
     return min(math.ceil(capacity_factor * num_tokens / num_experts), num_tokens)
 
 

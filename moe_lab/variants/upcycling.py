@@ -26,16 +26,19 @@ from moe_lab.layer import SparseMoE
 def upcycle(dense_ffn: nn.Module, num_experts: int, top_k: int, **moe_kwargs: object) -> SparseMoE:
     """A dropless, renormalised ``SparseMoE`` whose E experts are copies of ``dense_ffn`` (an
     :class:`Experts` bank with one expert, or a module holding one as ``.experts``) and whose
-    router is freshly initialised. Other keyword arguments go to :class:`SparseMoE`."""
+    router is freshly initialised. Other keyword arguments go to :class:`SparseMoE`; those that would break the step-0 equality
+    (a scaling factor, input weighting, a capacity, shared experts, unrenormalised weights) are
+    refused by name."""
     bank = getattr(dense_ffn, "experts", dense_ffn)
     if not isinstance(bank, Experts) or bank.num_experts != 1:
         raise TypeError("dense_ffn must be an Experts bank with num_experts=1 (or a module with "
                         f"one as .experts, e.g. moe_lab.lm.model.DenseFFN), got {type(dense_ffn).__name__}")
-    for name in ("normalize", "capacity_factor", "activation", "num_shared_experts"):
+    fixed = {"normalize": "True", "capacity_factor": "None", "num_shared_experts": "0",
+             "activation": "the dense FFN's", "scaling_factor": "1.0", "weight_inputs": "False"}
+    for name, value in fixed.items():
         if name in moe_kwargs:
-            raise ValueError(f"{name} is fixed by upcycling (normalize=True, capacity_factor=None, "
-                             f"no shared experts, the dense FFN's activation), "
-                             f"got {name}={moe_kwargs[name]!r}")
+            raise ValueError(f"{name} is fixed by upcycling ({value}): any other value breaks "
+                             f"the step-0 equality MoE(x) = FFN(x); got {name}={moe_kwargs[name]!r}")
     moe = SparseMoE(bank.d_model, bank.d_ff, num_experts, top_k, activation=bank.activation,
                     normalize=True, capacity_factor=None, **moe_kwargs)  # type: ignore[arg-type]
     with torch.no_grad():

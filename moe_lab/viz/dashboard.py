@@ -20,7 +20,7 @@ from plotly.subplots import make_subplots
 
 from moe_lab.lm.stats import StepStats
 
-METRICS = ("max_over_mean", "router_entropy", "max_abs_logit")
+_METRICS = ("max_over_mean", "router_entropy", "max_abs_logit")
 LOSS_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
 # One colour per series name in every figure of the course: a loss keeps its colour from run to
 # run (lesson 04's dashboards), a run keeps its colour across figures (a run named after the loss
@@ -85,7 +85,7 @@ def dashboard_figure(data: DashboardData, title: str = "training") -> go.Figure:
     """Four panels: load heatmap, max/mean load, router entropy, losses."""
     figure = make_subplots(rows=2, cols=2, vertical_spacing=0.16, horizontal_spacing=0.14,
                            subplot_titles=("load share per expert", "max / mean load",
-                                           "router entropy (nats)", "losses"))
+                                           "router entropy (bits)", "losses"))
     # the colour bar right of the heatmap's own panel (top left), not at the figure's right edge
     figure.add_trace(go.Heatmap(colorscale="Viridis", zmin=0.0, zmax=1.0, showscale=True,
                                 colorbar={"len": 0.4, "y": 0.79, "xanchor": "left",
@@ -146,7 +146,7 @@ def compare_runs_figure(runs: Mapping[str, Sequence[StepStats]], metric: str = "
     loss name) against the step."""
     figure = go.Figure()
     for name, history in runs.items():
-        if metric in METRICS:
+        if metric in _METRICS:
             values = [getattr(stats, metric) for stats in history]
         else:
             values = [stats.losses.get(metric) for stats in history]

@@ -18,7 +18,7 @@ import torch
 from moe_lab.validation import check_choice
 
 RECORDED_GPU_RESULTS = Path(__file__).resolve().parents[1] / "results" / "bench_gpu.json"
-STRATEGY_COLORS = {"dense_limit": "#7f7f7f", "dense": "#9467bd", "loop": "#d62728",
+_STRATEGY_COLORS = {"dense_limit": "#7f7f7f", "dense": "#9467bd", "loop": "#d62728",
                    "padded": "#ff7f0e", "sorted": "#2ca02c"}
 
 
@@ -101,16 +101,16 @@ def ratio_table(rows: Sequence[BenchRow]) -> list[dict[str, object]]:
 # A timing is not a finding when its middle repeats disagree this much (upper / lower quartile),
 # or when a strategy beats the dense limit, which does the same matmul FLOPs with none of the
 # routing work.
-SPREAD_LIMIT = 1.5
-FASTER_THAN_LIMIT = 0.9
+_SPREAD_LIMIT = 1.5
+_FASTER_THAN_LIMIT = 0.9
 
 
 def timing_flags(rows: Sequence[BenchRow]) -> dict[tuple[str, str], str]:
     """(shape, strategy) -> why that ratio is not to be read as a finding (unreliable timing).
 
     A ratio is flagged when the strategy's repeats or the dense limit's at that shape varied
-    more than :data:`SPREAD_LIMIT` times (the machine was busy), or when it is below
-    :data:`FASTER_THAN_LIMIT` (faster than the same FLOPs without routing: the limit was slowed).
+    more than :data:`_SPREAD_LIMIT` times (the machine was busy), or when it is below
+    :data:`_FASTER_THAN_LIMIT` (faster than the same FLOPs without routing: the limit was slowed).
     """
     limits = {r.shape: r for r in rows if r.strategy == "dense_limit"}
     flags = {}
@@ -118,13 +118,13 @@ def timing_flags(rows: Sequence[BenchRow]) -> dict[tuple[str, str], str]:
         if row.strategy == "dense_limit":
             continue
         limit = limits.get(row.shape)
-        if row.spread > SPREAD_LIMIT:
+        if row.spread > _SPREAD_LIMIT:
             flags[row.shape, row.strategy] = (f"its middle repeats differ {row.spread:.1f}x: "
                                               "the machine was busy")
-        elif limit is not None and limit.spread > SPREAD_LIMIT:
+        elif limit is not None and limit.spread > _SPREAD_LIMIT:
             flags[row.shape, row.strategy] = (f"the dense limit's middle repeats differ "
                                               f"{limit.spread:.1f}x: the machine was busy")
-        elif row.ratio_to_dense_limit < FASTER_THAN_LIMIT:
+        elif row.ratio_to_dense_limit < _FASTER_THAN_LIMIT:
             flags[row.shape, row.strategy] = ("faster than the dense limit, which does the same "
                                               "FLOPs with less work: the limit's timing was slowed")
     return flags
@@ -143,7 +143,7 @@ def bench_findings(rows: Sequence[BenchRow]) -> list[str]:
         sorted_row, loop_row = strategies.get("sorted"), strategies.get("loop")
         if sorted_row is None or loop_row is None:
             continue
-        if max(sorted_row.spread, loop_row.spread) > SPREAD_LIMIT:
+        if max(sorted_row.spread, loop_row.spread) > _SPREAD_LIMIT:
             lines.append(f"{shape}: sorted vs loop not compared (unreliable timing)")
             continue
         ratio = sorted_row.median_ms / loop_row.median_ms
@@ -186,7 +186,7 @@ def scaling_figure(rows: Sequence[BenchRow], *, x: str = "tokens", y: str = "med
         points = sorted((getattr(r, x), getattr(r, y)) for r in rows if r.strategy == strategy)
         figure.add_scatter(x=[p[0] for p in points], y=[p[1] for p in points],
                            mode="lines+markers", name=strategy,
-                           line=dict(color=STRATEGY_COLORS.get(strategy)))
+                           line=dict(color=_STRATEGY_COLORS.get(strategy)))
     labels = {"tokens": "tokens N", "num_experts": "experts E", "top_k": "experts per token K",
               "median_ms": "forward + backward (ms, median)",
               "ratio_to_dense_limit": "time / dense limit"}
@@ -206,7 +206,7 @@ def ratio_figure(rows: Sequence[BenchRow], title: str = "") -> go.Figure:
         by_shape = {r.shape: r.ratio_to_dense_limit for r in rows if r.strategy == strategy}
         reasons = [flags.get((s, strategy), "") for s in shapes]
         figure.add_bar(x=shapes, y=[by_shape.get(s) for s in shapes], name=strategy,
-                       marker=dict(color=STRATEGY_COLORS.get(strategy),
+                       marker=dict(color=_STRATEGY_COLORS.get(strategy),
                                    opacity=[0.35 if r else 1.0 for r in reasons],
                                    pattern=dict(shape=["/" if r else "" for r in reasons])),
                        hovertext=[f"unreliable: {r}" if r else "" for r in reasons],
@@ -299,7 +299,7 @@ def profile_figure(summaries: dict[str, ProfileSummary], title: str = "") -> go.
     figure = go.Figure()
     for name, summary in summaries.items():
         figure.add_bar(x=list(summary.op_calls), y=list(summary.op_calls.values()), name=name,
-                       marker_color=STRATEGY_COLORS.get(name))
+                       marker_color=_STRATEGY_COLORS.get(name))
     figure.update_layout(barmode="group", title=title, height=340,
                          yaxis=dict(title="calls in one forward + backward"),
                          margin=dict(l=60, r=20, t=50, b=50))
@@ -310,7 +310,7 @@ def memory_figure(allocated_mb: dict[str, float], title: str = "") -> go.Figure:
     """Bars: megabytes allocated per strategy in one forward + backward."""
     names = list(allocated_mb)
     figure = go.Figure(go.Bar(x=names, y=[allocated_mb[n] for n in names],
-                              marker_color=[STRATEGY_COLORS.get(n, "#1f77b4") for n in names]))
+                              marker_color=[_STRATEGY_COLORS.get(n, "#1f77b4") for n in names]))
     figure.update_layout(title=title, height=320, yaxis=dict(title="MB allocated"),
                          margin=dict(l=60, r=20, t=50, b=50))
     return figure

@@ -6,7 +6,7 @@ The interface, in three pieces:
 1. :class:`moe_lab.lm.text_routing.TextRouting` (also importable here as ``RoutingTable``), plain
    data: one label per token, and per MoE layer ``topk_idx`` (T, K), ``topk_weights`` (T, K),
    ``router_probs`` (T, E) and ``tokens_per_expert`` (E,), stacked over the L layers. Any model
-   makes one with :func:`moe_lab.lm.text_routing.route_text` from a callable ids -> RouterOutputs;
+   makes one with :func:`moe_lab.lm.text_routing.route_bytes` from a callable ids -> RouterOutputs;
    :func:`route_text` here does it for an embedding + router over bytes (lesson 03).
 2. A *routing callable*, what :class:`moe_lab.widgets.explorer.RoutingExplorer` accepts::
 
@@ -44,14 +44,14 @@ from moe_lab.validation import check_top_k
 
 MAX_TOKENS = 96  # tokens drawn; longer texts are cut, and the figure says so
 COLUMNS = 24  # tokens per row of the grid
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39",
            "#7b4173", "#3182bd")
 
 
 def expert_colour(expert: int) -> str:
     """The colour of an expert, the same in the token grid and the load bars."""
-    return PALETTE[expert % len(PALETTE)]
+    return _PALETTE[expert % len(_PALETTE)]
 
 
 RoutingTable = TextRouting  # the explorer's name for the one result type (lessons 03, 05)
@@ -62,7 +62,7 @@ def route_text(text: str, embedding: nn.Embedding, router: TopKRouter, *, top_k:
                noise: float = 0.0, seed: int = 0, max_tokens: int = MAX_TOKENS,
                tokenizer: ByteTokenizer | None = None) -> TextRouting:
     """Route the byte tokens of ``text`` through ``embedding`` and ``router`` (lesson 03), with
-    :func:`moe_lab.lm.text_routing.route_text`.
+    :func:`moe_lab.lm.text_routing.route_bytes`.
 
     ``top_k`` overrides the router's K (1..E); ``noise`` is the std of Gaussian noise added to the
     router logits (seeded: the same text and settings give the same picture); only the first
@@ -85,7 +85,7 @@ def route_text(text: str, embedding: nn.Embedding, router: TopKRouter, *, top_k:
     was_training = router.training
     router.eval()
     try:
-        return text_routing.route_text(text, route_ids, max_tokens=max_tokens,
+        return text_routing.route_bytes(text, route_ids, max_tokens=max_tokens,
                                        tokenizer=tokenizer)
     finally:
         router.train(was_training)

@@ -13,12 +13,12 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from moe_lab.lm.model import TinyLM, route_text
+from moe_lab.lm.model import TinyLM, route_model_text
 from moe_lab.lm.text_routing import TextRouting
 from moe_lab.viz.dashboard import series_colour
 from moe_lab.viz.explorer import RoutingFn
 
-CURVE_AXES = ("step", "wall_time")
+_CURVE_AXES = ("step", "wall_time")
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,8 @@ class Curve:
 
 def loss_curve_table(logs: Mapping[str, Mapping], x: str = "step") -> list[Curve]:
     """Validation loss of each log against ``x``: "step" or "wall_time" (training seconds)."""
-    if x not in CURVE_AXES:
-        raise ValueError(f"x must be one of {CURVE_AXES}, got {x!r}")
+    if x not in _CURVE_AXES:
+        raise ValueError(f"x must be one of {_CURVE_AXES}, got {x!r}")
     return [Curve(name, [float(e[x]) for e in log["evals"]],
                   [float(e["val_loss"]) for e in log["evals"]]) for name, log in logs.items()]
 
@@ -39,7 +39,7 @@ def loss_curve_table(logs: Mapping[str, Mapping], x: str = "step") -> list[Curve
 def loss_curves_figure(logs: Mapping[str, Mapping], title: str = "validation loss") -> go.Figure:
     """Two panels: validation loss against steps, and against training wall time."""
     figure = make_subplots(rows=1, cols=2, subplot_titles=("against steps", "against wall time"))
-    for col, x in enumerate(CURVE_AXES, start=1):
+    for col, x in enumerate(_CURVE_AXES, start=1):
         for curve in loss_curve_table(logs, x):
             figure.add_trace(go.Scatter(x=curve.x, y=curve.val_loss, name=curve.name,
                                         mode="lines", showlegend=col == 1,
@@ -132,6 +132,6 @@ def lm_route_fn(model: TinyLM) -> RoutingFn:
         raise ValueError("model must be a TinyLM with ffn='moe'")
 
     def route_fn(text: str, top_k: int, noise: float) -> TextRouting:
-        return route_text(model, text)
+        return route_model_text(model, text)
 
     return route_fn

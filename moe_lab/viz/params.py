@@ -16,7 +16,7 @@ from moe_lab.systems.params import (
     flops_per_token,
 )
 
-BYTES_PER_BF16 = 2
+_BYTES_PER_BF16 = 2
 
 
 def format_count(value: float) -> str:
@@ -38,7 +38,7 @@ def params_summary(config: TransformerConfig, context_length: int = 4096) -> lis
         ("total parameters", format_count(counts.total)),
         ("active parameters per token", format_count(counts.active)),
         ("active / total", f"{100 * counts.active_fraction:.1f} %"),
-        ("weights in bf16 (memory)", f"{counts.total * BYTES_PER_BF16 / 2**30:.1f} GiB"),
+        ("weights in bf16 (memory)", f"{counts.total * _BYTES_PER_BF16 / 2**30:.1f} GiB"),
         (f"forward FLOPs per token (context {context_length})", format_count(flops.forward)),
         ("training FLOPs per token (3x forward)", format_count(flops.training)),
         ("dense model with the same active params", format_count(dense.total)),

@@ -38,7 +38,7 @@ class ToyByteRouter:
     def route(self, text: str, top_k: int, *, noise: str | None = None,
               router_dtype: torch.dtype = torch.float32, max_tokens: int = 64) -> TextRouting:
         """Tokenise ``text`` (any string, even empty), keep the first ``max_tokens`` bytes and
-        route them (:func:`moe_lab.lm.text_routing.route_text`, one layer). Noise is seeded, so a
+        route them (:func:`moe_lab.lm.text_routing.route_bytes`, one layer). Noise is seeded, so a
         redraw with the same settings gives the same picture; the caller's random state is
         left as it was."""
 
@@ -48,5 +48,5 @@ class ToyByteRouter:
                 torch.manual_seed(self.seed)
                 return [self.router(top_k, noise=noise, router_dtype=router_dtype)(x)]
 
-        return text_routing.route_text(text, route_ids, max_tokens=max_tokens,
+        return text_routing.route_bytes(text, route_ids, max_tokens=max_tokens,
                                        tokenizer=self.tokenizer)

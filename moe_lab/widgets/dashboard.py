@@ -123,6 +123,6 @@ class TrainingDashboard(StaticFallback, widgets.VBox):
             losses = ", ".join(f"{name} {value:.3g}" for name, value in last.losses.items())
             self.status.value = (f"<b>{self.title}</b>, step {last.step}: max/mean load "
                                  f"{last.max_over_mean:.2f}, entropy {last.router_entropy:.2f}"
-                                 f" nats; {losses}")
+                                 f" bits; {losses}")
         else:
             self.status.value = f"<b>{self.title}</b>: waiting for the first step"

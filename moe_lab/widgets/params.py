@@ -21,8 +21,8 @@ from moe_lab.systems.params import (
 from moe_lab.viz.params import params_figure, params_summary
 from moe_lab.widgets._output import StaticFallback, show_in_output
 
-HEAD_DIM = 128
-GRANULARITIES = (1, 2, 4, 8)  # divide every d_ff the slider offers (multiples of 128)
+_HEAD_DIM = 128
+_GRANULARITIES = (1, 2, 4, 8)  # divide every d_ff the slider offers (multiples of 128)
 
 
 def config_from_sliders(num_experts: int, top_k: int, d_model: int, d_ff: int, num_layers: int,
@@ -40,7 +40,7 @@ def config_from_sliders(num_experts: int, top_k: int, d_model: int, d_ff: int, n
         num_heads, num_kv_heads = preset.num_heads, preset.num_kv_heads
     else:
         vocab_size = preset.vocab_size if preset is not None else vocab_size
-        head_dim = min(HEAD_DIM, d_model)
+        head_dim = min(_HEAD_DIM, d_model)
         num_heads = max(1, d_model // head_dim)
         # H_kv divides H: the largest divisor of H not above H / 4
         num_kv_heads = math.gcd(num_heads, max(1, num_heads // 4))
@@ -53,7 +53,7 @@ def config_from_sliders(num_experts: int, top_k: int, d_model: int, d_ff: int, n
                                min(num_shared_experts, granularity * top_k - 1))
 
 
-def summary_html(rows: list[tuple[str, str]]) -> str:
+def _summary_html(rows: list[tuple[str, str]]) -> str:
     cells = "".join(f"<tr><td>{html.escape(k)}</td><td><b>{html.escape(v)}</b></td></tr>"
                     for k, v in rows)
     return f"<table>{cells}</table>"
@@ -81,7 +81,7 @@ class ParamsCalculator(StaticFallback, widgets.VBox):
         self.num_layers = slider("layers L", 1, 128, 1, m.num_layers)
         # lesson 08: E, K, F above describe the coarse experts; these cut them finer
         self.granularity = widgets.SelectionSlider(
-            options=GRANULARITIES, value=1, description="fine-grained m", style=style,
+            options=_GRANULARITIES, value=1, description="fine-grained m", style=style,
             layout=layout, continuous_update=False)
         self.num_shared = slider("shared S", 0, 8, 1, 0)
         self.mixtral = widgets.Button(description="Mixtral 8x7B")
@@ -138,6 +138,6 @@ class ParamsCalculator(StaticFallback, widgets.VBox):
                                           num_shared_experts=self.num_shared.value,
                                           preset=self.preset)
         self.rows = params_summary(self.config, self.context_length)
-        self.summary.value = summary_html(self.rows)
+        self.summary.value = _summary_html(self.rows)
         self.figure = params_figure(count_parameters(self.config))  # a go.Figure
         show_in_output(self.output, self.figure)

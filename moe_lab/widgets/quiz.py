@@ -3,7 +3,7 @@ switch (English by default, 한국어), and per question a control, a Check butt
 
 All text comes from the pure functions of :mod:`moe_lab.quizzes.render`; this module only
 wires ipywidgets to them. Each question is a box of four small widgets (prompt, input, button,
-feedback) whose Layout and Style models are shared across the quiz (:class:`SharedLooks`), so a
+feedback) whose Layout and Style models are shared across the quiz (:class:`_SharedLooks`), so a
 quiz of eight questions opens about forty models on the websocket and an answer is one short
 message each way. Without a kernel (a notebook viewer, widget state
 stripped) the display bundle's HTML shows the questions with each answer in a collapsed
@@ -26,7 +26,7 @@ from moe_lab.quizzes.render import (
 from moe_lab.quizzes.schema import LANGUAGES, Text
 
 
-class SharedLooks:
+class _SharedLooks:
     """One Layout and one Style model per kind of control, shared by all the questions of a quiz.
 
     Every ipywidgets control opens its own Layout and Style models unless given existing ones;
@@ -56,15 +56,37 @@ class SharedLooks:
         return cls(**shared, **traits)
 
 
+class _FeedbackArea(widgets.Output):
+    """What shows under a question, as HTML drawn by the notebook's own renderer (an ``Output``
+    widget, not an ``HTML`` one): in JupyterLab its maths is typeset and a link to another
+    lesson (``04_load_balancing.ipynb#heading``) opens that notebook in a tab at the heading,
+    as a link in a markdown cell does, instead of navigating the whole page away."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self._html = ""
+
+    @property
+    def value(self) -> str:
+        return self._html
+
+    @value.setter
+    def value(self, html: str) -> None:
+        self._html = html
+        # one message to the browser; an empty string shows nothing
+        self.outputs = ({"output_type": "display_data", "data": {"text/html": html},
+                         "metadata": {}},) if html else ()
+
+
 class QuestionView(widgets.VBox):
     """One question: prompt, input (radio buttons, a number box or a text area), button, feedback."""
 
     def __init__(self, question: Question, number: int, lang: str,
-                 looks: SharedLooks | None = None) -> None:
-        looks = looks or SharedLooks()
+                 looks: _SharedLooks | None = None) -> None:
+        looks = looks or _SharedLooks()
         self.question, self.number, self.lang = question, number, lang
         self.result = None  # the last Grade
-        self.prompt = looks.make(widgets.HTML, "html")
+        self.prompt = looks.make(widgets.HTMLMath, "html")  # $...$ typeset
         if question.kind == "choice":
             self.input = looks.make(widgets.RadioButtons, "choice", layout={"width": "auto"},
                                     options=option_labels(question, lang), value=None)
@@ -74,8 +96,9 @@ class QuestionView(widgets.VBox):
         else:
             self.input = looks.make(widgets.Textarea, "short",
                                     layout={"width": "95%", "height": "80px"})
-        self.button = looks.make(widgets.Button, "button", button_style="primary")
-        self.feedback = looks.make(widgets.HTML, "html")
+        self.button = looks.make(widgets.Button, "button", button_style="primary",
+                                 layout={"width": "auto"})  # "Show the model answer" in full
+        self.feedback = looks.make(_FeedbackArea, "feedback")
         self.button.on_click(lambda _: self.check())
         super().__init__([self.prompt, self.input, self.button, self.feedback],
                          layout=looks.layout("question", margin="0 0 12px 0"))
@@ -121,7 +144,7 @@ class QuizWidget(widgets.VBox):
             style={"button_width": "80px"})
         self.language.add_class("moe-quiz-language")
         self.heading = widgets.HTML()
-        looks = SharedLooks()
+        looks = _SharedLooks()
         self.views = [QuestionView(q, i, lang, looks) for i, q in enumerate(self.questions, start=1)]
         self.language.observe(lambda change: self.set_language(change["new"]), names="value")
         super().__init__([widgets.HBox([self.heading, self.language]), *self.views])
