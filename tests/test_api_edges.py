@@ -427,7 +427,7 @@ def _issue20_rows():
         ("upcycle weight_inputs", lambda: upcycle(_Experts(1, D, F), E, K, weight_inputs=True),
          ValueError, ["weight_inputs", "step-0"]),
         ("upcycle expert_bias", lambda: upcycle(_Experts(1, D, F), E, K, expert_bias=True),
-         ValueError, ["expert_bias", "whether the dense FFN has biases"]),
+         TypeError, ["expert_bias", "moe_lab.interop"]),
         ("expert choice capacity factor < 0", lambda: expert_choice_capacity(-1.0, 16, 4),
          ValueError, ["capacity_factor", "> 0"]),
         ("expert choice num_experts 0", lambda: expert_choice_capacity(1.0, 16, 0),
@@ -472,16 +472,29 @@ def test_issue20_bad_input_is_refused_with_the_argument_named(call, error, words
         assert word in str(caught.value), (word, str(caught.value))
 
 
-def test_upcycle_keeps_the_dense_ffns_biases_and_swiglu_constants():
+def test_upcycle_is_the_dense_ffn_at_step_0_for_every_activation():
     from moe_lab import Experts as _Experts
     from moe_lab.variants.upcycling import upcycle
 
-    for options in ({"bias": True}, {"activation": "clamped_swiglu", "swiglu_alpha": 1.0,
-                                     "swiglu_limit": 3.0, "bias": True}):
-        dense = _Experts(1, D, F, **options)
+    for activation in ("swiglu", "geglu", "gelu", "relu"):
+        dense = _Experts(1, D, F, activation=activation)
         moe = upcycle(dense, E, K)
         x = torch.randn(7, D, generator=gen) * 3
-        assert (moe(x).y - dense.forward_all(x)[0]).abs().max() < 1e-5, options
+        assert (moe(x).y - dense.forward_all(x)[0]).abs().max() < 1e-5, activation
+
+
+def test_upcycle_refuses_a_familys_experts_by_name():
+    """A family's experts (gpt-oss's biases and clamped SwiGLU live in moe_lab.interop, subclasses
+    of Experts) hold what the core's experts do not: upcycle refuses any subclass by name rather
+    than drop it."""
+    from moe_lab import Experts as _Experts
+    from moe_lab.variants.upcycling import upcycle
+
+    class BiasedExperts(_Experts):
+        pass
+
+    with pytest.raises(TypeError, match="BiasedExperts"):
+        upcycle(BiasedExperts(1, D, F), E, K)
 
 
 def test_quiz_field_typo_names_the_file_and_question(tmp_path):

@@ -33,6 +33,10 @@ def upcycle(dense_ffn: nn.Module, num_experts: int, top_k: int, **moe_kwargs: ob
     if not isinstance(bank, Experts) or bank.num_experts != 1:
         raise TypeError("dense_ffn must be an Experts bank with num_experts=1 (or a module with "
                         f"one as .experts, e.g. moe_lab.lm.model.DenseFFN), got {type(dense_ffn).__name__}")
+    if type(bank) is not Experts:  # a family's experts (interop) hold other weights: not copied
+        raise TypeError(f"upcycle copies a plain moe_lab.Experts bank; got {type(bank).__name__} "
+                        "(a family's experts from moe_lab.interop carry biases or fused weights "
+                        "that the core's experts do not have)")
     fixed = {"normalize": "True", "capacity_factor": "None", "num_shared_experts": "0",
              "activation": "the dense FFN's", "scaling_factor": "1.0", "weight_inputs": "False"}
     for name, value in fixed.items():
