@@ -26,9 +26,9 @@ from moe_lab.layer import SparseMoE
 def upcycle(dense_ffn: nn.Module, num_experts: int, top_k: int, **moe_kwargs: object) -> SparseMoE:
     """A dropless, renormalised ``SparseMoE`` whose E experts are copies of ``dense_ffn`` (an
     :class:`Experts` bank with one expert, or a module holding one as ``.experts``) and whose
-    router is freshly initialised. Other keyword arguments go to :class:`SparseMoE`; those that would break the step-0 equality
-    (a scaling factor, input weighting, a capacity, shared experts, unrenormalised weights) are
-    refused by name."""
+    router is freshly initialised. Other keyword arguments go to :class:`SparseMoE`; those that
+    would break the step-0 equality (a scaling factor, input weighting, a capacity, shared
+    experts, unrenormalised weights) are refused by name, and so is a family's experts bank."""
     bank = getattr(dense_ffn, "experts", dense_ffn)
     if not isinstance(bank, Experts) or bank.num_experts != 1:
         raise TypeError("dense_ffn must be an Experts bank with num_experts=1 (or a module with "
