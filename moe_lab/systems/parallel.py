@@ -189,11 +189,16 @@ class RemoteExperts(nn.Module):
                                                                     world_size, group)
         self.last_exchange: ExchangeStats | None = None
 
-    def forward_grouped(self, x_sorted: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """x_sorted (M, D) sorted by global expert, counts E ints -> expert outputs (M, D).
+    def forward_grouped(self, x_sorted: torch.Tensor,
+                        counts: list[int] | torch.Tensor) -> torch.Tensor:
+        """x_sorted (M, D) sorted by global expert, counts E ints or an (E,) tensor -> expert
+        outputs (M, D).
 
-        One host sync: reading the received counts. ``counts`` are already Python ints."""
+        Two host syncs: reading this rank's counts (the send splits of ``all_to_all`` are host
+        ints) and the received counts."""
         world_size, local_experts = self.world_size, self.local_experts_per_rank
+        if isinstance(counts, torch.Tensor):
+            counts = counts.tolist()  # E ints (host sync): the exchange's splits live on the host
         # send_splits[d] = sum_{e owned by d} tokens_per_expert[e], from the host's counts
         send = [sum(counts[d * local_experts:(d + 1) * local_experts]) for d in range(world_size)]
         tokens_per_expert = torch.tensor(counts, device=x_sorted.device)  # (E,)
