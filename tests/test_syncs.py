@@ -157,3 +157,37 @@ def test_expert_parallel_exchange_reads_the_counts_once(one_rank_group):
     torch.testing.assert_close(out.y, reference.y)
     assert out.exchange.send_splits == [20] and out.exchange.recv_splits == [20]
     assert out.exchange.recv_counts.tolist() == [moe(x).tokens_per_expert.tolist()]
+
+
+@pytest.mark.parametrize("ffn", ["moe", "dense"])
+def test_a_whole_training_step_reads_its_statistics_once(ffn):
+    """Forward, backward, clip, AdamW and the step's statistics (losses, gradient norm, drops,
+    tokens and routing summary of every layer): the model's syncs plus one read of the packed
+    statistics, however many layers and experts (before issue 18: about E + 5 per layer)."""
+    from moe_lab.lm.data import Batch
+    from moe_lab.lm.train import TrainConfig, train_step
+
+    config = ModelConfig(ffn=ffn, n_layers=2, max_seq_len=16)
+    model = TinyLM(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ids = torch.randint(0, 256, (2, 16))
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    batch = Batch(ids, ids, mask, torch.zeros(2, dtype=torch.long))
+    train_config = TrainConfig(steps=2, seq_len=16)
+    train_step(model, optimizer, batch, train_config, 1, 1e-3, lambda: 0.0)  # AdamW's state
+    with count_host_syncs() as forward_backward:
+        model(ids, ids, mask).loss.backward()
+    # AdamW reads its step counters with .item(): host tensors even for CUDA parameters (torch
+    # keeps `step` on the CPU unless capturable or fused), so no GPU sync; the counter, which
+    # sees only the CPU here, counts them: measured alone, then added
+    with count_host_syncs() as optimizer_step:
+        optimizer.step()
+    with count_host_syncs() as syncs:
+        metrics = train_step(model, optimizer, batch, train_config, 2, 1e-3, lambda: 0.0)
+    expected = forward_backward + optimizer_step
+    expected["tolist"] += 1  # the step's statistics, packed and read once
+    assert dict(syncs) == dict(expected)
+    assert set(optimizer_step) <= {"item"}
+    assert len(metrics.tokens_per_expert) == (2 if ffn == "moe" else 0)
+    assert all(sum(t) == 2 * 16 * 2 for t in metrics.tokens_per_expert)  # N * K assignments
+    assert all(abs(sum(s.load) - 1) < 1e-6 for s in metrics.layer_stats)
