@@ -328,7 +328,8 @@ class ExpertParallelResult:
     tokens_per_expert (E,): assignments per expert over all ranks.
     routed (W, E): assignments per (source rank, expert).
     tokens_sent (W, W): rows rank s sent to rank d in the dispatch all-to-all (row s, column d).
-    token_splits: W ints, tokens held by each rank.  backend, seconds: how it ran.
+    token_splits: W ints, tokens held by each rank.  backend, device, seconds: how it ran
+    (device: where the ranks computed, "cpu" or "cuda").
     """
 
     y: torch.Tensor
@@ -341,6 +342,7 @@ class ExpertParallelResult:
     token_splits: list[int]
     backend: str
     seconds: float
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -548,6 +550,7 @@ def run_expert_parallel(moe: SparseMoE, x: torch.Tensor, grad_y: torch.Tensor | 
         token_splits=[s.shape[0] for s in x_shards],
         backend=backend,
         seconds=seconds,
+        device=device,
     )
 
 
