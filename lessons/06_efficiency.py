@@ -227,9 +227,9 @@ for strategy in ("loop", "sorted"):
 # %%
 # NBVAL_IGNORE_OUTPUT
 # (the counts depend on the torch version: with F.grouped_mm, torch >= 2.8, or without it)
-print(f"{'op':<20}" + "".join(f"{s:>8}" for s in summaries))
+print(f"{'op':<32}" + "".join(f"{s:>8}" for s in summaries))
 for op in OPS:
-    print(f"{op:<20}" + "".join(f"{summaries[s].op_calls[op]:>8}" for s in summaries))
+    print(f"{op:<32}" + "".join(f"{summaries[s].op_calls[op]:>8}" for s in summaries))
 print()
 for line in profile_reading(summaries, num_experts=8):
     print(line)
