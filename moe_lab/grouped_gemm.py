@@ -66,7 +66,12 @@ def device_capability(device: torch.device) -> tuple[int, int] | None:
     """A CUDA device's compute capability (major, minor); None for other devices."""
     if device.type != "cuda":
         return None
-    return tuple(torch.cuda.get_device_capability(device))
+    return _cuda_capability(device.index if device.index is not None else -1)
+
+
+@torch.compiler.assume_constant_result  # torch.compile reads it once, as a constant
+def _cuda_capability(index: int) -> tuple[int, int]:
+    return tuple(torch.cuda.get_device_capability(None if index < 0 else index))
 
 
 def path_for(x_sorted: torch.Tensor, weight: torch.Tensor) -> str:
@@ -78,8 +83,7 @@ def path_for(x_sorted: torch.Tensor, weight: torch.Tensor) -> str:
              else x_sorted.dtype)
     path = grouped_mm_path(device_type, device_capability(x_sorted.device), torch.__version__,
                            dtype)
-    element_size = torch.empty((), dtype=dtype).element_size()
-    aligned = all(n * element_size % 16 == 0 for n in weight.shape[1:])
+    aligned = all(n * dtype.itemsize % 16 == 0 for n in weight.shape[1:])
     if path != "segment_loop" and (x_sorted.shape[0] == 0 or not aligned):
         return "segment_loop"
     return path
