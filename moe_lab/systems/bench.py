@@ -159,7 +159,8 @@ def run_bench(shapes: Sequence[BenchShape] = QUICK_SHAPES,
               strategies: Sequence[str] = STRATEGIES, *, dtype: torch.dtype | None = None,
               device: torch.device | str | None = None, repeats: int = 5,
               warmup: int = 1) -> list[BenchResult]:
-    """Time every strategy and the dense limit at each shape; fp32 on CPU, bf16 on CUDA."""
+    """Time every strategy and the dense limit at each shape, in the device's dtype by default
+    (fp32 on the CPU, bf16 on sm_80+, fp16 on older GPUs: :func:`default_dtype`)."""
     device = torch.device(device) if device is not None else pick_device()
     if dtype is None:
         dtype = default_dtype(device)
