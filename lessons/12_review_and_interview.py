@@ -34,7 +34,7 @@ if "google.colab" in sys.modules:
     output.enable_custom_widget_manager()
 
 # %% [markdown]
-# # 10 · Review and interview practice
+# # 12 · Review and interview practice
 #
 # **Goal.** Test yourself on the whole course before an interview. The course began as a Korean
 # study card; it ends with that card's three interview questions, quoted exactly as the card
@@ -85,7 +85,7 @@ from moe_lab.widgets.quiz import QuizWidget, show_quiz
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-card = load_quiz(10)
+card = load_quiz(12)
 show_quiz(card)
 
 # %% [markdown]

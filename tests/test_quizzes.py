@@ -228,11 +228,11 @@ def test_grading_marks_right_wrong_and_unreadable():
 
 # ---- lesson 12: the starting card's questions ------------------------------------------------
 
-def test_lesson_10_quotes_the_card_questions_and_answers_as_its_quiz_holds_them():
+def test_lesson_12_quotes_the_card_questions_and_answers_as_its_quiz_holds_them():
     source = ROOT / "lessons" / "12_review_and_interview.py"
     text = source.read_text(encoding="utf-8")
     markdown = "\n".join(line[2:] for line in text.splitlines() if line.startswith("# "))
-    card = load_quiz(10)
+    card = load_quiz(12)
     assert len(card.questions) == 3
     for question in card.questions:
         assert question.kind == "short" and len(question.key_points) >= 3

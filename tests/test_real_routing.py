@@ -82,7 +82,7 @@ def test_licence_and_readme_ship_with_the_package():
 
 def test_loader_reads_json_only():
     assert DATA_FILE.suffix == ".json"
-    source = (ROOT / "moe_lab" / "real_routing.py").read_text()
+    source = (ROOT / "moe_lab" / "analysis" / "real_routing.py").read_text()
     assert "pickle" not in source.replace("never pickle", "").replace("no pickle", "")
 
 
