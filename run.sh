@@ -9,22 +9,24 @@
 # The course installs requirements.txt only; the tests add requirements-dev.txt, the site
 # requirements-site.txt.
 # To choose your torch build (CUDA, ROCm, CPU), install it into .venv before the first run, or set
-# TORCH_SPEC (default "torch>=2.4").
+# TORCH_SPEC (default "torch>=2.4"). MOE_LAB_VENV names another environment folder than .venv
+# (CI tests a second torch in .venv-2.14 this way).
 set -euo pipefail
 cd "$(dirname "$0")"
+VENV="${MOE_LAB_VENV:-.venv}"
 
 setup() {
     # $1: "course" (what a learner needs), "dev" (the course plus tests, linters, jupytext) or
     # "site" (the course plus the website's builder)
-    if [ ! -x .venv/bin/python ]; then
-        python3 -m venv .venv
+    if [ ! -x "$VENV/bin/python" ]; then
+        python3 -m venv "$VENV"
     fi
     # shellcheck disable=SC1091
-    . .venv/bin/activate
+    . "$VENV/bin/activate"
     if ! python -c "import torch" 2>/dev/null; then
         pip install "${TORCH_SPEC:-torch>=2.4}"
     fi
-    local marker=".venv/.moe_lab_$1" files=(-r requirements.txt)
+    local marker="$VENV/.moe_lab_$1" files=(-r requirements.txt)
     if [ "$1" = dev ]; then files+=(-r requirements-dev.txt); fi
     if [ "$1" = site ]; then files+=(-r requirements-site.txt); fi
     if [ ! -f "$marker" ] || [ requirements.txt -nt "$marker" ] || [ requirements-dev.txt -nt "$marker" ] \

@@ -60,6 +60,7 @@ from torch.profiler import ProfilerActivity, profile
 import moe_lab
 from moe_lab import SparseMoE, seed_everything
 from moe_lab.checks.efficiency import check_sort_by_expert, sort_by_expert_reference
+from moe_lab.grouped_gemm import path_for
 from moe_lab.systems.bench import (
     BenchShape,
     format_results,
@@ -67,6 +68,7 @@ from moe_lab.systems.bench import (
     run_bench,
     time_interleaved,
 )
+from moe_lab.systems.decisions import decisions_for
 from moe_lab.viz.efficiency import (
     RECORDED_GPU_RESULTS,
     bench_findings,
@@ -115,7 +117,7 @@ HAS_GPU = moe_lab.pick_device().type == "cuda"  # MOE_LAB_DEVICE=cpu keeps a GPU
 # | `dense` (reference) | $E/K$ × active | 3 `bmm` | none | none |
 # | `loop` | active | $3E$ `mm` (+ gather/scatter per expert) | gather + `index_add_` per expert | one per expert (`torch.where`) |
 # | `padded` | $E C / (NK)$ × active | 3 `bmm` | into and out of an $(E, C, D)$ buffer | one (the busiest expert, if dropless) |
-# | `sorted` | active | 3 grouped GEMMs | one gather, one scatter | one (`counts.tolist()`) |
+# | `sorted` | active | 3 grouped GEMMs | one gather, one scatter | none dropless; one copy of the offsets where the GEMM loops (below) |
 
 # %% [markdown]
 # ## Build: the sort at the heart of the fast path
@@ -207,8 +209,8 @@ for capacity_factor in (None, 1.0):
 # %%
 # NBVAL_IGNORE_OUTPUT
 OPS = ["aten::mm", "aten::bmm", "aten::_grouped_mm", "aten::index", "aten::index_select",
-       "aten::index_add_",
-       "aten::index_copy", "aten::nonzero"]
+       "aten::index_add_", "aten::index_copy", "aten::nonzero",
+       "moe_lab::segment_mm", "moe_lab::segment_mm_weight_grad"]
 seed_everything(0)
 x_prof = torch.randn(512, 64, requires_grad=True)  # (N, D)
 summaries = {}
@@ -229,14 +231,29 @@ for strategy in ("loop", "sorted"):
 # %%
 # NBVAL_IGNORE_OUTPUT
 # (the counts depend on the torch version: with F.grouped_mm, torch >= 2.8, or without it)
-print(f"{'op':<20}" + "".join(f"{s:>8}" for s in summaries))
+print(f"{'op':<32}" + "".join(f"{s:>8}" for s in summaries))
 for op in OPS:
-    print(f"{op:<20}" + "".join(f"{summaries[s].op_calls[op]:>8}" for s in summaries))
+    print(f"{op:<32}" + "".join(f"{summaries[s].op_calls[op]:>8}" for s in summaries))
 print()
 for line in profile_reading(summaries, num_experts=8):
     print(line)
+grouped_mm_path_here = path_for(torch.randn(1024, 64), torch.randn(8, 64, 128))
+print(f"grouped GEMM path here: {grouped_mm_path_here} (torch {torch.__version__})")
 
 # %%
+# NBVAL_CHECK_OUTPUT
+# the counts that hold on every torch (the table above also counts torch's own kernels, which
+# differ between versions): grouped matmuls of sorted, nonzero and index_add_ per expert of loop
+sorted_calls, loop_calls = summaries["sorted"].op_calls, summaries["loop"].op_calls
+print("sorted: grouped matmuls (moe_lab::segment_mm) in forward + backward:",
+      sorted_calls["moe_lab::segment_mm"] + sorted_calls["moe_lab::segment_mm_weight_grad"],
+      "| nonzero:", sorted_calls["aten::nonzero"])
+print("loop:   nonzero per expert:", loop_calls["aten::nonzero"] / 8,
+      "| index_add_ per expert:", loop_calls["aten::index_add_"] / 8)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# (draws the table above: its counts depend on the torch version)
 profile_figure(summaries, title="calls in one forward + backward (N=512, E=8, K=2)")
 
 # %% [markdown]
@@ -247,13 +264,23 @@ profile_figure(summaries, title="calls in one forward + backward (N=512, E=8, K=
 #   one `index_add_` per expert. On a GPU each is a kernel launch of a few microseconds and each
 #   `nonzero` stops the CPU until the GPU catches up; with 64 experts and small segments the
 #   launches, not the FLOPs, set the time.
-# - **sorted**: one gather in, one scatter out, and its one host sync is `counts.tolist()`. With
-#   torch's `F.grouped_mm` (torch >= 2.8) the matmuls are a fixed number of `_grouped_mm` calls
-#   whatever $E$; on a CPU each is itself a loop over the groups in C++ (the profiler counts its
-#   child `mm` calls too), but there is no Python, per-expert gather, scatter or `nonzero` around
-#   it, and on a GPU it is one kernel per call. Without `F.grouped_mm` the package falls back to
-#   one `mm` per segment, and `sorted` launches as many matmuls as `loop`, without its gathers
-#   and syncs.
+# - **sorted**: one gather in, one scatter out, and 9 grouped matmuls (3 forward, 6 backward)
+#   whatever $E$, each one call of the package's operator `moe_lab::segment_mm`. Which kernel runs
+#   inside is decided from the device, its compute capability, the torch version and the dtype
+#   (`moe_lab.grouped_gemm.grouped_mm_path`, printed above):
+#   - `fused`: torch's grouped GEMM kernel, **one kernel per call**, offsets read on the GPU,
+#     no host sync. Only on H100/H200 (sm_90) and B200 (sm_100), only in bf16.
+#   - `cpu_grouped_mm`: torch's `F.grouped_mm` on a CPU (torch >= 2.10): a C++ loop of one `mm`
+#     per group (the profiler counts its child `mm` calls too), with no Python, gather, scatter
+#     or `nonzero` around it.
+#   - `segment_loop`: one `mm` per expert segment from offsets copied to the host once per
+#     layer. Everywhere else: a T4 or an A100 in any dtype, an H100 in fp32, Apple MPS, a CPU
+#     with torch < 2.10. Here `sorted` launches as many matmuls as `loop`, but without its
+#     gathers, scatters and per-expert syncs: one sync per layer. (torch's own `F.grouped_mm`
+#     would run there too, but loops the same way and copies the offsets to the host in every
+#     one of the 9 calls.) Against `padded`, the loop wins when the experts' loads are uneven
+#     (`padded` computes $E \cdot C$ rows, the loop exactly $NK$); against `loop`, it saves the
+#     $E$ gathers, scatters and `nonzero` syncs. So the package keeps `sorted` on every device.
 # - **padded**: a fixed number of `bmm`, but on $E \cdot C$ rows: padding is computed and thrown away.
 # - **dense**: also a few `bmm`, but every expert on every token: $E/K$ times the FLOPs.
 
@@ -280,6 +307,8 @@ for capacity_factor in (1.0, 1.25, 2.0, None):
           f"{100 * table.waste:5.1f} % of {table.slots} rows, dropped {table.dropped}")
 
 # %%
+# NBVAL_IGNORE_OUTPUT
+# (draws the capacity-1.25 row printed above)
 padding_figure(padding_table(demand, moe_lab.compute_capacity(1.25, 512, 2, 8)),
                title="capacity factor 1.25")
 
@@ -364,43 +393,60 @@ memory_figure(allocated_mb, title="allocated in one forward + backward (N=512, D
 # %% [markdown]
 # ## On a GPU: bf16 autocast and `torch.compile`
 #
-# On an NVIDIA GPU the same bench runs in bf16 (`run_bench` picks bf16 on CUDA). The cell below
-# runs only when CUDA is present: it times the layer in fp32, with fp32 weights under
-# `torch.autocast(bfloat16)`, with bf16 weights, and with bf16 weights compiled by `torch.compile`,
-# and records each one's peak memory. Two things to watch: autocast casts the matmuls it knows
-# (`mm`, `linear`, `bmm`) to bf16 but not every op (check which path the grouped GEMM takes), and
-# it also casts the router's `F.linear`, whose logits lesson 01 wants in fp32.
+# On an NVIDIA GPU the bench runs in the GPU's half precision, decided from its compute
+# capability (`moe_lab.systems.decisions`): bf16 where it has bf16 tensor cores (sm_80 and newer:
+# A100, H100), fp16 on a T4 (sm_75), whose `torch.cuda.is_bf16_supported()` says True through an
+# emulation several times slower. The cell below runs only when CUDA is present: it times the
+# layer in fp32, with fp32 weights under `torch.autocast` to that dtype, with weights in it, and
+# compiled by `torch.compile` where the decision says compile pays (inductor does not compile
+# bf16 on sm_75: it would run eagerly), and records each one's peak memory. What the code does
+# under autocast:
+#
+# - autocast casts the matmuls it knows (`mm`, `linear`, `bmm`), but not a custom operator: the
+#   grouped GEMM (`moe_lab::segment_mm`) casts both operands to the autocast dtype itself;
+# - the router switches autocast off and computes its logits in fp32 (`router_dtype`, lesson 01),
+#   so under autocast the routing is the fp32 routing;
+# - "fp32" is true fp32: torch leaves TF32 off for matmuls by default
+#   (`torch.backends.cuda.matmul.allow_tf32 = False`) and the package never turns it on. On an
+#   A100 or H100, `torch.set_float32_matmul_precision("high")` would run fp32 matmuls in TF32.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 if HAS_GPU:
     device = torch.device("cuda")
+    decided = decisions_for(device)
+    half = decided.dtype  # bf16 on sm_80+, fp16 on a T4
+    name = str(half).removeprefix("torch.")
+    print({key: value for key, value in decided.as_record().items()})
     shape = BenchShape(4096, 512, 1024, 8, 2)
     seed_everything(0)
     layer = SparseMoE(shape.d_model, shape.d_ff, shape.num_experts, shape.top_k).to(device)
-    layer_bf16 = SparseMoE(shape.d_model, shape.d_ff, shape.num_experts, shape.top_k)
-    layer_bf16.load_state_dict(layer.state_dict())
-    layer_bf16 = layer_bf16.to(device, torch.bfloat16)
+    layer_half = SparseMoE(shape.d_model, shape.d_ff, shape.num_experts, shape.top_k)
+    layer_half.load_state_dict(layer.state_dict())
+    layer_half = layer_half.to(device, half)
     x_gpu = torch.randn(shape.tokens, shape.d_model, device=device, requires_grad=True)
-    x_bf16 = x_gpu.detach().to(torch.bfloat16).requires_grad_(True)
+    x_half = x_gpu.detach().to(half).requires_grad_(True)
 
     def fp32():
         layer(x_gpu).y.sum().backward()
 
-    def fp32_weights_autocast_bf16():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+    def fp32_weights_autocast():
+        with torch.autocast("cuda", dtype=half):
             layer(x_gpu).y.float().sum().backward()
 
-    def bf16_weights():
-        layer_bf16(x_bf16).y.float().sum().backward()
+    def half_weights():
+        layer_half(x_half).y.float().sum().backward()
 
-    runs = {"fp32": fp32, "autocast bf16": fp32_weights_autocast_bf16, "bf16": bf16_weights}
-    try:  # compile once here, outside the timing
-        compiled = torch.compile(layer_bf16)
-        compiled(x_bf16).y.float().sum().backward()
-        runs["bf16 + torch.compile"] = lambda: compiled(x_bf16).y.float().sum().backward()
-    except Exception as error:  # report it, time the rest
-        print(f"torch.compile failed here: {type(error).__name__}: {str(error)[:200]}")
+    runs = {"fp32": fp32, f"autocast {name}": fp32_weights_autocast, name: half_weights}
+    if decided.compile.worth_it:
+        try:  # compile once here, outside the timing
+            compiled = torch.compile(layer_half, fullgraph=True)
+            compiled(x_half).y.float().sum().backward()
+            runs[f"{name} + torch.compile"] = lambda: compiled(x_half).y.float().sum().backward()
+        except Exception as error:  # report it, time the rest
+            print(f"torch.compile failed here: {type(error).__name__}: {str(error)[:200]}")
+    else:
+        print(f"torch.compile not timed: {decided.compile.reason}")
     for name, ms in time_interleaved(runs, device, repeats=10, warmup=3).items():
         print(f"{name:>22}: {ms:7.2f} ms forward + backward at {shape}")
     for name, run in runs.items():
@@ -455,8 +501,11 @@ else:
 #   `sorted`: a sort, one gather, grouped GEMMs and one scatter: the fewest launches and copies,
 #   which on a GPU brings it closest to the dense limit; on a small, busy CPU read your own table.
 # - Profile before optimising: call counts tell you which overhead dominates.
-# - On a GPU, bf16 halves the bytes moved, and `torch.compile` fuses the elementwise work around
-#   the matmuls (it cannot remove the data-dependent `counts.tolist()`; that is a graph break).
+# - On a GPU, bf16 (fp16 on a T4) halves the bytes moved, and `torch.compile` fuses the
+#   elementwise work around the matmuls. The dropless sorted layer compiles as one graph
+#   (`fullgraph=True`): counts and offsets stay tensors and the grouped GEMM is one operator.
+#   With a capacity factor the kept rows' count depends on the data (a boolean mask), which
+#   torch.compile can only trace as a dynamic shape.
 
 # %% [markdown]
 # ## Self-check quiz
@@ -480,8 +529,8 @@ show_quiz(6)
 # 2. For $N=4096$, $K=2$, $E=64$ and capacity factor 1.25, how many rows does the padded buffer
 #    hold, and what share is padding if routing is perfectly balanced? And if 4 experts get half
 #    the tokens?
-# 3. Where are the host syncs in each strategy, and why can't a grouped GEMM avoid reading the
-#    counts? (Hint: megablocks' block-sparse kernels and a fixed upper bound.)
+# 3. Where are the host syncs in each strategy? Why does the fused grouped GEMM need none, while
+#    the loop of `mm` must read the offsets on the host? (Hint: who launches each `mm`.)
 # 4. Change `cpu_shapes` to grow $K$ at fixed $E$: which strategy suffers?
 # 5. Interview: "Your MoE layer is 3x slower than a dense layer with the same active FLOPs. What
 #    do you measure first?"

@@ -246,6 +246,8 @@ for name in ("fine_grained", "shared"):
     print("I(lang;E) layer 1,", compare_seeds(mi_last["moe"], mi_last[name]).verdict("moe", name))
 
 # %%
+# NBVAL_IGNORE_OUTPUT
+# (draws the shipped logs whose final losses the cell above prints)
 loss_curves_figure({name: logs[0] for name, logs in shipped.items()},
                    title="validation loss, seed 0 (shipped runs)")
 
@@ -432,6 +434,16 @@ print("dispatch: sums over tokens", dispatch.sum(0).round(decimals=4).unique().t
 print("combine: sums over slots", soft_out.combine_weights[0].sum(-1).round(decimals=4).unique().tolist())
 
 # %%
+# NBVAL_CHECK_OUTPUT
+# what the heatmap below shows, rounded: the token each slot weighs most, and that weight
+pieces = tokenizer.pieces(sentence)
+top_weight, top_token = dispatch.max(dim=0)  # (E*S,), (E*S,)
+for slot, (weight, token) in enumerate(zip(top_weight.tolist(), top_token.tolist(), strict=True)):
+    print(f"slot {slot}: most weight on token {token:>2} {pieces[token]!r:>5} ({weight:.2f}; "
+          f"uniform 1/T = {1 / len(pieces):.2f})")
+
+# %%
+# NBVAL_IGNORE_OUTPUT
 slot_weights_heatmap_figure(dispatch, tokenizer.pieces(sentence), slots_per_expert=2,
                             title="Soft MoE dispatch weights (untrained Phi)")
 
@@ -460,9 +472,11 @@ valid = eval_batches(data.valid, 32, 128, max_windows_per_language=1)
 batch = valid[0]
 with torch.no_grad():
     gap = (upcycled(batch.input_ids).logits - dense(batch.input_ids).logits).abs().max().item()
-print(f"max |logits(upcycled) - logits(dense)| = {gap:.1e} (float rounding)")
-print(f"val loss: dense {evaluate(dense, valid, data.languages)[0]:.4f}, "
-      f"upcycled at step 0 {evaluate(upcycled, valid, data.languages)[0]:.4f}")
+print(f"max |logits(upcycled) - logits(dense)| < 1e-4: {gap < 1e-4} (float rounding only)")
+loss_dense = evaluate(dense, valid, data.languages)[0]
+loss_upcycled = evaluate(upcycled, valid, data.languages)[0]
+print(f"val loss: dense {loss_dense:.3f}, upcycled at step 0 {loss_upcycled:.3f} "
+      f"(|gap| < 1e-4: {abs(loss_upcycled - loss_dense) < 1e-4})")
 ffn = DenseFFN(64, 128)
 raw = SparseMoE(64, 128, 8, 2, normalize=False)
 raw.experts.load_state_dict(upcycle(ffn, 8, 2).experts.state_dict())

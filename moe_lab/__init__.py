@@ -14,6 +14,7 @@ The tree is the architecture. At the top, the core that lessons 00-04 and 06 bui
 
     routing       TopKRouter, RouterOutput                     notebooks/01, 02
     experts       Experts                                      notebooks/00, 03
+    grouped_gemm  the sorted dispatch's grouped GEMM, its kernel  notebooks/06
     dispatch      dense / loop / sorted / padded, capacity     notebooks/02, 03, 06
     layer         SparseMoE, MoEOutput (+ shared experts)      notebooks/03, 08
     losses        load_balancing_loss, router_z_loss, ...      notebooks/04, 11

@@ -9,8 +9,11 @@ Four strategies compute this same sum (lessons 03 and 06):
 - ``"loop"``: a Python loop over experts, gather that expert's tokens, ``index_add_`` the result
   (Hugging Face's Mixtral code). One small matmul per expert: many launches on a GPU.
 - ``"sorted"``: sort the N*K assignments by expert so each expert's tokens are a contiguous
-  segment, run all experts with a grouped GEMM (``F.grouped_mm``), then put each row back to its
-  (token, slot) and sum over K (megablocks, transformers' grouped_mm experts). The unsort is an
+  segment, run all experts with a grouped GEMM (``moe_lab.grouped_gemm``: torch's fused kernel
+  where the GPU has one, else a loop of ``mm``), then put each row back to its (token, slot) and
+  sum over K (megablocks, transformers' grouped_mm experts). Dropless, it reads nothing on the
+  host (counts and offsets stay on the device; only the loop fallback copies the offsets once),
+  so ``torch.compile(fullgraph=True)`` compiles it. The unsort is an
   ``index_copy`` with distinct indices and a batched matmul, so the forward pass has no atomic
   adds and its results are deterministic (the backward of the gather is an ``index_add``, which
   uses atomics on a GPU: set ``torch.use_deterministic_algorithms(True)`` for bit-exact grads).
@@ -109,7 +112,10 @@ def make_routing_plan(topk_idx: torch.Tensor, topk_weights: torch.Tensor, num_ex
     num_tokens, top_k = topk_idx.shape
     flat_expert = topk_idx.reshape(-1)  # (N*K,)
     sort_order = torch.argsort(flat_expert, stable=True)  # (N*K,)
-    counts = torch.bincount(flat_expert, minlength=num_experts)  # (E,)
+    # counts[e] = #{assignments to e}: a scatter_add of ones, computed on the device (bincount
+    # reads the ids' max on the host first: a sync on a GPU)
+    counts = torch.zeros(num_experts, dtype=torch.long, device=topk_idx.device) \
+        .scatter_add_(0, flat_expert, torch.ones_like(flat_expert))  # (E,)
     # rank within expert = index in the sorted list - start of the expert's segment
     segment_start = counts.cumsum(0) - counts  # (E,)
     rank_sorted = torch.arange(flat_expert.numel(), device=topk_idx.device) \
@@ -178,8 +184,9 @@ def dispatch_sorted(x: torch.Tensor, plan: RoutingPlan, experts: Experts) -> tor
     token_of = plan.sort_order // top_k  # (M,)
     # index_select, not x[token_of]: its backward (an index_add) is several times faster on CPU
     x_sorted = x.index_select(0, token_of)  # (M, D)
-    counts = plan.tokens_per_expert.tolist()  # E ints (one host sync)
-    h_sorted = experts.forward_grouped(x_sorted, counts)  # (M, D)
+    # the counts stay on the device: the grouped GEMM's offsets are their cumulative sum
+    # (moe_lab.grouped_gemm says where a kernel without device offsets copies them to the host)
+    h_sorted = experts.forward_grouped(x_sorted, plan.tokens_per_expert)  # (M, D)
     return combine_kept(h_sorted, plan)  # (N, D)
 
 

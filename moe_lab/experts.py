@@ -18,14 +18,16 @@ The weights are stacked along a leading expert axis so that one kernel can run m
 from __future__ import annotations
 
 import math
-from functools import cache
+from itertools import accumulate
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moe_lab.grouped_gemm import grouped_matmul, path_for
 from moe_lab.validation import (
     check_choice,
+    check_count_tensor,
     check_counts,
     check_float_tensor,
     check_last_dim,
@@ -38,66 +40,6 @@ GATED_ACTIVATIONS = {"swiglu": F.silu, "geglu": F.gelu}
 # act(x W_up): the ungated ones
 PLAIN_ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 ACTIVATIONS = (*GATED_ACTIVATIONS, *PLAIN_ACTIVATIONS)
-
-
-@cache
-def grouped_mm_supported(device_type: str, dtype: torch.dtype) -> bool:
-    """Whether ``F.grouped_mm`` runs forward and backward here (torch >= 2.8 on this device/dtype).
-
-    Tried once on a tiny input and remembered: the kernel exists on CPU (float32, bfloat16) in
-    recent torch, and on CUDA only for some GPUs and dtypes; everywhere else we fall back to one
-    matmul per segment.
-    """
-    if not hasattr(F, "grouped_mm"):
-        return False
-    # the probe needs autograd on whatever context the first caller is in (no_grad, inference
-    # mode, autocast): the answer is cached for good
-    with torch.inference_mode(False), torch.enable_grad(), \
-            torch.autocast(device_type, enabled=False):
-        return _probe_grouped_mm(device_type, dtype)
-
-
-def _probe_input(*shape: int, device_type: str, dtype: torch.dtype) -> torch.Tensor:
-    """Fixed values in [-1, 1] (sin of 0, 1, 2, ...): the probe draws nothing from any random
-    generator, so a learner's seeded cell gives the same numbers whether it ran or not."""
-    values = torch.arange(math.prod(shape), dtype=torch.float32).sin().view(shape)
-    return values.to(device=device_type, dtype=dtype).requires_grad_()
-
-
-def _probe_grouped_mm(device_type: str, dtype: torch.dtype) -> bool:
-    try:
-        a = _probe_input(5, 16, device_type=device_type, dtype=dtype)  # (M, D)
-        b = _probe_input(2, 16, 32, device_type=device_type, dtype=dtype)  # (E, D, F)
-        offs = torch.tensor([2, 5], device=device_type, dtype=torch.int32)
-        out = F.grouped_mm(a, b, offs=offs)  # (M, F)
-        out.backward(torch.ones_like(out))
-        reference = torch.cat([a[:2] @ b[0], a[2:] @ b[1]])
-        return bool(torch.allclose(out.float(), reference.float(), atol=1e-1, rtol=1e-2))
-    except (RuntimeError, NotImplementedError, TypeError):
-        return False
-
-
-def grouped_matmul(x_sorted: torch.Tensor, weight: torch.Tensor, counts: list[int],
-                   offsets: torch.Tensor) -> torch.Tensor:
-    """Segment-wise matmul: rows of segment e are multiplied by weight[e].
-
-    x_sorted: (M, A) rows sorted by expert; weight: (E, A, B); counts: E Python ints;
-    offsets: (E,) int32 cumulative ends of the segments. Returns (M, B).
-    """
-    device_type = x_sorted.device.type
-    if torch.is_autocast_enabled(device_type):  # autocast does not cover grouped_mm: do it here
-        dtype = torch.get_autocast_dtype(device_type)
-        x_sorted, weight = x_sorted.to(dtype), weight.to(dtype)
-    # the kernel wants rows aligned to 16 bytes (D and F multiples of 8 in bf16, of 4 in fp32)
-    aligned = all(n * x_sorted.element_size() % 16 == 0 for n in weight.shape[1:])
-    # under torch.compile the kernel's shape function accepts bf16 only (torch 2.13), whatever
-    # the eager kernel runs: trace the fallback for other dtypes
-    traceable = x_sorted.dtype == torch.bfloat16 or not torch.compiler.is_compiling()
-    if (x_sorted.shape[0] > 0 and aligned and traceable
-            and grouped_mm_supported(device_type, x_sorted.dtype)):
-        return F.grouped_mm(x_sorted, weight, offs=offsets)  # (M, B)
-    segments = torch.split(x_sorted, counts)
-    return torch.cat([seg @ weight[e] for e, seg in enumerate(segments)])  # (M, B)
 
 
 class Experts(nn.Module):
@@ -178,14 +120,27 @@ class Experts(nn.Module):
             raise ValueError(f"e must be an expert id in [0, {self.num_experts}), got {e!r}")
         return self._ffn(x, lambda h, w: h @ w[e])  # (..., D)
 
-    def forward_grouped(self, x_sorted: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """All experts at once on rows sorted by expert: x_sorted (M, D), counts E ints -> (M, D).
+    def forward_grouped(self, x_sorted: torch.Tensor,
+                        counts: list[int] | torch.Tensor) -> torch.Tensor:
+        """All experts at once on rows sorted by expert: x_sorted (M, D), counts (E,) -> (M, D).
 
-        ``counts`` must sum to M: the grouped GEMM leaves rows past the last segment unwritten."""
+        ``counts``: E ints summing to M (checked), or an (E,) integer tensor on x's device, such
+        as a routing plan's ``tokens_per_expert``: its values stay on the device (only its shape
+        and dtype are checked; reading them would be a host sync), so they must sum to M.
+        The grouped GEMM's kernel is :func:`moe_lab.grouped_gemm.path_for`'s choice."""
         self._check_rows("x_sorted", x_sorted, 2)
-        counts = check_counts("counts", counts, self.num_experts, x_sorted.shape[0])
-        offsets = torch.tensor(counts, device=x_sorted.device).cumsum(0).to(torch.int32)  # (E,)
-        return self._ffn(x_sorted, lambda h, w: grouped_matmul(h, w, counts, offsets))  # (M, D)
+        path = path_for(x_sorted, self.w_up)
+        if isinstance(counts, torch.Tensor):
+            counts = check_count_tensor("counts", counts, self.num_experts, x_sorted.device)
+            offsets = counts.cumsum(0).to(torch.int32)  # (E,) segment ends, on the device
+            if path == "segment_loop":  # a loop of mm needs the ends on the host: one copy
+                offsets = offsets.cpu()  # (the one host sync of this path)
+        else:  # host ints: the ends are computed on the host, copied to the device if needed
+            counts = check_counts("counts", counts, self.num_experts, x_sorted.shape[0])
+            offsets = torch.tensor(list(accumulate(counts)), dtype=torch.int32)  # (E,)
+            if path != "segment_loop":
+                offsets = offsets.to(x_sorted.device)
+        return self._ffn(x_sorted, lambda h, w: grouped_matmul(h, w, offsets, path))  # (M, D)
 
     def forward_padded(self, x_padded: torch.Tensor) -> torch.Tensor:
         """A capacity-padded batch, one row block per expert: (E, C, D) -> (E, C, D) with bmm."""

@@ -159,6 +159,23 @@ def check_counts(name: str, counts: object, num_experts: int, num_rows: int) -> 
     return list(counts)
 
 
+def check_count_tensor(name: str, counts: torch.Tensor, num_experts: int,
+                       device: torch.device) -> torch.Tensor:
+    """Segment lengths kept on the device: a 1-D integer tensor of E entries on ``device``. Its
+    values are not read (that would be a host sync): the caller vouches that they are >= 0 and
+    sum to the number of rows, as a routing plan's ``tokens_per_expert`` does."""
+    if counts.dim() != 1 or counts.is_floating_point() or counts.is_complex() \
+            or counts.dtype == torch.bool:
+        raise TypeError(f"{name} must be E ints or a 1-D integer tensor, got a tensor of "
+                        f"dtype {counts.dtype} and shape {tuple(counts.shape)}")
+    if counts.shape[0] != num_experts:
+        raise ValueError(f"{name} must hold one count per expert (E={num_experts}), "
+                         f"got {counts.shape[0]}")
+    if counts.device != device:
+        raise ValueError(f"{name} is on device {counts.device} but the rows are on {device}")
+    return counts
+
+
 def check_mask(mask: object, num_tokens: int) -> torch.Tensor | None:
     """A padding mask (N,): True (or 1) for real tokens, False (or 0) for padding."""
     if mask is None:

@@ -27,6 +27,14 @@ def test_binder_torch_is_a_cpu_build():
     assert "download.pytorch.org/whl/cpu" in text
 
 
+def test_binder_pins_the_torch_that_ci_tests():
+    """Binder's torch is CI's first leg (issue 18: an untested pin broke lesson 06 there)."""
+    binder = re.search(r"^torch==([\d.]+)\+cpu$",
+                       (ROOT / "binder" / "requirements.txt").read_text(), re.M).group(1)
+    ci = re.findall(r"pip install --quiet torch==([\d.]+)", (ROOT / ".ci" / "run").read_text())
+    assert ci and binder == ci[0]
+
+
 def test_binder_python_is_pinned_and_postbuild_installs_the_package():
     assert re.fullmatch(r"python-3\.1[0-3]\s*", (ROOT / "binder" / "runtime.txt").read_text())
     assert "pip install" in (ROOT / "binder" / "postBuild").read_text()

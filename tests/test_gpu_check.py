@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from moe_lab.course import gpu_check
+from moe_lab.grouped_gemm import path_for
+from moe_lab.systems.decisions import decisions_for
 from moe_lab.systems.device import DEVICE_ENV, pick_device
 from moe_lab.systems.parallel import run_expert_parallel
 
@@ -38,7 +40,8 @@ def test_quick_cpu_run_passes_and_prints_one_summary(quick_run):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = (out / "gpu_check_cpu_quick" / "summary.txt").read_text(encoding="utf-8")
     assert summary.strip() in done.stdout  # the printed table is the saved one
-    rows = {line.split()[0]: line.split()[1] for line in summary.splitlines()[2:]
+    assert summary.splitlines()[1].startswith("decisions: n/a, native bf16 False, dtype float32")
+    rows = {line.split()[0]: line.split()[1] for line in summary.splitlines()[3:]
             if line and not line.startswith((" ", "total", "results"))}
     assert rows == {step: "ok" for step in gpu_check.STEPS}
     # every abbreviated step says so, and how
@@ -73,7 +76,15 @@ def test_quick_cpu_run_writes_each_result_with_its_command(quick_run):
     assert all(c["ok"] and c["graphs_compiled"] > 0 for c in compiled["cases"])
 
     syncs = _load(check_dir / "syncs.json")["tinylm_2_layers_counted"]
-    assert syncs == {"item": 1, "bincount": 2, "tolist": 2}
+    loop = path_for(torch.randn(2, 64), torch.randn(8, 64, 64)) == "segment_loop"
+    assert syncs == ({"item": 1, "cpu": 2} if loop else {"item": 1})  # before issue 18: + 4
+
+    environment = _load(check_dir / "environment.json")
+    assert environment["grouped_mm_path"] == decisions_for("cpu").grouped_mm_path
+    assert environment["compute_capability"] == "n/a" and environment["tf32"] == "False"
+    assert {r.get("grouped_mm_path") for r in bench["results"] if r["strategy"] == "sorted"} \
+        <= {"cpu_grouped_mm", "segment_loop"}
+    assert all(not t["met"] or t["ratio"] <= t["target"] for t in bench["targets"])
 
     parallel = _load(check_dir / "parallel.json")
     assert parallel["backend"] == "gloo" and max(parallel["errors"].values()) < 1e-4
@@ -103,7 +114,66 @@ def test_a_failing_step_is_recorded_and_the_others_still_run(tmp_path, monkeypat
     assert status == {"environment": "ok", "bench": "FAILED", "syncs": "ok"}
     error = (tmp_path / "gpu_check_cpu_quick" / "bench.error.txt").read_text()
     assert "RuntimeError: on purpose" in error
-    assert "FAILED: bench" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "2 ok, 1 FAILED (bench), 0 skipped" in printed
+    bench_row = next(line for line in printed.splitlines() if line.startswith("bench "))
+    assert "bench.error.txt" in bench_row  # the FAILED row names its error file
+
+
+def test_the_first_cuda_error_is_marked_as_the_cause(tmp_path, monkeypatch, capsys):
+    def cuda_broken(run, result):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setitem(gpu_check.STEPS, "bench", cuda_broken)
+    monkeypatch.setitem(gpu_check.STEPS, "syncs", cuda_broken)
+    assert gpu_check.main(["--device", "cpu", "--quick", "--out", str(tmp_path),
+                           "--steps", "environment,bench,syncs"]) == 1
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()
+            if line.startswith(("bench ", "syncs "))}
+    assert "FIRST CUDA ERROR" in rows["bench"]
+    assert "after the CUDA error in bench" in rows["syncs"] and "FIRST" not in rows["syncs"]
+    summary = json.loads((tmp_path / "gpu_check_cpu_quick" / "summary.json").read_text())
+    assert summary["first_cuda_error"] == ["bench"]
+
+
+def test_a_step_that_checked_nothing_is_skipped_and_counted(tmp_path, capsys):
+    code = gpu_check.main(["--device", "cpu", "--quick", "--out", str(tmp_path),
+                           "--steps", "environment,compile", "--budget", "0"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    compile_row = next(line for line in printed.splitlines() if line.startswith("compile "))
+    assert compile_row.split()[1] == "skipped" and "past the --budget" in compile_row
+    assert "1 ok, 0 FAILED, 1 skipped (compile)" in printed
+
+
+def test_missed_bench_targets_are_flagged(tmp_path, monkeypatch, capsys):
+    from moe_lab.systems import bench
+
+    tiny = (bench.BenchShape(64, 16, 32, 8, 2),)
+    monkeypatch.setattr(bench, "QUICK_SHAPES", tiny)
+    monkeypatch.setattr(bench, "TARGETS", {tiny[0]: 1e-9})  # a target nothing meets
+    assert gpu_check.main(["--device", "cpu", "--quick", "--out", str(tmp_path),
+                           "--steps", "bench"]) == 0
+    printed = capsys.readouterr().out
+    assert "FLAGGED: sorted / dense limit" in printed and "MISSED" in printed
+    assert "flagged: bench" in printed
+    payload = json.loads((tmp_path / "bench_cpu_quick.json").read_text())
+    assert any(not t["met"] and t["target"] == 1e-9 for t in payload["targets"])
+
+
+def test_installed_with_pip_it_writes_under_the_working_directory(tmp_path, monkeypatch, capsys):
+    """Outside a clone (site-packages): results go to ./moe_lab_results, and the lessons step
+    says where it looked and how to point it at the notebooks."""
+    monkeypatch.setattr(gpu_check, "REPO_DIR", tmp_path / "site-packages")
+    monkeypatch.chdir(tmp_path)
+    assert not gpu_check.in_a_checkout(gpu_check.REPO_DIR)
+    assert gpu_check.main(["--device", "cpu", "--quick", "--steps", "environment,lessons"]) == 0
+    printed = capsys.readouterr().out
+    assert (tmp_path / "moe_lab_results" / "gpu_check_cpu_quick" / "summary.txt").is_file()
+    lessons_row = next(line for line in printed.splitlines() if line.startswith("lessons "))
+    assert "skipped" in lessons_row and "pass --lessons" in lessons_row
+    notebooks, _ = gpu_check.find_lessons(ROOT / "notebooks")  # --lessons finds them
+    assert [nb.name for nb in notebooks][:1] == ["00_start_here.ipynb"]
 
 
 def test_unknown_step_is_refused(capsys):

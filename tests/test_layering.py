@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "moe_lab"
-CORE_MODULES = ("routing", "experts", "dispatch", "layer", "losses", "balancing", "validation")
+CORE_MODULES = ("routing", "experts", "grouped_gemm", "dispatch", "layer", "losses", "balancing",
+                "validation")
 CORE = tuple(f"moe_lab.{m}" for m in CORE_MODULES)
 
 # part of the package -> the parts of moe_lab it may import (besides itself). Bottom to top.

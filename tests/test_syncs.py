@@ -6,6 +6,7 @@ import torch
 import torch.distributed as dist
 
 from moe_lab import SparseMoE, load_balancing_loss
+from moe_lab.grouped_gemm import path_for
 from moe_lab.lm.model import ModelConfig, TinyLM
 from moe_lab.systems.parallel import ExpertParallelMoE, free_port
 from moe_lab.systems.syncs import count_host_syncs
@@ -72,9 +73,25 @@ def _sorted_layer_syncs() -> dict[str, int]:
     return dict(syncs)
 
 
-def test_sorted_layer_syncs_are_the_counts_read_for_the_grouped_gemm():
-    # bincount (make_routing_plan) and tolist (dispatch_sorted's E counts): nothing else
-    assert _sorted_layer_syncs() == {"bincount": 1, "tolist": 1}
+def _loop_path_syncs() -> dict[str, int]:
+    """What the sorted layer syncs on this torch: nothing where the grouped GEMM takes device
+    offsets (torch's kernels), one copy of the offsets to the host for the loop of mm."""
+    path = path_for(torch.randn(2, 16), torch.randn(8, 16, 32))
+    return {} if path != "segment_loop" else {"cpu": 1}
+
+
+def test_sorted_layer_syncs_only_where_the_grouped_gemm_loops():
+    # before issue 18: a bincount (make_routing_plan) and a tolist (dispatch_sorted's counts)
+    assert _sorted_layer_syncs() == _loop_path_syncs()
+
+
+@pytest.mark.parametrize("path", ["segment_loop", "cpu_grouped_mm"])
+def test_each_grouped_gemm_path_syncs_as_documented(path, monkeypatch):
+    if path != "segment_loop" and path_for(torch.randn(2, 16), torch.randn(8, 16, 32)) != path:
+        pytest.skip(f"this torch ({torch.__version__}) has no {path} path on the CPU")
+    monkeypatch.setattr("moe_lab.experts.path_for", lambda *_: path)
+    # one copy of the offsets to the host for the loop (forward and backward reuse it)
+    assert _sorted_layer_syncs() == ({"cpu": 1} if path == "segment_loop" else {})
 
 
 @pytest.mark.parametrize("n_layers", [1, 3])
@@ -132,12 +149,46 @@ def test_expert_parallel_exchange_reads_the_counts_once(one_rank_group):
     with count_host_syncs() as syncs:
         out = layer(x)
         out.y.sum().backward()
-    # the single-process sorted dispatch's syncs, plus one .tolist() of the received counts
+    # one .tolist() of this rank's counts and one of the received counts
     # (before issue 14: three more .tolist(), a .cpu() and a bincount and repeat_interleave)
-    expected = _sorted_layer_syncs()
-    expected["tolist"] += 1
-    assert dict(syncs) == expected
+    # (issue 18: this rank's counts are read here, where the exchange's splits need them, not
+    # in every single-process sorted dispatch)
+    assert dict(syncs) == {"tolist": 2}
     reference = moe(x.detach())
     torch.testing.assert_close(out.y, reference.y)
     assert out.exchange.send_splits == [20] and out.exchange.recv_splits == [20]
     assert out.exchange.recv_counts.tolist() == [moe(x).tokens_per_expert.tolist()]
+
+
+@pytest.mark.parametrize("ffn", ["moe", "dense"])
+def test_a_whole_training_step_reads_its_statistics_once(ffn):
+    """Forward, backward, clip, AdamW and the step's statistics (losses, gradient norm, drops,
+    tokens and routing summary of every layer): the model's syncs plus one read of the packed
+    statistics, however many layers and experts (before issue 18: about E + 5 per layer)."""
+    from moe_lab.lm.data import Batch
+    from moe_lab.lm.train import TrainConfig, train_step
+
+    config = ModelConfig(ffn=ffn, n_layers=2, max_seq_len=16)
+    model = TinyLM(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ids = torch.randint(0, 256, (2, 16))
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    batch = Batch(ids, ids, mask, torch.zeros(2, dtype=torch.long))
+    train_config = TrainConfig(steps=2, seq_len=16)
+    train_step(model, optimizer, batch, train_config, 1, 1e-3, lambda: 0.0)  # AdamW's state
+    with count_host_syncs() as forward_backward:
+        model(ids, ids, mask).loss.backward()
+    # AdamW reads its step counters with .item(): host tensors even for CUDA parameters (torch
+    # keeps `step` on the CPU unless capturable or fused), so no GPU sync; the counter, which
+    # sees only the CPU here, counts them: measured alone, then added
+    with count_host_syncs() as optimizer_step:
+        optimizer.step()
+    with count_host_syncs() as syncs:
+        metrics = train_step(model, optimizer, batch, train_config, 2, 1e-3, lambda: 0.0)
+    expected = forward_backward + optimizer_step
+    expected["tolist"] += 1  # the step's statistics, packed and read once
+    assert dict(syncs) == dict(expected)
+    assert set(optimizer_step) <= {"item"}
+    assert len(metrics.tokens_per_expert) == (2 if ffn == "moe" else 0)
+    assert all(sum(t) == 2 * 16 * 2 for t in metrics.tokens_per_expert)  # N * K assignments
+    assert all(abs(sum(s.load) - 1) < 1e-6 for s in metrics.layer_stats)

@@ -114,7 +114,7 @@ def test_learning_rate_schedule():
 
 
 @pytest.mark.parametrize("kwargs, error", [
-    (dict(precision="fp16"), ValueError), (dict(steps=0), ValueError),
+    (dict(precision="fp8"), ValueError), (dict(steps=0), ValueError),
     (dict(lr=0.0), ValueError), (dict(batch_size=2.0), TypeError)])
 def test_bad_train_config(kwargs, error):
     with pytest.raises(error):

@@ -5,24 +5,29 @@
 
 Steps, each a function below; a step that fails is recorded and the others still run:
 
-    environment  device name, torch, CUDA, GPUs
-    bench        python -m moe_lab.bench's timings, bf16 on CUDA (fp32 on CPU), every strategy
-                 against the dense limit and sorted against loop
+    environment  device name, torch, CUDA, GPUs, and the device's decisions (compute
+                 capability, native bf16, dtype, loss scaling, grouped-GEMM path, compile, TF32:
+                 moe_lab.systems.decisions)
+    bench        python -m moe_lab.bench's timings in the device's dtype (bf16 on sm_80+, fp16
+                 on a T4, fp32 on CPU), every strategy against the dense limit and sorted against
+                 loop, judged against DESIGN.md's targets (a missed target is flagged)
     equality     every dispatch strategy on the device equal to the CPU in fp32, outputs and
                  gradients, in fp32 and bf16 (each with its tolerance), dropless and at a
                  capacity factor of 1
     syncs        host syncs per forward + backward (moe_lab.systems.syncs), CUDA's own count on a GPU
     parallel     expert parallelism, 2 ranks (NCCL with 2 GPUs, gloo with CUDA tensors on one,
                  gloo on the CPU), equal to the single-process layer
-    training     lesson 05's training runs (bf16 on CUDA), logs beside the CPU ones
+    training     lesson 05's training runs in the device's dtype (fp16 with loss scaling on a
+                 T4), logs beside the CPU ones
     lessons      every lesson under nbval on the device (MOE_LAB_DEVICE), its time and peak
                  memory (the kernel reports it: moe_lab.systems.device, MOE_LAB_PEAK_MEMORY_FILE)
     compile      the equality check, dropless, through torch.compile (last: the slowest step;
                  it stops at --budget seconds after the start and says so)
 
-Everything goes under one results folder (``--out``, default ``moe_lab/results``), each file
-carrying the command that made it; a tag names the run: ``gpu`` on CUDA, the device type
-elsewhere, plus ``_quick``:
+Everything goes under one results folder (``--out``; default ``moe_lab/results`` in a clone of
+the repository, ``./moe_lab_results`` under the working directory when the package was
+installed with pip), each file carrying the command that made it; a tag names the run: ``gpu``
+on CUDA, the device type elsewhere, plus ``_quick``:
 
     bench_<tag>.json        the bench (moe_lab/results/bench_gpu.json is what lesson 06 shows)
     lesson05_<tag>/         the training logs (what lesson 05 shows beside the CPU runs)
@@ -30,7 +35,10 @@ elsewhere, plus ``_quick``:
                             JSON per step
 
 ``--quick`` abbreviates steps to fit CI (small shapes, fewer lessons, a truncated training run);
-the summary says which and how. The exit code is 1 when any step failed.
+the summary says which and how. A step that checked nothing (no lessons found, every case past
+``--budget``) is "skipped" with its reason, and the summary counts it; a FAILED row names its
+error file; the first step that failed with a CUDA error is marked as the cause of later ones.
+The exit code is 1 when any step failed.
 """
 
 from __future__ import annotations
@@ -57,15 +65,40 @@ import torch
 from moe_lab.dispatch import DISPATCH_STRATEGIES
 from moe_lab.layer import SparseMoE
 from moe_lab.systems import bench
+from moe_lab.systems.decisions import Decisions, decisions_for
 from moe_lab.systems.device import DEVICE_ENV, PEAK_MEMORY_ENV, environment_summary, pick_device
 from moe_lab.systems.syncs import count_cuda_syncs, count_host_syncs
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 REPO_DIR = PACKAGE_DIR.parent
-RESULTS_DIR = PACKAGE_DIR / "results"
 
-#: max |device - cpu| / max |cpu| allowed, per dtype (bf16 keeps 8 bits of mantissa)
-TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
+
+def in_a_checkout(repo_dir: Path | None = None) -> bool:
+    """Whether the package runs from a clone of the repository (not from site-packages)."""
+    repo_dir = REPO_DIR if repo_dir is None else repo_dir
+    return (repo_dir / "pyproject.toml").is_file() and (repo_dir / "notebooks").is_dir()
+
+
+def default_results_dir() -> Path:
+    """moe_lab/results in a clone; ./moe_lab_results when installed with pip (never inside
+    site-packages)."""
+    return REPO_DIR / "moe_lab" / "results" if in_a_checkout() else Path.cwd() / "moe_lab_results"
+
+
+def find_lessons(explicit: Path | None = None) -> tuple[list[Path], list[Path]]:
+    """The lesson notebooks, and the folders searched: ``--lessons`` if given, else the clone's
+    notebooks/, else ./notebooks and ./ (a Colab or pip install run from a clone's folder)."""
+    candidates = ([explicit] if explicit is not None
+                  else [REPO_DIR / "notebooks", Path.cwd() / "notebooks", Path.cwd()])
+    for folder in candidates:
+        notebooks = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+        if notebooks:
+            return notebooks, candidates
+    return [], candidates
+
+
+#: max |device - cpu| / max |cpu| allowed, per dtype (bf16 keeps 8 bits of mantissa, fp16 11)
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
 QUICK_LESSONS = ("00_start_here",)
 QUICK_TRAINING_STEPS = 10
 
@@ -80,6 +113,7 @@ class Run:
     command: str
     lesson_jobs: int
     deadline: float  # time.monotonic() after which long steps stop early
+    lessons_dir: Path | None = None  # --lessons
 
     @property
     def tag(self) -> str:
@@ -91,8 +125,12 @@ class Run:
         return self.out / f"gpu_check_{self.tag}"
 
     @property
+    def decisions(self) -> Decisions:
+        return decisions_for(self.device)
+
+    @property
     def dtype(self) -> torch.dtype:
-        return bench.default_dtype(self.device)
+        return self.decisions.dtype
 
     def write_json(self, path: Path, payload: dict[str, object]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,13 +141,15 @@ class Run:
 
 @dataclass
 class StepResult:
-    """One row of the summary: ok / FAILED / skipped, how long, what it found, what was cut."""
+    """One row of the summary: ok / FAILED / skipped, how long, what it found, what was cut,
+    and what it flags (a result past a target that is not a failure, e.g. a bench ratio)."""
 
     name: str
     status: str = "ok"
     seconds: float = 0.0
     note: str = ""
     abbreviated: str = ""  # why and how the step did less than the full check
+    flagged: str = ""  # what the step found past a target (not a failure)
     files: list[str] = field(default_factory=list)
 
 
@@ -131,7 +171,11 @@ def step_environment(run: Run, result: StepResult) -> None:
     env = {**bench.environment(run.device, run.dtype), "torch_cuda": str(torch.version.cuda),
            "cuda_devices": str(torch.cuda.device_count() if torch.cuda.is_available() else 0)}
     result.files.append(_relative(run.write_json(run.check_dir / "environment.json", env)))
-    result.note = f"{env.get('gpu', env['device'])}, torch {env['torch']}, CUDA {env['torch_cuda']}"
+    decided = run.decisions.as_record()
+    result.note = (f"{env.get('gpu', env['device'])}, torch {env['torch']}, CUDA {env['torch_cuda']}"
+                   f"; {decided['compute_capability']}, native bf16 {decided['native_bf16']}, "
+                   f"dtype {decided['dtype']}, grouped GEMM {decided['grouped_mm_path']}, "
+                   f"TF32 {decided['tf32']}, compile {decided['compile']}")
 
 
 def step_bench(run: Run, result: StepResult) -> None:
@@ -147,10 +191,17 @@ def step_bench(run: Run, result: StepResult) -> None:
     sorted_ratios = [row["ratio_to_dense_limit"] for row in payload["results"]
                      if row["strategy"] == "sorted"]
     vs_loop = [row["ratio_to_loop"] for row in payload["results"] if row["strategy"] == "sorted"]
-    result.note = (f"{str(run.dtype).removeprefix('torch.')}: sorted / dense limit "
-                   f"{min(sorted_ratios):.2f}-{max(sorted_ratios):.2f}, sorted / loop "
-                   f"{min(vs_loop):.2f}-{max(vs_loop):.2f}")
+    paths = sorted({row["grouped_mm_path"] for row in payload["results"]
+                    if row["strategy"] == "sorted"})
+    result.note = (f"{str(run.dtype).removeprefix('torch.')}, grouped GEMM {'/'.join(paths)}: "
+                   f"sorted / dense limit {min(sorted_ratios):.2f}-{max(sorted_ratios):.2f}, "
+                   f"sorted / loop {min(vs_loop):.2f}-{max(vs_loop):.2f}")
     print(bench.format_results(results), flush=True)
+    checks = bench.judge_targets(results)
+    missed = [c for c in checks if not c.met]
+    result.note += f"; DESIGN.md targets: {len(checks) - len(missed)}/{len(checks)} met"
+    if missed:
+        result.flagged = "; ".join(str(c) for c in missed)
 
 
 def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -198,7 +249,9 @@ def _compare_strategy(strategy: str, dtype: torch.dtype, device: torch.device, *
 
 def _equality(run: Run, result: StepResult, *, compiled: bool) -> None:
     compile_backend = "inductor"
-    dtypes, capacity_factors = (torch.float32, torch.bfloat16), (None, 1.0)
+    # fp32, and the device's dtype (bf16 on the CPU too: its kernels differ from fp32's)
+    low = torch.bfloat16 if run.dtype == torch.float32 else run.dtype
+    dtypes, capacity_factors = (torch.float32, low), (None, 1.0)
     if compiled:  # each case compiles afresh (seconds on a GPU): dropless only
         capacity_factors = (None,)
     if compiled and run.device.type == "cpu" and run.quick:
@@ -227,13 +280,18 @@ def _equality(run: Run, result: StepResult, *, compiled: bool) -> None:
     if skipped:
         result.abbreviated = f"{skipped} cases not run: past the --budget"
     name = "compile" if compiled else "equality"
+    if not cases:  # nothing checked: not "ok"
+        result.status = "skipped"
+        result.note = f"0 cases run: all {skipped} past the --budget (raise --budget)"
+        return
     payload = {"device": str(run.device), "cases": cases}
     if compiled:
         payload.update(compile_backend=compile_backend, graph_breaks=graph_breaks)
     result.files.append(_relative(run.write_json(run.check_dir / f"{name}.json", payload)))
     failed = [c for c in cases if not c["ok"]]
     result.note = (f"{len(cases) - len(failed)}/{len(cases)} cases equal to the CPU "
-                   f"(fp32 tol {TOLERANCE[torch.float32]:g}, bf16 tol {TOLERANCE[torch.bfloat16]:g})")
+                   f"(fp32 tol {TOLERANCE[torch.float32]:g}, "
+                   f"{str(low).removeprefix('torch.')} tol {TOLERANCE[low]:g})")
     if compiled:
         result.note += f", {graph_breaks} graph breaks"
     if failed:
@@ -323,7 +381,7 @@ def step_training(run: Run, result: StepResult) -> None:
     from moe_lab.lm.train import BASE_TRAIN, LESSON05_RUNS, run_lesson05
     from moe_lab.lm.train import RESULTS_DIR as CPU_LOGS
 
-    precision = "bf16" if run.device.type == "cuda" else "fp32"
+    precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[run.dtype]
     names = list(LESSON05_RUNS)
     config = replace(BASE_TRAIN, device=str(run.device), precision=precision)
     if run.quick:
@@ -356,14 +414,17 @@ def step_training(run: Run, result: StepResult) -> None:
 def _run_lesson(notebook: Path, device: torch.device, work_dir: Path) -> dict[str, object]:
     """One lesson under nbval, in a fresh kernel told to use ``device``."""
     memory_file = work_dir / f"{notebook.stem}.memory.json"
-    env = {**os.environ, DEVICE_ENV: str(device), PEAK_MEMORY_ENV: str(memory_file),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_DIR),
-                                                       os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, DEVICE_ENV: str(device), PEAK_MEMORY_ENV: str(memory_file)}
+    if in_a_checkout():  # the clone's package, whatever else is installed
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_DIR),
+                                                          os.environ.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval",
-               str(notebook), "--nbval-sanitize-with", str(notebook.parent / "sanitize.cfg"),
-               "--nbval-cell-timeout", "600"]
+               str(notebook), "--nbval-cell-timeout", "600"]
+    sanitize = notebook.parent / "sanitize.cfg"
+    if sanitize.is_file():
+        command += ["--nbval-sanitize-with", str(sanitize)]
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO_DIR, env=env, capture_output=True, text=True,
+    done = subprocess.run(command, cwd=notebook.parent.parent, env=env, capture_output=True, text=True,
                           check=False)
     seconds = time.perf_counter() - start
     tail = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-300:]
@@ -377,10 +438,12 @@ def _run_lesson(notebook: Path, device: torch.device, work_dir: Path) -> dict[st
 
 
 def step_lessons(run: Run, result: StepResult) -> None:
-    notebooks = sorted((REPO_DIR / "notebooks").glob("[0-9]*.ipynb"))
+    notebooks, searched = find_lessons(run.lessons_dir)
     if not notebooks:
         result.status = "skipped"
-        result.note = f"no lessons next to the package (looked in {REPO_DIR / 'notebooks'})"
+        result.note = ("no lesson notebooks found (looked in "
+                       f"{', '.join(str(p) for p in searched)}): pass --lessons with a clone's "
+                       "notebooks/ folder")
         return
     if run.quick:
         full = len(notebooks)
@@ -418,8 +481,19 @@ STEPS: dict[str, Callable[[Run, StepResult], None]] = {
 }
 
 
-def run_step(name: str, run: Run) -> StepResult:
-    """Run one step; an exception marks it FAILED (written to <step>.error.txt), nothing more."""
+def _is_cuda_error(error: BaseException) -> bool:
+    """An error raised by the CUDA runtime (after one, the context is broken: every later CUDA
+    call fails with the same message)."""
+    accelerator_error = getattr(torch, "AcceleratorError", ())  # torch >= 2.8
+    text = str(error)
+    return isinstance(error, accelerator_error) or "CUDA error" in text or \
+        "CUBLAS_STATUS" in text or "cuDNN error" in text
+
+
+def run_step(name: str, run: Run, first_cuda_error: list[str] | None = None) -> StepResult:
+    """Run one step; an exception marks it FAILED (written to <step>.error.txt, which the note
+    names), nothing more. ``first_cuda_error`` (a one-element list, filled here) says which step
+    hit the first CUDA error: that row is marked as the cause, later CUDA failures point to it."""
     result = StepResult(name)
     print(f"== {name}", flush=True)
     start = time.perf_counter()
@@ -428,26 +502,44 @@ def run_step(name: str, run: Run) -> StepResult:
     except Exception as error:  # recorded; the other steps still run
         result.status = "FAILED"
         message = f"{type(error).__name__}: {error}"
-        result.note = f"{result.note}; {message}" if result.note else message
         path = run.check_dir / f"{name}.error.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"{run.command}\n\n{traceback.format_exc()}", encoding="utf-8")
         result.files.append(_relative(path))
+        message += f" (traceback: {_relative(path)})"
+        if first_cuda_error is not None and _is_cuda_error(error):
+            if not first_cuda_error:
+                first_cuda_error.append(name)
+                message = "FIRST CUDA ERROR (the likely cause of later failures): " + message
+            else:
+                message = f"after the CUDA error in {first_cuda_error[0]}: " + message
+        result.note = f"{result.note}; {message}" if result.note else message
     result.seconds = time.perf_counter() - start
     return result
 
 
 def format_summary(results: Sequence[StepResult], run: Run, total_seconds: float) -> str:
     """The table printed at the end (and saved as summary.txt)."""
+    decided = run.decisions.as_record()
     lines = [f"gpu_check on {run.device} ({'quick' if run.quick else 'full'}): {run.command}",
+             f"decisions: {decided['compute_capability']}, native bf16 {decided['native_bf16']},"
+             f" dtype {decided['dtype']}, loss scaling {decided['loss_scaling']}, grouped GEMM "
+             f"{decided['grouped_mm_path']}, compile {decided['compile']}, TF32 {decided['tf32']}",
              f"{'step':<12} {'status':<8} {'seconds':>8}  note"]
     for r in results:
         lines.append(f"{r.name:<12} {r.status:<8} {r.seconds:8.1f}  {r.note}")
         if r.abbreviated:
             lines.append(f"{'':<30}abbreviated: {r.abbreviated}")
+        if r.flagged:
+            lines.append(f"{'':<30}FLAGGED: {r.flagged}")
     failed = [r.name for r in results if r.status == "FAILED"]
-    lines.append(f"total {total_seconds:.1f} s; " +
-                 (f"FAILED: {', '.join(failed)}" if failed else "every step that ran passed"))
+    skipped = [r.name for r in results if r.status == "skipped"]
+    flagged = [r.name for r in results if r.flagged]
+    passed = len(results) - len(failed) - len(skipped)
+    lines.append(f"total {total_seconds:.1f} s; {passed} ok, {len(failed)} FAILED"
+                 + (f" ({', '.join(failed)})" if failed else "")
+                 + f", {len(skipped)} skipped" + (f" ({', '.join(skipped)})" if skipped else "")
+                 + (f"; flagged: {', '.join(flagged)}" if flagged else ""))
     lines.append(f"results: {_relative(run.check_dir)}/ (and bench_{run.tag}.json, "
                  f"lesson05_{run.tag}/ beside it)")
     return "\n".join(lines)
@@ -459,8 +551,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", help="cuda or cpu (default: cuda if available, else cpu)")
     parser.add_argument("--quick", action="store_true",
                         help="a subset for CI: small shapes, fewer lessons, a short training run")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR,
-                        help="results folder (default: moe_lab/results)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results folder (default: moe_lab/results in a clone of the "
+                             "repository, ./moe_lab_results when installed with pip)")
+    parser.add_argument("--lessons", type=Path, default=None,
+                        help="folder of the lesson notebooks (default: the clone's notebooks/)")
     parser.add_argument("--steps", default=",".join(STEPS),
                         help=f"comma-separated subset of {', '.join(STEPS)}")
     parser.add_argument("--lesson-jobs", type=int, default=None,
@@ -479,18 +574,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: this machine has no CUDA GPU")
     command = "python -m moe_lab.gpu_check " + " ".join(sys.argv[1:] if argv is None else argv)
-    run = Run(device=device, quick=args.quick, out=args.out, command=command.strip(),
+    run = Run(device=device, quick=args.quick, out=args.out or default_results_dir(),
+              command=command.strip(),
               lesson_jobs=args.lesson_jobs or (4 if device.type == "cuda" else 1),
-              deadline=time.monotonic() + args.budget)
+              deadline=time.monotonic() + args.budget, lessons_dir=args.lessons)
     print(" ".join(f"{k}={v}" for k, v in environment_summary(device).items()), flush=True)
     start = time.perf_counter()
-    results = [run_step(name, run) for name in steps]
+    first_cuda_error: list[str] = []
+    results = [run_step(name, run, first_cuda_error) for name in steps]
     summary = format_summary(results, run, time.perf_counter() - start)
     print(summary, flush=True)
     run.check_dir.mkdir(parents=True, exist_ok=True)
     (run.check_dir / "summary.txt").write_text(summary + "\n", encoding="utf-8")
     run.write_json(run.check_dir / "summary.json", {
         "device": str(device), "quick": args.quick, "seconds": time.perf_counter() - start,
+        "decisions": run.decisions.as_record(), "first_cuda_error": first_cuda_error[:1],
         "steps": [asdict(r) for r in results]})
     return 1 if any(r.status == "FAILED" for r in results) else 0
 

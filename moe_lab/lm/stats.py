@@ -66,19 +66,46 @@ class StepStats:
         return len(self.load)
 
 
-def step_stats(step: int, router_logits: torch.Tensor, router_probs: torch.Tensor,
-               tokens_per_expert: torch.Tensor, losses: dict[str, float] | None = None,
-               ) -> StepStats:
-    """Summarise one step's routing: logits and probs (N, E), tokens_per_expert (E,)."""
-    counts = tokens_per_expert.detach().float()  # (E,)
-    total = float(counts.sum())
-    load = (counts / total) if total > 0 else counts  # (E,)
-    max_abs_logit = float(router_logits.detach().abs().max()) if router_logits.numel() else 0.0
+def routing_summary(router_logits: torch.Tensor, router_probs: torch.Tensor,
+                    tokens_per_expert: torch.Tensor) -> torch.Tensor:
+    """One step's routing statistics as one float64 tensor on the router's device, read nothing:
+    (E + 3,) = load (E), max_over_mean, router_entropy, max_abs_logit (the fields of
+    :class:`StepStats`; a training loop reads it with its other numbers in one host sync)."""
+    counts = tokens_per_expert.detach().double()  # (E,)
+    total = counts.sum()
+    # load_i = counts_i / sum_j counts_j (zeros when nothing was routed)
+    load = torch.where(total > 0, counts / total.clamp_min(1), counts)  # (E,)
+    mean = counts.mean()
+    # max_over_mean = max_i counts_i / mean_i counts_i (0 when nothing was routed)
+    max_over_mean = torch.where(mean > 0, counts.max() / mean.clamp_min(1e-12), 0.0)
+    if router_probs.shape[0]:
+        probs = router_probs.detach().double()  # (N, E)
+        # H_n = - sum_i p_{n,i} log p_{n,i}, averaged over the tokens
+        entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=-1).mean()
+        max_abs_logit = router_logits.detach().abs().max().double()
+    else:
+        entropy = max_abs_logit = counts.new_zeros(())
+    return torch.cat([load, torch.stack([max_over_mean, entropy, max_abs_logit])])  # (E + 3,)
+
+
+def stats_from_summary(step: int, summary: list[float],
+                       losses: dict[str, float] | None = None) -> StepStats:
+    """:class:`StepStats` from a :func:`routing_summary` read to the host (E + 3 floats)."""
+    *load, max_over_mean, entropy, max_abs_logit = summary
     return StepStats(
         step=int(step),
         load=tuple(round(float(v), 6) for v in load),
-        max_over_mean=max_over_mean_load(counts),
-        router_entropy=router_entropy(router_probs),
-        max_abs_logit=max_abs_logit,
+        max_over_mean=float(max_over_mean),
+        router_entropy=float(entropy),
+        max_abs_logit=float(max_abs_logit),
         losses={name: float(value) for name, value in (losses or {}).items()},
     )
+
+
+def step_stats(step: int, router_logits: torch.Tensor, router_probs: torch.Tensor,
+               tokens_per_expert: torch.Tensor, losses: dict[str, float] | None = None,
+               ) -> StepStats:
+    """Summarise one step's routing: logits and probs (N, E), tokens_per_expert (E,).
+    One host read (:func:`routing_summary`, then ``tolist``)."""
+    return stats_from_summary(step, routing_summary(router_logits, router_probs,
+                                                    tokens_per_expert).tolist(), losses)

@@ -4,8 +4,9 @@
     python -m moe_lab.train --runs dense moe --steps 50 --out /tmp/x   # some runs, shorter
     python -m moe_lab.train --suite lesson08                          # lesson 08's runs
 
-One step: sample a batch, forward under autocast (bf16 when asked), backward, clip the gradient
-norm, AdamW step, learning-rate schedule (linear warm-up, cosine decay). Every ``eval_every``
+One step: sample a batch, forward under autocast (bf16 or fp16 when asked; fp16 with a loss
+scaler), backward, clip the gradient norm, AdamW step, learning-rate schedule (linear warm-up,
+cosine decay); its statistics are read to the host once (:func:`train_step`). Every ``eval_every``
 steps the model is scored on fixed validation windows. Callbacks see every step and every
 evaluation (live dashboards, metric logs). Checkpoints hold only tensors and plain Python values,
 so they load with ``torch.load(weights_only=True)`` (no pickled code runs on load).
@@ -29,12 +30,12 @@ from tqdm.auto import tqdm
 from moe_lab.lm.data import Batch, LessonData, eval_batches, load_lesson_data, sample_batch
 from moe_lab.lm.model import IGNORE_INDEX, ModelConfig, TinyLM
 from moe_lab.lm.specialisation import collect_routing, specialisation_report
-from moe_lab.lm.stats import StepStats, step_stats
+from moe_lab.lm.stats import StepStats, routing_summary, stats_from_summary
 from moe_lab.systems.device import pick_device, seed_everything
 from moe_lab.systems.params import fine_grained
 from moe_lab.validation import check_choice, check_positive_int
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results" / "lesson05"
 LESSON08_RESULTS_DIR = RESULTS_DIR.parent / "lesson08"
 #: the same runs in bf16 on a GPU, written by ``python -m moe_lab.gpu_check`` (when one ran)
@@ -58,7 +59,7 @@ class TrainConfig:
     eval_batch_size: int = 32
     seed: int = 0  # initialisation and batches (the train/validation split is fixed)
     device: str | None = None  # None: cuda if present, else cpu
-    precision: str = "fp32"  # "fp32" or "bf16" (autocast)
+    precision: str = "fp32"  # "fp32", "bf16" or "fp16" (autocast; fp16 with loss scaling)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_windows_per_language",
@@ -160,8 +161,8 @@ def learning_rate(step: int, config: TrainConfig) -> float:
 
 
 def _autocast(device: torch.device, precision: str) -> torch.autocast:
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                          enabled=precision == "bf16")
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=precision != "fp32")
 
 
 @torch.no_grad()
@@ -242,29 +243,14 @@ def train(model_config: ModelConfig, train_config: TrainConfig, *,
         return time.perf_counter() - start - eval_seconds
 
     bar = tqdm(range(1, train_config.steps + 1), disable=not progress, desc=model_config.ffn)
+    scaler = _grad_scaler(device, train_config.precision)
     model.train()
     for step in bar:
         lr = learning_rate(step - 1, train_config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         batch = sample_batch(data.train, train_config.batch_size, train_config.seq_len,
                              generator, alpha=train_config.language_alpha).to(device)
-        with _autocast(device, train_config.precision):
-            out = model(batch.input_ids, batch.targets, batch.attention_mask)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
-        optimizer.step()
-        losses = {"lm": out.lm_loss.item()}
-        if out.aux_loss is not None:
-            losses.update(aux=out.aux_loss.item(), z=out.z_loss.item())
-        metrics = StepMetrics(
-            step=step, wall_time=wall_time(), loss=out.loss.item(), lm_loss=losses["lm"],
-            aux_loss=losses.get("aux"), z_loss=losses.get("z"),
-            drop_rate=out.drop_rate, lr=lr, grad_norm=float(grad_norm),
-            tokens_per_expert=[r.tokens_per_expert.tolist() for r in out.routing],
-            layer_stats=[step_stats(step, r.router.logits, r.router.probs, r.tokens_per_expert,
-                                    losses) for r in out.routing])
+        metrics = train_step(model, optimizer, batch, train_config, step, lr, wall_time,
+                             scaler=scaler)
         result.steps.append(metrics)
         for callback in callbacks:
             callback.on_step(metrics)
@@ -278,6 +264,67 @@ def train(model_config: ModelConfig, train_config: TrainConfig, *,
     for callback in callbacks:
         callback.on_train_end(result)
     return result
+
+
+def _grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
+    """fp16 needs loss scaling (moe_lab.systems.decisions.needs_loss_scaling); bf16, fp32 not."""
+    if precision != "fp16":
+        return None
+    return torch.amp.GradScaler(device.type)
+
+
+def train_step(model: TinyLM, optimizer: torch.optim.Optimizer, batch: Batch,
+               config: TrainConfig, step: int, lr: float, wall_time: Callable[[], float], *,
+               scaler: torch.amp.GradScaler | None = None) -> StepMetrics:
+    """One optimisation step and its statistics. The statistics (losses, gradient norm, drops,
+    tokens and routing summary per MoE layer) are packed into one device tensor and read to the
+    host once: one sync per step for them, whatever the number of layers and experts. (fp16
+    adds the loss scaler's own read of its inf check.)"""
+    device = batch.input_ids.device
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with _autocast(device, config.precision):
+        out = model(batch.input_ids, batch.targets, batch.attention_mask)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        out.loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+    else:  # fp16: scale the loss up for backward, unscale the gradients before clipping
+        scaler.scale(out.loss).backward()
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+    has_aux = out.aux_loss is not None
+    scalars = [out.loss, out.lm_loss, grad_norm] + ([out.aux_loss, out.z_loss] if has_aux else [])
+    per_layer = []  # per MoE layer: dropped (1), tokens_per_expert (E), routing summary (E + 3)
+    for r in out.routing:
+        per_layer += [r.dropped.sum().reshape(1), r.tokens_per_expert.reshape(-1),
+                      routing_summary(r.router.logits, r.router.probs, r.tokens_per_expert)]
+    packed = torch.cat([torch.stack([v.detach().double().reshape(()) for v in scalars])]
+                       + [t.detach().double() for t in per_layer])  # one vector on the device
+    values = packed.tolist()  # the one host sync of the step's statistics
+    loss, lm_loss, grad_norm_value, *rest = values[:len(scalars)]
+    losses = {"lm": lm_loss}
+    if has_aux:
+        losses.update(aux=rest[0], z=rest[1])
+    position, dropped, assignments = len(scalars), 0, 0
+    tokens_per_expert, layer_stats = [], []
+    for r in out.routing:
+        num_experts = r.tokens_per_expert.numel()
+        dropped += int(values[position])
+        assignments += r.dropped.numel()
+        counts = values[position + 1:position + 1 + num_experts]
+        summary = values[position + 1 + num_experts:position + 4 + 2 * num_experts]
+        tokens_per_expert.append([int(c) for c in counts])
+        layer_stats.append(stats_from_summary(step, summary, losses))
+        position += 4 + 2 * num_experts
+    return StepMetrics(
+        step=step, wall_time=wall_time(), loss=loss, lm_loss=lm_loss,
+        aux_loss=losses.get("aux"), z_loss=losses.get("z"),
+        drop_rate=dropped / assignments if assignments else 0.0, lr=lr,
+        grad_norm=grad_norm_value, tokens_per_expert=tokens_per_expert, layer_stats=layer_stats)
 
 
 def seconds_per_step(model_config: ModelConfig, train_config: TrainConfig, data: LessonData, *,

@@ -10,7 +10,10 @@ A strategy's ratio to it is the price of routing. Every strategy is timed in the
 interleaved repeat by repeat, so a noisy machine slows them alike; we report medians and the
 ratios (strategy / dense limit, sorted / loop), and each timing's spread (upper / lower quartile
 of its repeats, which one stray repeat does not move), which says how busy the machine was.
-fp32 on the CPU, bf16 on CUDA. Lesson 06.
+The dtype is :func:`moe_lab.systems.decisions.compute_dtype`'s: fp32 on the CPU, bf16 on GPUs
+with bf16 tensor cores (sm_80+), fp16 on older ones (a T4). Every result records the device's
+decisions and, per shape, the grouped-GEMM path the sorted strategy ran; :func:`judge_targets`
+holds the ratios against DESIGN.md's targets. Lesson 06.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from moe_lab.experts import Experts
+from moe_lab.grouped_gemm import path_for
 from moe_lab.layer import SparseMoE
+from moe_lab.systems.decisions import decisions_for
 from moe_lab.systems.device import environment_summary, pick_device
 
 
@@ -55,6 +60,7 @@ class BenchResult:
     median_ms: float
     ratio_to_dense_limit: float
     spread: float = 1.0  # upper / lower quartile of the repeats: near 1 on a quiet machine
+    grouped_mm_path: str = ""  # sorted only: the grouped GEMM's kernel (moe_lab.grouped_gemm)
 
 
 # The three target shapes (README, Benchmark) first, then E from 4 to 64 and K from 1 to 8.
@@ -80,8 +86,17 @@ def _synchronize(device: torch.device) -> None:
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on CUDA (what GPUs train in), fp32 elsewhere."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+    """The device's compute dtype: bf16 where native (sm_80+), fp16 on older GPUs, fp32 on the
+    CPU and MPS (:func:`moe_lab.systems.decisions.compute_dtype`)."""
+    return decisions_for(device).dtype
+
+
+def sorted_path(shape: BenchShape, dtype: torch.dtype, device: torch.device) -> str:
+    """The grouped-GEMM path the sorted strategy takes at this shape (kernel, or loop when the
+    widths are not 16-byte aligned)."""
+    rows = torch.empty(shape.tokens * shape.top_k, shape.d_model, dtype=dtype, device=device)
+    weight = torch.empty(shape.num_experts, shape.d_model, shape.d_ff, dtype=dtype, device=device)
+    return path_for(rows, weight)
 
 
 def make_workloads(shape: BenchShape, strategies: Sequence[str], dtype: torch.dtype,
@@ -144,7 +159,8 @@ def run_bench(shapes: Sequence[BenchShape] = QUICK_SHAPES,
               strategies: Sequence[str] = STRATEGIES, *, dtype: torch.dtype | None = None,
               device: torch.device | str | None = None, repeats: int = 5,
               warmup: int = 1) -> list[BenchResult]:
-    """Time every strategy and the dense limit at each shape; fp32 on CPU, bf16 on CUDA."""
+    """Time every strategy and the dense limit at each shape, in the device's dtype by default
+    (fp32 on the CPU, bf16 on sm_80+, fp16 on older GPUs: :func:`default_dtype`)."""
     device = torch.device(device) if device is not None else pick_device()
     if dtype is None:
         dtype = default_dtype(device)
@@ -154,9 +170,50 @@ def run_bench(shapes: Sequence[BenchShape] = QUICK_SHAPES,
         samples = interleaved_samples(workloads, device, repeats=repeats, warmup=warmup)
         medians = {name: statistics.median(times) for name, times in samples.items()}
         for name, ms in medians.items():
+            path = sorted_path(shape, dtype, device) if name == "sorted" else ""
             results.append(BenchResult(shape, name, ms, ms / medians["dense_limit"],
-                                       quartile_spread(samples[name])))
+                                       quartile_spread(samples[name]), path))
     return results
+
+
+#: DESIGN.md, section 5: sorted / dense limit at most this, forward + backward (fp32 on the CPU,
+#: the device's dtype on a GPU); and sorted faster than loop at every shape with E >= 8.
+TARGETS = {
+    BenchShape(4096, 512, 1024, 8, 2): 1.2,
+    BenchShape(4096, 512, 256, 64, 8): 1.8,
+    BenchShape(1024, 256, 512, 8, 2): 1.5,
+}
+
+
+@dataclass(frozen=True)
+class TargetCheck:
+    shape: BenchShape
+    what: str  # "sorted / dense limit" or "sorted / loop"
+    ratio: float
+    target: float
+    met: bool
+
+    def __str__(self) -> str:
+        return (f"{self.what} {self.ratio:.2f} at {self.shape} (target <= {self.target:g}): "
+                + ("met" if self.met else "MISSED"))
+
+
+def judge_targets(results: Sequence[BenchResult]) -> list[TargetCheck]:
+    """Each measured ratio that DESIGN.md sets a target for, against its target."""
+    by_key = {(r.shape, r.strategy): r for r in results}
+    checks = []
+    for (shape, strategy), result in by_key.items():
+        if strategy != "sorted":
+            continue
+        if shape in TARGETS:
+            target = TARGETS[shape]
+            checks.append(TargetCheck(shape, "sorted / dense limit", result.ratio_to_dense_limit,
+                                      target, result.ratio_to_dense_limit <= target))
+        loop = by_key.get((shape, "loop"))
+        if loop is not None and shape.num_experts >= 8:
+            ratio = result.median_ms / loop.median_ms
+            checks.append(TargetCheck(shape, "sorted / loop", ratio, 1.0, ratio <= 1.0))
+    return checks
 
 
 def quartile_spread(times: Sequence[float]) -> float:
@@ -202,7 +259,8 @@ def format_results(results: Sequence[BenchResult]) -> str:
 
 
 def environment(device: torch.device, dtype: torch.dtype) -> dict[str, str]:
-    """Where the numbers come from: the environment summary, the dtype and the date."""
+    """Where the numbers come from: the environment summary (with the device's decisions), the
+    dtype that ran and the date."""
     return {
         **environment_summary(device),
         "dtype": str(dtype).replace("torch.", ""),
@@ -219,10 +277,14 @@ def results_payload(results: Sequence[BenchResult], env: dict[str, str],
     for r in results:
         row = {**asdict(r.shape), "strategy": r.strategy, "median_ms": r.median_ms,
                "ratio_to_dense_limit": r.ratio_to_dense_limit, "spread": r.spread}
+        if r.grouped_mm_path:
+            row["grouped_mm_path"] = r.grouped_mm_path
         if r.shape in loop_ms:
             row["ratio_to_loop"] = r.median_ms / loop_ms[r.shape]
         rows.append(row)
-    return {"environment": env, "command": command, "results": rows}
+    targets = [{**asdict(c.shape), "what": c.what, "ratio": c.ratio, "target": c.target,
+                "met": c.met} for c in judge_targets(results)]
+    return {"environment": env, "command": command, "results": rows, "targets": targets}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -247,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(" ".join(f"{k}={v}" for k, v in env.items()), flush=True)
     results = run_bench(shapes, strategies, dtype=dtype, device=device, repeats=repeats)
     print(format_results(results))
+    for check in judge_targets(results):
+        print(check)
     if args.json:
         command = "python -m moe_lab.bench " + " ".join(argv if argv is not None else sys.argv[1:])
         with open(args.json, "w") as f:

@@ -21,6 +21,8 @@ import sys
 import numpy as np
 import torch
 
+from moe_lab.systems.decisions import decisions_for
+
 DEVICE_ENV = "MOE_LAB_DEVICE"
 PEAK_MEMORY_ENV = "MOE_LAB_PEAK_MEMORY_FILE"
 
@@ -76,20 +78,23 @@ def environment_summary(device: torch.device | str | None = None) -> dict[str, s
         "device": str(device),
         "cpu_threads": str(torch.get_num_threads()),
         "cpu_count": str(os.cpu_count()),
-        "grouped_mm": str(hasattr(torch.nn.functional, "grouped_mm")),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         summary["gpu"] = props.name
         summary["gpu_memory_gb"] = f"{props.total_memory / 2**30:.1f}"
+        # True on a T4 too (emulated): native_bf16 below is what the decisions use
         summary["bf16_supported"] = str(torch.cuda.is_bf16_supported())
         summary["cuda"] = str(torch.version.cuda)
+    # what moe_lab decides for this device (moe_lab.systems.decisions): compute capability,
+    # native bf16, dtype, loss scaling, grouped-GEMM path, compile, TF32
+    summary.update(decisions_for(device).as_record())
     return summary
 
 
 def print_environment() -> None:
     for key, value in environment_summary().items():
-        print(f"{key:>14}: {value}")
+        print(f"{key:>18}: {value}")
 
 
 def peak_memory() -> dict[str, float | None]:

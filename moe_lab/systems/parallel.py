@@ -189,11 +189,16 @@ class RemoteExperts(nn.Module):
                                                                     world_size, group)
         self.last_exchange: ExchangeStats | None = None
 
-    def forward_grouped(self, x_sorted: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """x_sorted (M, D) sorted by global expert, counts E ints -> expert outputs (M, D).
+    def forward_grouped(self, x_sorted: torch.Tensor,
+                        counts: list[int] | torch.Tensor) -> torch.Tensor:
+        """x_sorted (M, D) sorted by global expert, counts E ints or an (E,) tensor -> expert
+        outputs (M, D).
 
-        One host sync: reading the received counts. ``counts`` are already Python ints."""
+        Two host syncs: reading this rank's counts (the send splits of ``all_to_all`` are host
+        ints) and the received counts."""
         world_size, local_experts = self.world_size, self.local_experts_per_rank
+        if isinstance(counts, torch.Tensor):
+            counts = counts.tolist()  # E ints (host sync): the exchange's splits live on the host
         # send_splits[d] = sum_{e owned by d} tokens_per_expert[e], from the host's counts
         send = [sum(counts[d * local_experts:(d + 1) * local_experts]) for d in range(world_size)]
         tokens_per_expert = torch.tensor(counts, device=x_sorted.device)  # (E,)
@@ -325,7 +330,8 @@ class ExpertParallelResult:
     tokens_per_expert (E,): assignments per expert over all ranks.
     routed (W, E): assignments per (source rank, expert).
     tokens_sent (W, W): rows rank s sent to rank d in the dispatch all-to-all (row s, column d).
-    token_splits: W ints, tokens held by each rank.  backend, seconds: how it ran.
+    token_splits: W ints, tokens held by each rank.  backend, device, seconds: how it ran
+    (device: where the ranks computed, "cpu" or "cuda").
     """
 
     y: torch.Tensor
@@ -338,6 +344,7 @@ class ExpertParallelResult:
     token_splits: list[int]
     backend: str
     seconds: float
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -545,6 +552,7 @@ def run_expert_parallel(moe: SparseMoE, x: torch.Tensor, grad_y: torch.Tensor | 
         token_splits=[s.shape[0] for s in x_shards],
         backend=backend,
         seconds=seconds,
+        device=device,
     )
 
 
