@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -13,7 +13,7 @@
 # ---
 
 # %% [markdown] tags=["launch"]
-# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/moe-lab/moe-lab/blob/main/notebooks/10_moe_at_inference.ipynb) [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/moe-lab/moe-lab/main?urlpath=lab/tree/notebooks/10_moe_at_inference.ipynb)
+# *Colab and Binder links appear here once the course is published (its home is set in `tools/launch_cells.py`); until then run it on your machine: `bash run.sh course`.*
 
 # %% tags=["launch"] jupyter={"source_hidden": true}
 # NBVAL_IGNORE_OUTPUT
@@ -24,11 +24,15 @@
 import sys
 
 if "google.colab" in sys.modules:
+    import importlib.util
     import subprocess
 
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "plotly>=6", "anywidget",
-                    "pyyaml", "chatterbot-corpus>=1.3.3", "transformers>=5.0,<6",
-                    "moe-lab @ git+https://github.com/moe-lab/moe-lab@main"], check=True)
+    if importlib.util.find_spec("moe_lab") is None:
+        raise RuntimeError("MoE Lab has no published home yet, so there is nothing to install it from. "
+                           "Run the course on your machine (bash run.sh course, see the README), or "
+                           "install the moe_lab package into this runtime yourself and run this cell again.")
+    packages = ["plotly>=6", "anywidget", "pyyaml", "chatterbot-corpus>=1.3.3", "transformers>=5.0,<6"]
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *packages], check=True)
     from google.colab import output
 
     output.enable_custom_widget_manager()

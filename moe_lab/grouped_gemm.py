@@ -176,7 +176,29 @@ def grouped_matmul(x_sorted: torch.Tensor, weight: torch.Tensor, offsets: torch.
         path = path_for(x_sorted, weight)
     if path not in GROUPED_MM_PATHS:
         raise ValueError(f"path must be one of {GROUPED_MM_PATHS}, got {path!r}")
-    return segment_mm(x_sorted, weight, offsets, path)  # (M, B)
+    if path == "segment_loop":
+        return segment_mm(x_sorted, weight, offsets, path)  # (M, B)
+    width = weight.shape[-1]
+    x_sorted, weight = _kernel_ready(x_sorted, weight)
+    return segment_mm(x_sorted, weight, offsets, path)[:, :width]  # (M, B)
+
+
+def _kernel_ready(x_sorted: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The grouped-GEMM kernels need every row 16 bytes apart and a row- or column-major weight.
+    A layer's own widths pass (:func:`path_for`), but a family's products may not (gpt-oss adds
+    its expert biases as a product with a column of ones: A = 1). Zeros change no product, so the
+    contraction width A and the output width B are zero-padded up to the alignment (the output's
+    padded columns are cut off by the caller) and a strided weight view is made contiguous."""
+    align = 16 // x_sorted.dtype.itemsize
+    pad_a, pad_b = -weight.shape[1] % align, -weight.shape[2] % align
+    if not (weight.is_contiguous() or weight.transpose(-1, -2).is_contiguous()):
+        weight = weight.contiguous()
+    if pad_a:
+        x_sorted = F.pad(x_sorted, (0, pad_a))  # (M, A + pad_a)
+        weight = F.pad(weight, (0, 0, 0, pad_a))  # (E, A + pad_a, B)
+    if pad_b:
+        weight = F.pad(weight, (0, pad_b))  # (E, A', B + pad_b)
+    return x_sorted.contiguous(), weight
 
 
 __all__ = ["GROUPED_MM_PATHS", "device_capability", "grouped_matmul", "grouped_mm_path",

@@ -86,3 +86,27 @@ def test_bench_cli_prints_ratios_and_saves_json(tmp_path, monkeypatch, capsys):
 def test_bench_rejects_unknown_strategy():
     with pytest.raises(SystemExit):
         bench.main(["--quick", "--strategies", "sorted,warp"])
+
+
+@pytest.mark.parametrize(("a", "b", "strided"), [(1, 8, False), (7, 5, False), (16, 8, True)])
+def test_a_kernel_path_given_unaligned_or_strided_operands_pads_them_exactly(a, b, strided):
+    """A path chosen for the layer's widths may meet a family's own product (gpt-oss's bias as a
+    product with a column of ones: A = 1) or a strided weight view: the kernel path zero-pads the
+    widths and copies the view, and equals the loop in output and both gradients."""
+    counts = [3, 0, 5]
+    x = torch.randn(8, a, requires_grad=True)
+    full = torch.randn(3, a, 2 * b, requires_grad=True)
+    weight = full[..., ::2] if strided else full[..., :b]  # (E, A, B), strided or a plain slice
+    offsets = torch.tensor(counts).cumsum(0).to(torch.int32)
+    kernel = grouped_mm_path("cpu", None, torch.__version__, torch.float32)
+    if kernel == "segment_loop":
+        pytest.skip("this torch has no CPU grouped GEMM (torch < 2.10)")
+    grad = torch.randn(8, b)
+    results = []
+    for path in ("segment_loop", kernel):
+        x.grad, full.grad = None, None
+        out = grouped_matmul(x, weight, offsets, path)
+        out.backward(grad)
+        results.append((out.detach(), x.grad.clone(), full.grad.clone()))
+    for loop, padded in zip(*results, strict=True):
+        torch.testing.assert_close(padded, loop)

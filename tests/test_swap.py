@@ -172,8 +172,6 @@ def test_the_whole_swapped_model_compiles_with_fullgraph(family):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="dispatch.py's sorted dispatch reads tokens_per_expert "
-                   "with .tolist() (a data-dependent graph break); the sync-free dispatch removes it")
 def test_the_swapped_model_compiles_with_fullgraph_and_the_sorted_dispatch():
     model = swap_moe_blocks(tiny_model("Mixtral"))
     ids, mask = batch(6)
