@@ -58,7 +58,7 @@ def _saved_views(path: Path) -> tuple[set[str], int, int]:
     return ids, bare, sum(PLOTLY in o["data"] for o in views)
 
 
-def _wait_no_kernels(server, timeout_s: float = 30.0) -> None:
+def _wait_no_kernels(server, timeout_s: float = 90.0) -> None:
     deadline = time.monotonic() + timeout_s
     while json.loads(server.api("api/kernels")):
         assert time.monotonic() < deadline, "the lesson's kernel did not shut down"
