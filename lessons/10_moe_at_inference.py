@@ -469,6 +469,7 @@ print("your lru_cache agrees with the package at C=4, layer 0:",
       sum(h for h, _ in mine) / sum(h + m for h, m in mine) == hit_rates["layer 0 lru"][2])
 
 # %%
+# NBVAL_IGNORE_OUTPUT
 hit_rate_figure(hit_rates, CACHE_SIZES, title="hit rate against cache size, per layer (E = 8, K = 2)")
 
 # %% [markdown]

@@ -420,8 +420,8 @@ for _ in range(1000):
 for name, balancer in (("not re-centred", plain), ("re-centred", centred)):
     bias = balancer.router.score_correction_bias
     mean = bias.mean().item()
-    print(f"{name:>15}: mean bias {'0 (below 1e-4 in size)' if abs(mean) < 1e-4 else f'{mean:.3f}'}, "
-          f"expert 0 minus expert 1 {(bias[0] - bias[1]).item():.3f}")
+    centre = "|mean bias| < 1e-4" if abs(mean) < 1e-4 else f"mean bias {mean:.3f}"
+    print(f"{name:>15}: {centre}, expert 0 minus expert 1 {(bias[0] - bias[1]).item():.3f}")
 x = torch.randn(64, 16)
 print("same top-k choice for every token:",
       torch.equal(plain.router(x).topk_idx, centred.router(x).topk_idx))
