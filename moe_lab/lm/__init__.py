@@ -7,6 +7,7 @@
     model          a tiny decoder-only transformer with dense or MoE blocks
     train          the training loop (``python -m moe_lab.train``)
     specialisation language x expert counts, mutual information (bits)
+    seeds          compare_seeds: does a gap between runs exceed the seed spread?
     balance_scope  lesson 11: training with the balance per sequence, micro-batch, global batch
                    or the bias (``python -m moe_lab.lm.balance_scope``)
 
