@@ -58,9 +58,15 @@ def _saved_views(path: Path) -> tuple[set[str], int, int]:
     return ids, bare, sum(PLOTLY in o["data"] for o in views)
 
 
-def _wait_no_kernels(server, timeout_s: float = 90.0) -> None:
+def _kernel_ids(server) -> set[str]:
+    return {kernel["id"] for kernel in json.loads(server.api("api/kernels"))}
+
+
+def _wait_kernels_back_to(server, before: set[str], timeout_s: float = 90.0) -> None:
+    """Wait until the lesson's kernel is gone: only the kernels that ran before it are left (the
+    server is shared with other browser tests, whose lessons may still hold theirs)."""
     deadline = time.monotonic() + timeout_s
-    while json.loads(server.api("api/kernels")):
+    while _kernel_ids(server) - before:
         assert time.monotonic() < deadline, "the lesson's kernel did not shut down"
         time.sleep(0.5)
 
@@ -69,12 +75,13 @@ def test_reopened_lesson_shows_figures_not_errors(lab) -> None:
     server, browser = lab
     path = server.root_dir / LESSON
     shipped_ids, _, _ = _saved_views(path)
+    kernels_before = _kernel_ids(server)
     with opened_lesson(lab, LESSON) as (page, lesson, _logs, _meter):
         lesson.widget_box("moe-explorer-text").locator(".js-plotly-plot").first.wait_for()
         page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
         page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty",
                                timeout=30_000)
-    _wait_no_kernels(server)  # opened_lesson shut the kernel down on leaving
+    _wait_kernels_back_to(server, kernels_before)  # opened_lesson shut the kernel down on leaving
     run_ids, bare, figures = _saved_views(path)
     assert run_ids and run_ids.isdisjoint(shipped_ids), \
         "the saved notebook should point at the widgets of the run, whose kernel is now gone"
