@@ -168,3 +168,21 @@ def test_shipped_results_match_the_run_registry(name):
         model = load_checkpoint(RESULTS_DIR / f"{name}.pt")
         assert model.config == model_config
         assert model.num_parameters() == log["params_total"]
+
+
+def test_the_packed_step_statistics_agree_with_the_plain_functions():
+    """One unit for entropy (bits) and one convention for the load: the statistics the training
+    loop reads once per step equal router_entropy and max_over_mean_load computed on their own."""
+    from moe_lab.lm.stats import max_over_mean_load, router_entropy, routing_summary, stats_from_summary
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(12, 8, generator=generator) * 2
+    probs = logits.softmax(-1)
+    tokens_per_expert = torch.tensor([5, 0, 3, 4, 2, 2, 6, 2])
+    stats = stats_from_summary(0, routing_summary(logits, probs, tokens_per_expert).tolist(), {})
+    assert abs(stats.router_entropy - router_entropy(probs)) < 1e-6  # float64 against float32
+    assert abs(stats.max_over_mean - max_over_mean_load(tokens_per_expert)) < 1e-9
+    uniform = torch.full((4, 8), 1 / 8)
+    uniform_stats = stats_from_summary(0, routing_summary(uniform.log(), uniform,
+                                                          torch.full((8,), 1)).tolist(), {})
+    assert abs(uniform_stats.router_entropy - 3.0) < 1e-9  # log2 8 bits

@@ -49,7 +49,7 @@ class StepStats:
     step:              the step number (0-based)
     load:              per-expert share of the N*K assignments, E floats summing to 1
     max_over_mean:     max load / mean load (1 = balanced, E = collapsed)
-    router_entropy:    mean per-token entropy of the router probabilities (nats)
+    router_entropy:    mean per-token entropy of the router probabilities (bits)
     max_abs_logit:     largest |router logit| in the batch (what the z-loss keeps small)
     losses:            name -> value, e.g. {"task": 2.1, "switch": 1.03}
     """
@@ -80,8 +80,8 @@ def routing_summary(router_logits: torch.Tensor, router_probs: torch.Tensor,
     max_over_mean = torch.where(mean > 0, counts.max() / mean.clamp_min(1e-12), 0.0)
     if router_probs.shape[0]:
         probs = router_probs.detach().double()  # (N, E)
-        # H_n = - sum_i p_{n,i} log p_{n,i}, averaged over the tokens
-        entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=-1).mean()
+        # H_n = - sum_i p_{n,i} log2 p_{n,i} (bits), averaged over the tokens
+        entropy = -(probs * probs.clamp_min(1e-12).log2()).sum(dim=-1).mean()
         max_abs_logit = router_logits.detach().abs().max().double()
     else:
         entropy = max_abs_logit = counts.new_zeros(())

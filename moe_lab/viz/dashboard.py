@@ -3,7 +3,7 @@ Lesson 04.
 
 :func:`dashboard_data` turns a list of :class:`moe_lab.lm.stats.StepStats` into plain lists (tested);
 :func:`dashboard_figure` draws them in four panels (load share of each expert over the steps as a
-heatmap; max/mean load; router entropy against its maximum log E; every loss), and
+heatmap; max/mean load; router entropy against its maximum log2 E; every loss), and
 :func:`apply_dashboard_data` updates such a figure in place, for live redraws.
 :func:`compare_runs_figure` puts one metric of several runs side by side.
 """
@@ -103,10 +103,10 @@ def dashboard_figure(data: DashboardData, title: str = "training") -> go.Figure:
     experts = max(data.num_experts, 1)
     figure.add_hline(y=1.0, line_dash="dot", line_color="grey", row=1, col=2)
     figure.add_hline(y=float(experts), line_dash="dot", line_color="grey", row=1, col=2)
-    figure.add_hline(y=math.log(experts), line_dash="dot", line_color="grey", row=2, col=1)
+    figure.add_hline(y=math.log2(experts), line_dash="dot", line_color="grey", row=2, col=1)
     figure.update_yaxes(title_text="expert", row=1, col=1)
     figure.update_yaxes(range=[0, experts + 0.5], row=1, col=2)
-    figure.update_yaxes(range=[0, math.log(experts) * 1.1 + 1e-3], row=2, col=1)
+    figure.update_yaxes(range=[0, math.log2(experts) * 1.1 + 1e-3], row=2, col=1)
     figure.update_yaxes(type="log", row=2, col=2)
     figure.update_xaxes(title_text="step", row=2, col=1)
     figure.update_xaxes(title_text="step", row=2, col=2)
