@@ -462,7 +462,7 @@ for routing in real.values():
     n = min(routing.tokens.values()) * routing.top_k
     bias = (len(routing.domains) - 1) * (routing.num_experts - 1) / (2 * n * math.log(2))
     print(f"{routing.model}: at least {n / 1e6:.2f} million assignments per domain, "
-          f"sampling bias of I about {bias:.1e} bits")
+          f"sampling bias of I < {10.0 ** math.ceil(math.log10(bias)):.0e} bits")
 
 # %% [markdown]
 # The numbers agree with the paper's reading of its figure: OLMoE's experts depend on the domain

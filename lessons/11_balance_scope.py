@@ -409,6 +409,8 @@ for name, balancer in (("all counted x2", twice), ("one micro x2", leaked)):
 
 # %%
 # NBVAL_CHECK_OUTPUT
+import math
+
 _ = torch.manual_seed(4)
 skewed = torch.tensor([900, 100, 100, 100, 100, 100, 100, 100])  # one overloaded expert
 base = TopKRouter(16, E, K)
@@ -426,7 +428,8 @@ x = torch.randn(64, 16)
 print("same top-k choice for every token:",
       torch.equal(plain.router(x).topk_idx, centred.router(x).topk_idx))
 big = torch.tensor(100.0)
-print(f"float32 spacing near a bias of 100: {(torch.nextafter(big, big + 1) - big).item():.1e}")
+spacing = (torch.nextafter(big, big + 1) - big).item()  # a power of two: printed exactly
+print(f"float32 spacing near a bias of 100: 2^{math.log2(spacing):.0f}")
 
 # %% [markdown]
 # ## 6. Spot the bug: seven real MoE bugs

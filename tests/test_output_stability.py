@@ -35,10 +35,6 @@ VERSION = re.compile(r"\b(torch|numpy|python|transformers|plotly|ipywidgets)\s*[
 TORCH_OPS = re.compile(r"\baten::\w+")
 #: (notebook stem, text) -> why a small number there is exact, not a rounding gap
 EXACT_SMALL_NUMBERS = {
-    ("09_real_models", "sampling bias of I about"):
-        "a closed form from the counts ((E-1)(L-1) / (2 n ln 2)), printed to 2 digits",
-    ("11_balance_scope", "float32 spacing near a bias of 100"):
-        "the spacing of float32 at 100 is exactly 2^-17, printed to 2 digits",
     ("11_balance_scope", "epsilon"):
         "1e-20 is the epsilon written in the bug's code (Megatron-LM #1545), not a result",
 }
