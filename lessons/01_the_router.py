@@ -128,9 +128,10 @@ print("chosen experts (top-2):", routing.topk_idx.tolist())
 # %% [markdown]
 # ## 3. Why the router runs in float32
 #
-# bfloat16 keeps 8 bits of mantissa: two logits that differ by less than about 0.4 % of their size
-# round to the same value or swap. The router's output is a *discrete* choice, so a tiny rounding
-# error can send a token to a different expert, a jump that no later layer can undo. The Switch
+# bfloat16 stores 7 bits of mantissa (8 significant bits with the implicit leading one): two logits
+# that differ by less than about 0.4 % (2^-8) of their size round to the same value or swap. The
+# router's output is a *discrete* choice, so a tiny rounding error can send a token to a different
+# expert, a jump that no later layer can undo. The Switch
 # Transformer (Fedus et al. 2021, "selective precision") casts the router's input to float32 for
 # this reason, and Hugging Face's Mixtral takes the softmax in float32. `TopKRouter` computes in
 # `router_dtype`, float32 by default. Here the same weights and the same bf16 activations go through
@@ -365,7 +366,7 @@ show_quiz(1)
 # <details><summary>1. MoE 라우터를 bf16이 아니라 fp32로 계산하는 이유는 무엇인가요?
 # <br>(Why compute the MoE router in fp32 rather than bf16?)</summary>
 #
-# The router makes a discrete top-k choice; bf16 rounding (8 mantissa bits) changes near-tied logits
+# The router makes a discrete top-k choice; bf16 rounding (7 stored mantissa bits) changes near-tied logits
 # and flips which experts a token uses, a large, non-smooth change of the output. The router is a
 # tiny share of the FLOPs, so fp32 costs almost nothing.
 # </details>

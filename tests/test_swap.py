@@ -157,6 +157,38 @@ def test_restore_puts_back_the_blocks_with_the_current_parameters(family):
 
 
 @pytest.mark.slow
+def initialised_on_meta(family, *, swap):
+    """Built on the meta device (no memory), optionally swapped, then materialised and
+    initialised by transformers (``initialize_weights``, as ``from_pretrained`` does for missing
+    weights) under one seed: the state dict."""
+    config = tiny_model(family).config
+    with torch.device("meta"):
+        model = model_class(family)(config)
+    if swap:
+        swap_moe_blocks(model)
+    model.to_empty(device="cpu")
+    for module in model.modules():  # forget the initialisation done on the meta device
+        module.__dict__.pop("_is_hf_initialized", None)
+    torch.manual_seed(1)
+    model.initialize_weights()
+    return model.state_dict()
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_transformers_initialises_swapped_blocks_as_the_family_does(family):
+    """transformers initialises by module class; a swapped block is initialised through its
+    original block, so the swapped model's weights are the unswapped model's, bit for bit, in
+    the family's own distributions (e.g. the routers' normal(0, initializer_range), not zeros
+    or whatever memory to_empty left)."""
+    plain, swapped = initialised_on_meta(family, swap=False), initialised_on_meta(family, swap=True)
+    assert list(swapped) == list(plain)
+    for name, tensor in plain.items():
+        assert torch.equal(swapped[name], tensor), name
+    experts = [name for name in plain if ".experts." in name]
+    assert experts and all(0 < swapped[name].float().std() < 1 for name in experts
+                           if swapped[name].numel() > 1 and "bias" not in name)
+
+
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_the_whole_swapped_model_compiles_with_fullgraph(family):
     """Dynamo captures the whole model in one graph (dense dispatch: no data-dependent shapes)."""

@@ -97,7 +97,7 @@ def find_lessons(explicit: Path | None = None) -> tuple[list[Path], list[Path]]:
     return [], candidates
 
 
-#: max |device - cpu| / max |cpu| allowed, per dtype (bf16 keeps 8 bits of mantissa, fp16 11)
+#: max |device - cpu| / max |cpu| allowed, per dtype (bf16 has 8 significant bits, fp16 11)
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
 QUICK_LESSONS = ("00_start_here",)
 QUICK_TRAINING_STEPS = 10

@@ -13,6 +13,11 @@ no copies), under the block's own names, so that
   the auxiliary loss work as in the unswapped model.
 
 :func:`restore_moe_blocks` puts the original blocks back, holding the current parameters.
+
+transformers initialises weights by module class (each family's ``_init_weights`` knows its own
+router and experts): a swapped model's ``initialize_weights`` (``from_pretrained`` with missing
+weights, a model built on the meta device) initialises each swapped block's parameters as the
+family initialises its own block, through :class:`FamilyInit`.
 Blocks with no routed experts (Qwen2-MoE's ``mlp_only_layers``, DeepSeek-V3's first dense
 layers, Llama 4's dense layers) are plain MLPs and stay as they are.
 """
@@ -81,6 +86,74 @@ def _parent_and_name(model: nn.Module, qualified_name: str) -> tuple[nn.Module, 
     return (model.get_submodule(parent_name) if parent_name else model), name
 
 
+def _rebind(layer: SwappedMoEBlock) -> nn.Module:
+    """The layer's original block, holding the layer's current parameters and buffers (they may
+    have been replaced since the swap: ``load_state_dict(..., assign=True)``, ``to_empty``,
+    ``from_pretrained`` materialising them from the meta device)."""
+    block = layer.__dict__["_original_block"]
+    for tensor_name, tensor in [*layer.named_parameters(), *layer.named_buffers()]:
+        owner, attribute = _parent_and_name(block, tensor_name)
+        if isinstance(tensor, nn.Parameter):
+            owner.register_parameter(attribute, tensor)
+        else:
+            owner.register_buffer(attribute, tensor, persistent=attribute
+                                  not in owner._non_persistent_buffers_set)
+    return block
+
+
+def _post_order(module: nn.Module):
+    """Children before their parent, as transformers walks a model to initialise it."""
+    for child in module.children():
+        yield from _post_order(child)
+    yield module
+
+
+class FamilyInit:
+    """A transformers model's ``_init_weights`` once its blocks are swapped.
+
+    transformers walks the model and initialises each module by its class; a swapped block's
+    parts are moe_lab classes it does not know. Here a swapped block is initialised by walking its
+    original block instead (which holds the same parameters), each module through the model's
+    own ``_initialize_weights``, so every family rule, seed and "already loaded" flag applies as
+    in the unswapped model, in the same order. The parts of a swapped block, met before the
+    block itself, are left to the block."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.walking = False
+
+    def __call__(self, module: nn.Module) -> None:
+        model = self.model
+        if isinstance(module, SwappedMoEBlock):
+            custom = model.is_custom_code() if hasattr(model, "is_custom_code") else False
+            self.walking = True
+            try:
+                for part in _post_order(_rebind(module)):
+                    if part.__dict__.pop("_moe_lab_deferred", False):  # only our skip marked it
+                        part.__dict__.pop("_is_hf_initialized", None)
+                    model._initialize_weights(part, custom)
+            finally:
+                self.walking = False
+        elif getattr(module, "_moe_lab_swapped_part", False) and not self.walking:
+            module._moe_lab_deferred = True  # transformers marks it initialised: undone above
+        else:
+            type(model)._init_weights(model, module)
+
+
+def _install_family_init(model: nn.Module) -> None:
+    """Route every transformers model of the tree (the causal LM and its base model) through
+    :class:`FamilyInit`."""
+    for module in model.modules():
+        if hasattr(type(module), "_initialize_weights") and hasattr(type(module), "_init_weights"):
+            module.__dict__["_init_weights"] = FamilyInit(module)
+
+
+def _remove_family_init(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module.__dict__.get("_init_weights"), FamilyInit):
+            del module.__dict__["_init_weights"]
+
+
 def swap_moe_blocks(model: nn.Module) -> nn.Module:
     """Replace every MoE block of ``model`` (any of the seven families) by a
     :class:`SwappedMoEBlock` over the block's own parameters, in place; returns ``model``.
@@ -103,8 +176,12 @@ def swap_moe_blocks(model: nn.Module) -> nn.Module:
     layers = [(name, build_family_layer(block, SwappedMoEBlock), block) for name, block in found]
     for name, layer, block in layers:
         layer.__dict__["_original_block"] = block  # kept outside the module tree for the inverse
+        for part in layer.modules():
+            if part is not layer:
+                part._moe_lab_swapped_part = True  # initialised with its block (FamilyInit)
         parent, attribute = _parent_and_name(model, name)
         setattr(parent, attribute, layer)
+    _install_family_init(model)
     return model
 
 
@@ -116,14 +193,11 @@ def restore_moe_blocks(model: nn.Module) -> nn.Module:
     if not swapped:
         raise ValueError(f"{type(model).__name__} holds no swapped MoE block")
     for name, layer in swapped:
-        block = layer.__dict__["_original_block"]
-        for tensor_name, tensor in [*layer.named_parameters(), *layer.named_buffers()]:
-            owner, attribute = _parent_and_name(block, tensor_name)
-            if isinstance(tensor, nn.Parameter):
-                owner.register_parameter(attribute, tensor)
-            else:
-                owner.register_buffer(attribute, tensor, persistent=attribute
-                                      not in owner._non_persistent_buffers_set)
+        block = _rebind(layer)
+        for part in block.modules():
+            part.__dict__.pop("_moe_lab_swapped_part", None)
+            part.__dict__.pop("_moe_lab_deferred", None)
         parent, attribute = _parent_and_name(model, name)
         setattr(parent, attribute, block.train(layer.training))
+    _remove_family_init(model)
     return model
