@@ -13,7 +13,8 @@ swap, and compares the outcomes test by test.
 ``run`` loads this file as a pytest plugin (``-p transformers_model_tests``): with
 ``MOE_LAB_SWAP=1`` every transformers model, once built (``PreTrainedModel.post_init``), has
 its MoE blocks replaced by :func:`moe_lab.interop.swap_moe_blocks`; ``MOE_LAB_HIDDEN_ACT`` sets
-the tester's ``hidden_act`` (its default is ``"gelu"``).
+the tester's ``hidden_act`` (its default is ``"gelu"``). The outcome measured last, and how to
+read it: docs/transformers-model-tests.md.
 """
 
 from __future__ import annotations

@@ -220,10 +220,12 @@ class LessonPage:
         self.wait_kernel_idle(timeout_s)
 
     def close(self) -> None:
-        """Shut the lesson's kernel down (each lesson gets its own) and close the page."""
+        """Shut down the kernel of every notebook this page opened (the lesson's, and any
+        lesson a link opened beside it) and close the page."""
         try:
-            self.page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext"
-                               ".shutdown()")
+            self.page.evaluate("() => Promise.all(Array.from(window.jupyterapp.shell.widgets('main'))"
+                               ".filter(w => w.sessionContext)"
+                               ".map(w => w.sessionContext.shutdown()))")
         finally:
             self.page.close()
 
