@@ -144,8 +144,8 @@ def test_profile_reading_names_the_path_that_ran():
     assert lines[1] == "loop: 9.0 mm and 1.0 nonzero (a host sync on a GPU) per expert, E = 8"
     fallback = {"sorted": _summary(**{"aten::_grouped_mm": 0, "aten::mm": 72})}
     assert profile_reading(fallback, num_experts=8) == [
-        "sorted ran the fallback, one mm per expert segment (this torch has no usable "
-        "F.grouped_mm): 72 mm calls, 9.0 per expert"]
+        "sorted ran the segment loop, one mm per expert segment (no grouped-GEMM kernel for "
+        "this torch, device, dtype or width): 72 mm calls, 9.0 per expert"]
 
 
 def test_memory_order_is_measured():

@@ -318,8 +318,10 @@ def memory_figure(allocated_mb: dict[str, float], title: str = "") -> go.Figure:
 
 def profile_reading(summaries: dict[str, ProfileSummary], num_experts: int) -> list[str]:
     """The profiler's counts in words, from the counts: which grouped-GEMM path ``sorted`` ran
-    (torch's ``F.grouped_mm``, or the fallback of one ``mm`` per expert segment when this torch
-    has none, e.g. torch < 2.8), and the per-expert work of ``loop``."""
+    (torch's ``F.grouped_mm``, or moe_lab's segment loop, one ``mm`` per expert segment, where
+    :func:`moe_lab.grouped_gemm.path_for` finds no kernel for this torch, device, dtype or
+    width: e.g. a CPU with torch < 2.10, or widths not 16-byte aligned), and the per-expert
+    work of ``loop``."""
     lines = []
     if "sorted" in summaries:
         calls = summaries["sorted"].op_calls
@@ -329,8 +331,9 @@ def profile_reading(summaries: dict[str, ProfileSummary], num_experts: int) -> l
                          f"calls in one forward + backward, whatever E (on a CPU each is a C++ "
                          f"loop over the groups, whose {mm} mm calls the profiler also counts)")
         else:
-            lines.append(f"sorted ran the fallback, one mm per expert segment (this torch has no "
-                         f"usable F.grouped_mm): {mm} mm calls, {mm / num_experts:.1f} per expert")
+            lines.append(f"sorted ran the segment loop, one mm per expert segment (no grouped-GEMM "
+                         f"kernel for this torch, device, dtype or width): {mm} mm calls, "
+                         f"{mm / num_experts:.1f} per expert")
     if "loop" in summaries:
         calls = summaries["loop"].op_calls
         lines.append(f"loop: {calls.get('aten::mm', 0) / num_experts:.1f} mm and "
