@@ -112,6 +112,7 @@ def topk_routing(
     scaling_factor: float = 1.0,
     num_groups: int = 1,
     topk_groups: int = 1,
+    router_logits: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Choose K experts per token and their weights: returns ``(topk_idx, topk_weights)``.
 
@@ -119,6 +120,12 @@ def topk_routing(
     to the ``topk_groups`` best groups (:func:`limit_to_top_groups`); the weights are gathered
     from the unbiased probabilities, with ``normalize`` divided by their sum, then multiplied by
     ``scaling_factor``. router_probs is (..., E), top_k in [1, E], selection_bias (E,).
+
+    ``router_logits`` (the logits the probabilities came from, same shape), when given and there
+    is neither a bias nor a group limit, are ranked instead of the probabilities: the same order
+    (sigmoid and softmax are increasing), without the ties of saturated scores: in float32
+    sigmoid(x) rounds to exactly 1.0 from x of about 17, and tied scores fall back to the lowest
+    index (Llama 4 ranks its logits).
     """
     check_float_tensor("router_probs", router_probs)
     if router_probs.dim() < 1:
@@ -132,6 +139,11 @@ def topk_routing(
     if num_groups != 1:  # checked here too: top_k or the groups may be reassigned after a
         check_groups(num_groups, topk_groups, router_probs.shape[-1], top_k)  # router was built
     scores_for_choice = router_probs if selection_bias is None else router_probs + selection_bias
+    if router_logits is not None and selection_bias is None and num_groups == 1:
+        if router_logits.shape != router_probs.shape:
+            raise ValueError(f"router_logits must have router_probs' shape "
+                             f"{tuple(router_probs.shape)}, got {tuple(router_logits.shape)}")
+        scores_for_choice = router_logits
     if num_groups > 1:
         scores_for_choice = limit_to_top_groups(scores_for_choice, num_groups, topk_groups)  # (N, E)
     topk_idx = torch.topk(scores_for_choice, top_k, dim=-1).indices  # (N, K)
@@ -346,6 +358,9 @@ class TopKRouter(nn.Module):
             selection_bias=None if bias is None else bias.to(router_probs.dtype),
             scaling_factor=self.scaling_factor, num_groups=self.num_groups,
             topk_groups=self.topk_groups,
+            # sigmoid saturates: rank its logits (softmax ranks its probabilities, as Mixtral,
+            # Qwen and OLMoE do; they tie only where the logits nearly do)
+            router_logits=router_logits if self.scoring == "sigmoid" else None,
         )
         return RouterOutput(
             logits=router_logits.float(),

@@ -213,6 +213,30 @@ def test_the_layer_holds_the_blocks_own_parameters(family):
     assert all(p.grad is None for name, p in params.items() if name != first)
 
 
+def test_llama4_large_router_logits_pick_the_blocks_expert():
+    """Llama 4 takes the top-k of its logits, then the sigmoid: with logits of 20-30 every
+    score rounds to 1.0, and only ranking the logits picks the block's expert."""
+    block = tiny_block("Llama 4", num_local_experts=3, num_experts_per_tok=1)
+    with torch.no_grad():
+        block.router.weight.zero_()
+        block.router.weight[:, 0] = torch.tensor([20.0, 30.0, 25.0])
+    x = torch.full((1, 1, block.router.weight.shape[1]), 0.3)
+    x[..., 0] = 1.0
+    layer = from_transformers(block)
+    assert torch.equal(layer(x).router.topk_idx, block_topk_idx(block, x))
+    torch.testing.assert_close(layer(x).y, block_output(block, x), atol=1e-6, rtol=1e-5)
+
+
+def test_deepseek_without_shared_experts_keeps_the_blocks_names():
+    """n_shared_experts = 0: transformers still holds a shared MLP of width 0; the layer keeps it
+    under its name (it adds nothing), so the state dict is the block's."""
+    block = tiny_block("DeepSeek-V3", n_shared_experts=0)
+    layer = from_transformers(block)
+    assert list(layer.state_dict()) == list(block.state_dict())
+    x = torch.randn(2, 5, block.gate.weight.shape[1])
+    torch.testing.assert_close(layer(x).y, block_output(block, x), atol=1e-6, rtol=1e-5)
+
+
 def test_deepseek_in_bfloat16_keeps_its_float32_router():
     """from_pretrained(dtype=bfloat16) keeps DeepSeek-V3's gate.weight and selection bias in
     float32; the layer computes with them as they are (once it rounded them to bf16 and 106 of

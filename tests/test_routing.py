@@ -47,6 +47,23 @@ def test_sigmoid_scoring_deepseek():
     torch.testing.assert_close(out.topk_weights, expected / expected.sum(-1, keepdim=True))
 
 
+def test_topk_routing_ranks_the_logits_where_sigmoid_saturates():
+    """sigmoid(20), sigmoid(30) and sigmoid(25) all round to 1.0 in float32: ranking the scores
+    ties and keeps expert 0; given the logits (no bias, no groups) the choice is the best,
+    expert 1, with the same weight. With a selection bias score + bias is ranked, as DeepSeek-V3
+    does (a saturated tie is then the family's own)."""
+    logits = torch.tensor([[20.0, 30.0, 25.0]])
+    probs = torch.sigmoid(logits)
+    assert torch.equal(probs, torch.ones(1, 3))  # the scores do tie
+    assert topk_routing(probs, 1, normalize=False)[0].tolist() == [[0]]
+    idx, weights = topk_routing(probs, 1, normalize=False, router_logits=logits)
+    assert idx.tolist() == [[1]] and weights.tolist() == [[1.0]]
+    bias = torch.tensor([0.0, 0.0, 0.5])
+    assert topk_routing(probs, 1, router_logits=logits, selection_bias=bias)[0].tolist() == [[2]]
+    with pytest.raises(ValueError, match="router_logits must have router_probs' shape"):
+        topk_routing(probs, 1, router_logits=logits[:, :2])
+
+
 def test_router_runs_in_fp32_under_bf16_input():
     router = TopKRouter(32, 8, 2)
     x = torch.randn(64, 32).to(torch.bfloat16)

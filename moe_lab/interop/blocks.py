@@ -165,6 +165,8 @@ def _deepseek_v3(block: nn.Module) -> dict:
         parts["shared_experts"] = MLPExperts(block.shared_experts, parts=num_shared,
                                              activation=_activation_of(block.shared_experts.act_fn,
                                                                        "shared_experts"))
+    elif getattr(block, "shared_experts", None) is not None:  # an MLP of width 0: adds nothing
+        parts["idle"] = {"shared_experts": block.shared_experts}
     return parts
 
 

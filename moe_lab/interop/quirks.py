@@ -203,7 +203,7 @@ class FamilyMoE(SparseMoE):
     def __init__(self, config: SparseMoEConfig, names: BlockNames, router: TopKRouter,
                  experts: Experts, shared_experts: Experts | None = None,
                  shared_expert_gate: nn.Linear | None = None, *, input_jitter: float = 0.0,
-                 family: str = "") -> None:
+                 family: str = "", idle: dict[str, nn.Module] | None = None) -> None:
         nn.Module.__init__(self)
         self._config, self._names = config, names
         self.family, self.input_jitter = family, float(input_jitter)
@@ -213,6 +213,10 @@ class FamilyMoE(SparseMoE):
         if shared_experts is not None:
             self._modules[names.shared] = shared_experts
         self._modules["shared_expert_gate"] = shared_expert_gate
+        # a block's modules that compute nothing (DeepSeek-V3's shared experts of width 0 when
+        # n_shared_experts = 0), kept under their names so that the state dict is the block's
+        for name, module in (idle or {}).items():
+            self._modules[name] = module
 
     @property
     def router(self) -> TopKRouter:
