@@ -156,7 +156,74 @@ def test_restore_puts_back_the_blocks_with_the_current_parameters(family):
                                atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.slow
+# Configurations beyond the tiny defaults: odd E, K = 1 and K = E, widths not a multiple of 8,
+# interleaved MoE layers, DeepSeek-V3's group limits and scaling, no shared experts, and a
+# Llama 4 router whose logits saturate the sigmoid (router_std).
+VARIANTS = [
+    ("Mixtral", dict(num_local_experts=7, num_experts_per_tok=3, hidden_size=36,
+                     intermediate_size=20)),
+    ("Mixtral", dict(num_local_experts=5, num_experts_per_tok=5)),
+    ("Qwen2-MoE", dict(num_hidden_layers=4, mlp_only_layers=[], decoder_sparse_step=2,
+                       num_experts=7, num_experts_per_tok=1)),
+    ("Qwen2-MoE", dict(mlp_only_layers=[], hidden_size=36, moe_intermediate_size=20,
+                       shared_expert_intermediate_size=20, num_experts=5,
+                       num_experts_per_tok=3, norm_topk_prob=True)),
+    ("Qwen3-MoE", dict(num_experts=5, num_experts_per_tok=2, norm_topk_prob=False)),
+    ("OLMoE", dict(num_experts=7, num_experts_per_tok=3, norm_topk_prob=True)),
+    ("DeepSeek-V3", dict(n_routed_experts=9, n_group=3, topk_group=2, num_experts_per_tok=5,
+                         first_k_dense_replace=0, routed_scaling_factor=0.7)),
+    ("DeepSeek-V3", dict(n_group=2, topk_group=1, num_experts_per_tok=2, norm_topk_prob=False)),
+    ("DeepSeek-V3", dict(n_shared_experts=0)),
+    ("gpt-oss", dict(num_local_experts=5, num_experts_per_tok=1, swiglu_limit=0.3)),
+    ("Llama 4", dict(num_hidden_layers=4, moe_layers=None, interleave_moe_layer_step=2,
+                     num_local_experts=5, num_experts_per_tok=2)),
+    ("Llama 4", dict(num_local_experts=5, num_experts_per_tok=2, router_std=5.0)),
+]
+
+
+def redraw(model, *, std=0.3, router_std=None, seed=123):
+    """Weights large enough that every expert changes the logits (transformers' std 0.02 makes
+    the MoE's share tiny): normal(0, std) for every matrix, router_std for the routers', and
+    the selection and expert biases normal(0, 0.1)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() >= 2 and "norm" not in name:
+                scale = router_std if router_std and name.endswith(("gate.weight",
+                                                                    "router.weight")) else std
+                parameter.copy_(scale * torch.randn(parameter.shape, generator=generator))
+            elif name.endswith("_bias") or name.endswith(".bias"):
+                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
+        for name, buffer in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buffer.copy_(0.1 * torch.randn(buffer.shape, generator=generator))
+
+
+@pytest.mark.parametrize("family, config", VARIANTS,
+                         ids=[f"{f}-" + "-".join(f"{k}={v}" for k, v in c.items())[:60]
+                              for f, c in VARIANTS])
+def test_variants_equal_the_unswapped_model(family, config):
+    config = dict(config)
+    router_std = config.pop("router_std", None)
+    model = tiny_model(family, **config)
+    redraw(model, router_std=router_std)
+    keys = list(model.state_dict())
+    ids, mask = batch(1)
+    expected = model(input_ids=ids, attention_mask=mask, output_router_logits=True)
+    expected_tokens = generate(model, ids, mask)
+    swap_moe_blocks(model)
+    assert list(model.state_dict()) == keys
+    out = model(input_ids=ids, attention_mask=mask, output_router_logits=True)
+    scale = max(1.0, expected.logits.abs().max().item())
+    torch.testing.assert_close(out.logits, expected.logits, atol=1e-5 * scale, rtol=0)
+    for ours, theirs in zip(out.router_logits, expected.router_logits, strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-5 * scale, rtol=0)
+    assert torch.equal(generate(model, ids, mask), expected_tokens)
+    restore_moe_blocks(model)
+    torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, expected.logits,
+                               atol=0, rtol=0)
+
+
 def initialised_on_meta(family, *, swap):
     """Built on the meta device (no memory), optionally swapped, then materialised and
     initialised by transformers (``initialize_weights``, as ``from_pretrained`` does for missing
@@ -189,6 +256,7 @@ def test_transformers_initialises_swapped_blocks_as_the_family_does(family):
                            if swapped[name].numel() > 1 and "bias" not in name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_the_whole_swapped_model_compiles_with_fullgraph(family):
     """Dynamo captures the whole model in one graph (dense dispatch: no data-dependent shapes)."""
