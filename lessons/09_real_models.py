@@ -718,6 +718,54 @@ print("the float32 router is closer to the float32 model:",
 # router is $D \times E$ weights, a negligible cost), and interop switches to the family's dtype
 # only to reproduce a model exactly.
 #
+# **Bit for bit in bfloat16.** Routing the same tokens is not all a bf16 model needs: it rounds
+# after every product and every sum, and greedy generation follows the rounded logits, so two
+# computations that round in another order can write other text where two tokens nearly tie.
+# transformers hands Mixtral's and DeepSeek-V3's combine weights to the experts in float32, and
+# those of Qwen-MoE, OLMoE, gpt-oss and Llama 4 in the model's dtype; its `"eager"` experts add
+# one expert's weighted rows at a time into a bf16 sum, its grouped kernels (`"grouped_mm"`, the
+# default) sum a token's $K$ weighted rows in float32 and round once. A swapped block does the
+# same: its family's router hands over the weights in the family's dtype, and its `dispatch`
+# follows the model's experts implementation (`"loop"` for eager, `"sorted"` for grouped; an
+# assigned `dispatch` is kept). Each family in bfloat16, with weights large enough that every
+# rounding shows, before and after the swap (the largest difference of the logits; 0 means the
+# same bits):
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# bit-equality needs the same kernels in both runs: true on this CPU; the tests check it too
+aligned = dict(hidden_size=64, intermediate_size=32, moe_intermediate_size=32,
+               shared_expert_intermediate_size=32)
+tokens = torch.randint(3, 256, (4, 16), generator=torch.Generator().manual_seed(0))  # (B, T)
+
+
+def bf16_model(family, implementation):
+    """A tiny model of the family in bfloat16, its weights drawn with std 0.3 (not 0.02: the
+    experts must change the logits), running transformers' experts ``implementation``."""
+    model = tiny_model(family, **aligned, **({"head_dim": 32} if family == "OLMoE" else {}))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() >= 2:
+                parameter.copy_(0.3 * torch.randn(parameter.shape, generator=generator))
+    model = model.to(torch.bfloat16)
+    if implementation != "its own":
+        model.set_experts_implementation(implementation)
+    return model
+
+
+for family in FAMILIES:
+    own_only = not type(tiny_model(family.name))._can_set_experts_implementation()  # Llama 4
+    gaps = []
+    for implementation in ("its own",) if own_only else ("grouped_mm", "eager"):
+        model = bf16_model(family.name, implementation)
+        expected = model(tokens).logits
+        swap_moe_blocks(model)
+        gap = (model(tokens).logits.float() - expected.float()).abs().max().item()
+        gaps.append(f"{implementation}: {gap:g}")
+    print(f"{family.name:12s} " + "   ".join(gaps))
+
+# %% [markdown]
 # **A real trained model** (optional: it needs the weights in your local Hugging Face cache, e.g.
 # on Colab after `huggingface-cli download allenai/OLMoE-1B-7B-0924`, about 14 GB in bfloat16;
 # nothing is downloaded here):

@@ -143,16 +143,19 @@ def combine_kept(h_kept: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
     """The weighted sum back in token order: kept rows (M, D), in ``plan.sort_order`` -> y (N, D).
 
     Each row goes back to its (token, slot) with an ``index_copy`` (distinct indices: no atomic
-    adds, deterministic on every device); dropped slots stay zero; then one batched matmul
-    weights and sums the K slots of every token.
+    adds, deterministic on every device); dropped slots stay zero; then the K slots of every token
+    are weighted and summed in the weights' precision (float32 from the router, whatever the
+    experts' dtype: a bf16 layer does not round its weights to bf16), and the sum is rounded
+    once to the experts' dtype. transformers' grouped experts combine the same way.
     """
     num_tokens, top_k = plan.topk_idx.shape
     d_model = h_kept.shape[-1]
     slots = h_kept.new_zeros(num_tokens * top_k, d_model)  # (N*K, D)
     slots = slots.index_copy(0, plan.sort_order, h_kept)  # (N*K, D)
-    weights = (plan.topk_weights * plan.keep).to(h_kept.dtype)  # (N, K), 0 where dropped
-    # y_n = sum_k w_{n,k} h_{n,k}:  (N, 1, K) @ (N, K, D)
-    return torch.bmm(weights.unsqueeze(1), slots.view(num_tokens, top_k, d_model)).squeeze(1)
+    weights = plan.topk_weights * plan.keep  # (N, K), 0 where dropped
+    # y_n = sum_k w_{n,k} h_{n,k}:  (N, K, D) * (N, K, 1), summed over k
+    weighted = slots.view(num_tokens, top_k, d_model) * weights.unsqueeze(-1)  # (N, K, D)
+    return weighted.sum(dim=1).to(h_kept.dtype)  # (N, D)
 
 
 def dispatch_dense(x: torch.Tensor, plan: RoutingPlan, experts: Experts) -> torch.Tensor:

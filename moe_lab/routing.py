@@ -76,7 +76,8 @@ class RouterOutput:
     logits:       (N, E) router logits as float32 (with noise, when noise is on)
     probs:        (N, E) softmax(logits) (or sigmoid(logits) with sigmoid scoring)
     topk_idx:     (N, K) int64 chosen experts, best first
-    topk_weights: (N, K) float32 combine weights of the chosen experts
+    topk_weights: (N, K) float32 combine weights of the chosen experts (a family's router in
+                  :mod:`moe_lab.interop` may hand them over in its logits' dtype, as the family does)
     """
 
     logits: torch.Tensor

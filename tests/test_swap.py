@@ -71,9 +71,9 @@ def test_float32_logits_generation_and_router_logits_equal(family):
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_bfloat16_as_the_family_loads_it(family, tmp_path):
     """from_pretrained(dtype=bfloat16) with the family's own dtype rules (DeepSeek-V3 keeps its
-    router in float32): the same experts in the first MoE layer (same input, bit for bit), the
-    same greedy tokens, logits within bf16 rounding; the saved float32 model reloads into a
-    swapped model unchanged (state dict names kept)."""
+    router in float32): the same router logits, the same logits bit for bit (the swapped
+    blocks follow the eager experts' rounding: the "loop" dispatch, the family's weight dtype),
+    the same greedy tokens."""
     tiny_model(family).save_pretrained(tmp_path)
     # the eager experts: transformers' grouped_mm refuses widths like 20 in bf16 on a CPU
     model = model_class(family).from_pretrained(tmp_path, dtype=torch.bfloat16,
@@ -86,9 +86,47 @@ def test_bfloat16_as_the_family_loads_it(family, tmp_path):
         assert moe_blocks(model)[0].router.weight.dtype == torch.float32
     out = model(input_ids=ids, attention_mask=mask, output_router_logits=True)
     assert torch.equal(out.router_logits[0], expected.router_logits[0])
-    gap = (out.logits.float() - expected.logits.float()).abs().max()
-    assert gap <= 4 * 2 ** -8 * expected.logits.float().abs().max()
+    if family != "Llama 4":  # Llama 4's experts are its own (no experts implementation)
+        assert all(block.dispatch == "loop" for block in moe_blocks(model))
+    assert torch.equal(out.logits, expected.logits)
     assert torch.equal(generate(model, ids, mask), expected_tokens)
+
+
+# widths the grouped kernels take in bf16 (multiples of 8); OLMoE's q/k norms need head_dim * heads
+ALIGNED = dict(hidden_size=64, intermediate_size=32, moe_intermediate_size=32,
+               shared_expert_intermediate_size=32, head_dim=32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("implementation", ["grouped_mm", "eager"])
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_bfloat16_logits_are_bit_for_bit_in_each_experts_implementation(family, implementation):
+    """With weights large enough that every rounding shows (std 0.3), a bf16 model's logits are
+    the same bits before and after the swap, whichever experts implementation transformers runs
+    (Llama 4 has only its own): the swapped blocks combine in the family's weight dtype and
+    follow the implementation's order of sums."""
+    names = {"Mixtral", "Qwen2-MoE", "Qwen3-MoE", "OLMoE", "DeepSeek-V3", "gpt-oss", "Llama 4"}
+    assert set(FAMILY_NAMES) == names
+    config = {k: v for k, v in ALIGNED.items() if family == "OLMoE" or k != "head_dim"}
+    if family == "Qwen2-MoE":
+        config["mlp_only_layers"] = []
+    model = tiny_model(family, **config)
+    redraw(model)
+    model = model.to(torch.bfloat16)
+    if not model._can_set_experts_implementation():
+        if implementation != "eager":
+            pytest.skip(f"{family} has only its own experts implementation")
+    else:
+        model.set_experts_implementation(implementation)
+    ids = torch.randint(3, 256, (4, 16), generator=torch.Generator().manual_seed(0))
+    expected = model(ids).logits
+    swap_moe_blocks(model)
+    assert torch.equal(model(ids).logits, expected)
+    for block in moe_blocks(model):  # an assigned dispatch is kept (and validated)
+        block.dispatch = "padded"
+        with pytest.raises(ValueError, match="dispatch"):
+            block.dispatch = "fastest"
+    assert all(block.dispatch == "padded" for block in moe_blocks(model))
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)

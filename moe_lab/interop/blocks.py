@@ -104,16 +104,19 @@ def _fused(experts: nn.Module, names: tuple[str, ...], where: str) -> list[nn.Pa
 
 # ----------------------------------------------------------------------------- the families
 
-def _softmax_family(block: nn.Module, *, normalize: bool, shared: bool = False) -> dict:
+def _softmax_family(block: nn.Module, *, normalize: bool, shared: bool = False,
+                    weights_in_logits_dtype: bool = True) -> dict:
     """Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE: softmax, top-k, (renormalise), gated experts;
-    Qwen2-MoE adds one shared expert of its own width scaled by sigmoid(x w_sg)."""
+    Qwen2-MoE adds one shared expert of its own width scaled by sigmoid(x w_sg). All but Mixtral
+    hand the weights to the experts in the logits' dtype."""
     where = type(block).__name__
     gate_up_proj, down_proj = _fused(block.experts, ("gate_up_proj", "down_proj"), where)
     activation = _activation_of(block.experts.act_fn, where)
     num_experts, two_f, d_model = gate_up_proj.shape
     parts = dict(
         names=BlockNames(router="gate", shared="shared_expert" if shared else None),
-        router=FamilyRouter(block.gate.weight, block.gate.top_k, normalize=normalize),
+        router=FamilyRouter(block.gate.weight, block.gate.top_k, normalize=normalize,
+                            weights_in_logits_dtype=weights_in_logits_dtype),
         experts=FusedExperts(gate_up_proj, down_proj, activation=activation, transposed=True),
         input_jitter=getattr(block, "jitter_noise", 0.0),
     )
@@ -131,7 +134,7 @@ def _softmax_family(block: nn.Module, *, normalize: bool, shared: bool = False) 
 
 
 def _mixtral(block: nn.Module) -> dict:
-    return _softmax_family(block, normalize=True)
+    return _softmax_family(block, normalize=True, weights_in_logits_dtype=False)
 
 
 def _qwen2_moe(block: nn.Module) -> dict:
@@ -179,7 +182,8 @@ def _gpt_oss(block: nn.Module) -> dict:
     num_experts, d_model, two_f = tensors[0].shape
     return dict(
         names=BlockNames(router="router"),
-        router=FamilyRouter(router.weight, router.top_k, bias=router.bias, normalize=True),
+        router=FamilyRouter(router.weight, router.top_k, bias=router.bias, normalize=True,
+                            weights_in_logits_dtype=True),
         experts=GptOssExperts(*tensors, alpha=experts.alpha, limit=experts.limit),
         config=SparseMoEConfig(d_model, two_f // 2, num_experts, router.top_k, router_dtype=None),
     )
@@ -197,7 +201,8 @@ def _llama4(block: nn.Module) -> dict:
     options = dict(scoring="sigmoid", normalize=False, router_dtype=None)
     return dict(
         names=BlockNames(router="router", shared="shared_expert"),
-        router=FamilyRouter(block.router.weight, block.router.top_k, **options),
+        router=FamilyRouter(block.router.weight, block.router.top_k, weights_in_logits_dtype=True,
+                            **options),
         experts=FusedExperts(gate_up_proj, down_proj, activation=activation, transposed=False),
         shared_experts=shared,
         config=SparseMoEConfig(d_model, two_f // 2, num_experts, block.router.top_k,

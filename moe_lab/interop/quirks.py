@@ -17,7 +17,7 @@ what no lesson builds lives here: gpt-oss's logit bias, expert biases and clampe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ from torch import nn
 
 from moe_lab.experts import GATED_ACTIVATIONS, Experts
 from moe_lab.layer import SparseMoE, SparseMoEConfig
-from moe_lab.routing import TopKRouter
+from moe_lab.routing import RouterOutput, TopKRouter
 
 
 def mixtral_expert_weights(gate_up_proj: torch.Tensor, down_proj: torch.Tensor,
@@ -43,15 +43,20 @@ def mixtral_expert_weights(gate_up_proj: torch.Tensor, down_proj: torch.Tensor,
 
 class FamilyRouter(TopKRouter):
     """A :class:`TopKRouter` over a block's router weight (E, D), with gpt-oss's logit bias
-    (E,) when ``bias`` is given: router_logits = x W^T + b. No selection bias."""
+    (E,) when ``bias`` is given: router_logits = x W^T + b. No selection bias.
+
+    ``weights_in_logits_dtype``: the combine weights are handed to the experts in the logits'
+    dtype (Qwen-MoE, OLMoE, gpt-oss and Llama 4 round them to bf16 in a bf16 model; Mixtral and
+    DeepSeek-V3 keep them in float32), so that the experts' products round as the family's do."""
 
     score_correction_bias = None
 
     def __init__(self, weight: nn.Parameter, top_k: int, *, bias: nn.Parameter | None = None,
                  normalize: bool = True, router_dtype: torch.dtype | None = None,
                  scoring: str = "softmax", scaling_factor: float = 1.0, num_groups: int = 1,
-                 topk_groups: int = 1) -> None:
+                 topk_groups: int = 1, weights_in_logits_dtype: bool = False) -> None:
         nn.Module.__init__(self)
+        self.weights_in_logits_dtype = bool(weights_in_logits_dtype)
         num_experts, d_model = weight.shape
         self._configure(d_model, num_experts, top_k, normalize=normalize, noise=None,
                         router_dtype=router_dtype, scoring=scoring, jitter_eps=1e-2,
@@ -68,6 +73,12 @@ class FamilyRouter(TopKRouter):
         # router_logits = x W^T + b  (gpt-oss)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, self.weight.to(x.dtype), bias)  # (N, E)
+
+    def _route(self, x: torch.Tensor) -> RouterOutput:
+        routing = super()._route(x)  # x: the logits' dtype (router_dtype, or the input's)
+        if not self.weights_in_logits_dtype:
+            return routing
+        return replace(routing, topk_weights=routing.topk_weights.to(x.dtype))  # (N, K)
 
 
 class DeepseekRouter(FamilyRouter):
@@ -174,6 +185,14 @@ class MLPExperts(Experts):
     def _split(self, linear: nn.Linear) -> torch.Tensor:  # (parts*F, D) -> (parts, D, F)
         return linear.weight.view(self.num_experts, self.d_ff, self.d_model).transpose(1, 2)
 
+    def forward_mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """The sum of the ``parts`` experts on every token, as the family computes it: its one
+        MLP of width parts*F, x (N, D) -> (N, D). Equal to ``forward_all(x).sum(0)``, but summed
+        inside one matmul and rounded once (in bf16, ``parts`` rounded outputs summed differ)."""
+        self._check_rows("x", x, 2)
+        # down(act(x W_gate^T) * (x W_up^T))  over all parts*F hidden units
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))  # (N, D)
+
     w_gate = property(lambda self: self._split(self.gate_proj))
     w_up = property(lambda self: self._split(self.up_proj))
     # (D, parts*F) -> (parts, F, D)
@@ -228,6 +247,12 @@ class FamilyMoE(SparseMoE):
 
     def extra_repr(self) -> str:
         return f"family={self.family!r}, " + super().extra_repr()
+
+    def _shared(self, x: torch.Tensor) -> torch.Tensor:
+        shared = self.shared_experts
+        if isinstance(shared, MLPExperts) and self.shared_expert_gate is None:
+            return shared.forward_mlp(x)  # (N, D): DeepSeek-V3's n_shared_experts in one MLP
+        return super()._shared(x)
 
     def forward(self, x: torch.Tensor):
         if self.training and self.input_jitter > 0:

@@ -49,7 +49,27 @@ class SwappedMoEBlock(FamilyMoE):
     reporting its router logits (N, E) in the dtype the family computes them.
 
     ``moe_output(x)`` gives moe_lab's :class:`moe_lab.layer.MoEOutput` (``y``, ``router``, ...).
+
+    Its ``dispatch`` follows the model's experts implementation, so that a bf16 model rounds as
+    the unswapped one does, bit for bit: transformers' ``"eager"`` experts loop over the experts
+    and ``index_add`` each one's weighted rows (moe_lab's ``"loop"``); its grouped kernels sort
+    by expert and sum the K weighted rows of a token (``"sorted"``). Assigning ``dispatch``
+    pins one.
     """
+
+    @property
+    def dispatch(self) -> str:
+        pinned = self.__dict__.get("_pinned_dispatch")
+        if pinned is not None:
+            return pinned
+        implementation = getattr(self.__dict__.get("_experts_config"), "_experts_implementation",
+                                 None)
+        return "loop" if implementation == "eager" else "sorted"
+
+    @dispatch.setter
+    def dispatch(self, value: str) -> None:
+        FamilyMoE.dispatch.fset(self, value)  # validated
+        self.__dict__["_pinned_dispatch"] = value
 
     def moe_output(self, hidden_states: torch.Tensor):
         return FamilyMoE.forward(self, hidden_states)
@@ -176,6 +196,8 @@ def swap_moe_blocks(model: nn.Module) -> nn.Module:
     layers = [(name, build_family_layer(block, SwappedMoEBlock), block) for name, block in found]
     for name, layer, block in layers:
         layer.__dict__["_original_block"] = block  # kept outside the module tree for the inverse
+        # the model's config: its experts implementation decides the dispatch (SwappedMoEBlock)
+        layer.__dict__["_experts_config"] = getattr(getattr(block, "experts", None), "config", None)
         for part in layer.modules():
             if part is not layer:
                 part._moe_lab_swapped_part = True  # initialised with its block (FamilyInit)
