@@ -726,8 +726,9 @@ print("the float32 router is closer to the float32 model:",
 # one expert's weighted rows at a time into a bf16 sum, its grouped kernels (`"grouped_mm"`, the
 # default) sum a token's $K$ weighted rows in float32 and round once. A swapped block does the
 # same: its family's router hands over the weights in the family's dtype, and its `dispatch`
-# follows the model's experts implementation (`"loop"` for eager, `"sorted"` for grouped; an
-# assigned `dispatch` is kept). Each family in bfloat16, with weights large enough that every
+# follows the model's experts implementation (`"loop"` for eager, `"sorted"` for grouped, and
+# `"sorted"` under `torch.compile`, which cannot trace the loop in one graph; an assigned
+# `dispatch` is kept). Each family in bfloat16, with weights large enough that every
 # rounding shows, before and after the swap (the largest difference of the logits; 0 means the
 # same bits):
 

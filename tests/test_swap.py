@@ -310,8 +310,16 @@ def test_the_whole_swapped_model_compiles_with_fullgraph(family):
 
 
 @pytest.mark.slow
-def test_the_swapped_model_compiles_with_fullgraph_and_the_sorted_dispatch():
-    model = swap_moe_blocks(tiny_model("Mixtral"))
+@pytest.mark.parametrize("implementation", ["grouped_mm", "eager"])
+def test_the_swapped_model_compiles_with_fullgraph_and_the_sorted_dispatch(implementation):
+    """The default dispatch compiles in one graph; with transformers' eager experts the swapped
+    blocks run the loop in eager mode (bit for bit as the family) and the sorted dispatch under
+    torch.compile (transformers' own eager experts cannot be captured in one graph)."""
+    model = tiny_model("Mixtral", intermediate_size=16)
+    model.set_experts_implementation(implementation)
+    swap_moe_blocks(model)
+    expected_dispatch = "loop" if implementation == "eager" else "sorted"
+    assert all(block.dispatch == expected_dispatch for block in moe_blocks(model))
     ids, mask = batch(6)
     expected = model(input_ids=ids, attention_mask=mask).logits
     torch._dynamo.reset()

@@ -53,8 +53,9 @@ class SwappedMoEBlock(FamilyMoE):
     Its ``dispatch`` follows the model's experts implementation, so that a bf16 model rounds as
     the unswapped one does, bit for bit: transformers' ``"eager"`` experts loop over the experts
     and ``index_add`` each one's weighted rows (moe_lab's ``"loop"``); its grouped kernels sort
-    by expert and sum the K weighted rows of a token (``"sorted"``). Assigning ``dispatch``
-    pins one.
+    by expert and sum the K weighted rows of a token (``"sorted"``). Under ``torch.compile`` it
+    is always ``"sorted"``: the loop's data-dependent shapes cannot be traced in one graph (nor
+    can transformers' eager experts), the sorted dispatch can. Assigning ``dispatch`` pins one.
     """
 
     @property
@@ -64,7 +65,8 @@ class SwappedMoEBlock(FamilyMoE):
             return pinned
         implementation = getattr(self.__dict__.get("_experts_config"), "_experts_implementation",
                                  None)
-        return "loop" if implementation == "eager" else "sorted"
+        eager = implementation == "eager" and not torch.compiler.is_compiling()
+        return "loop" if eager else "sorted"
 
     @dispatch.setter
     def dispatch(self, value: str) -> None:
