@@ -389,7 +389,8 @@ print("converted by hand equals MixtralSparseMoeBlock (max |gap| < 1e-5):", gap 
 # **OLMoE-1B-7B** (64 experts, top-8, trained from scratch) and **Mixtral-8x7B** (8 experts,
 # top-2) was chosen at layers 0, 7 and 15 (of 16 layers in OLMoE, of 32 in Mixtral: for Mixtral
 # these are its first half only), over 208,896 tokens of each of five domains (arXiv,
-# books, C4, GitHub, Wikipedia), plus same-slot co-occurrence between layers. Counts of one layer
+# books, C4, GitHub, Wikipedia; OLMoE's counts have a sixth, Tulu, which Mixtral's lack, so the
+# lesson uses the five both share), plus same-slot co-occurrence between layers. Counts of one layer
 # sum to tokens $\times K$ (the loader checks).
 #
 # **Load imbalance.** For a load vector $c$ (E,): $\max_i c_i / \operatorname{mean}_i c_i$ (1 when
@@ -617,7 +618,7 @@ for routing in real.values():
 # inside a bfloat16 model). The swapped block also reports its router logits to transformers, so
 # `output_router_logits=True` and the auxiliary loss work. `restore_moe_blocks(model)` undoes it.
 #
-# For each family, a tiny causal LM (2 layers, random weights, odd $E$, $K = 1$ in OLMoE and
+# For each family, a tiny causal LM (2 layers, random weights, $E$ from 3 to 8, $K = 1$ in OLMoE and
 # $K = E$ in Qwen3-MoE, dense layers between MoE layers in three of them) reads the prompt as
 # bytes and greedily writes 20 more, before and after the swap:
 
@@ -643,7 +644,7 @@ for family in FAMILIES:
         same_text=torch.equal(text_after, text_before),
         aux=("-" if before.aux_loss is None else
              str(bool(torch.allclose(after.aux_loss, before.aux_loss, atol=1e-6)))),
-        text=bytes(text_after[0, prompt.shape[1]:].tolist()).decode("utf-8", errors="replace"))
+        texts=[text[0, prompt.shape[1]:].tolist() for text in (text_before, text_after)])
     restore_moe_blocks(model)
 
 # %%
@@ -655,9 +656,10 @@ for name, row in whole.items():
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-# random weights write random bytes; the point is that both runs write the same ones
+# random weights write random bytes (shown as hex); the point is that both runs write the same
 for name, row in whole.items():
-    print(f"{name:12s} {row['text']!r}")
+    before, after = (bytes(text).hex(" ") for text in row["texts"])
+    print(f"{name:12s} before: {before}\n{'':12s} after:  {after}")
 
 # %% [markdown]
 # ("-": DeepSeek-V3's and Llama 4's causal LMs return the router logits but add no auxiliary
@@ -668,7 +670,8 @@ for name, row in whole.items():
 #
 # **The router's dtype.** Lesson 01 computes the router in float32 whatever the input's dtype.
 # transformers' Mixtral, Qwen, OLMoE, gpt-oss and Llama 4 compute the logits in the model's
-# dtype and only the softmax (or sigmoid) in float32; DeepSeek-V3 computes its router in
+# dtype and the softmax (or sigmoid) in float32 (gpt-oss its softmax over the $K$ chosen logits
+# in the model's dtype too); DeepSeek-V3 computes its router in
 # float32. To route as the family does in every dtype, the swapped router takes the option
 # `router_dtype=None` ("the input's dtype"). How many tokens would the course's float32 router
 # send elsewhere? A Qwen3-MoE block with 128 experts, top-8, 8192 tokens, in bfloat16:
@@ -712,9 +715,10 @@ print("the float32 router is closer to the float32 model:",
 # %% [markdown]
 # Both facts matter. Parity with a model run in bfloat16 needs its own arithmetic: some
 # tokens sit so close to a tie between their $K$-th and $(K{+}1)$-th expert that the 8-bit
-# mantissa of bf16 logits decides. And the float32 router is the *better* router: its choices
-# are closer to those of the same model in float32, because only the weights were rounded, not
-# the logits. That is why the course keeps `router_dtype=torch.float32` as the default (the
+# mantissa of bf16 logits decides. And the float32 router is closer to the float32 model: its
+# choices match more of the same model's choices in float32, because only the weights and
+# inputs were rounded, not the logits (a model *trained* with bf16 logits learned with their
+# rounding, which is why interop reproduces it). That is why the course keeps `router_dtype=torch.float32` as the default (the
 # router is $D \times E$ weights, a negligible cost), and interop switches to the family's dtype
 # only to reproduce a model exactly.
 #
@@ -729,46 +733,68 @@ print("the float32 router is closer to the float32 model:",
 # follows the model's experts implementation (`"loop"` for eager, `"sorted"` for grouped, and
 # `"sorted"` under `torch.compile`, which cannot trace the loop in one graph; an assigned
 # `dispatch` is kept). Each family in bfloat16, with weights large enough that every
-# rounding shows, before and after the swap (the largest difference of the logits; 0 means the
-# same bits):
+# rounding shows: the largest difference of the logits before and after the swap (0 means the
+# same bits), then with the other order of sums pinned (loop for grouped, sorted for eager), and
+# whether the greedy text stays the same with that other order. The other order moves the logits
+# where the two orders round differently: with float32 weights (Mixtral, DeepSeek-V3) or more
+# than two bf16 rows per token (Qwen3-MoE, $K = 7$); two bf16 products sum to the same bits
+# either way (Qwen2-MoE, gpt-oss, $K = 2$), and $K = 1$ has no sum (OLMoE, Llama 4 here). The text
+# survives it here, because no two candidate tokens are that close; where two are closer than
+# the gap, it would not:
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-# bit-equality needs the same kernels in both runs: true on this CPU; the tests check it too
+# the same bits need the same kernels in both runs (true where this notebook was stored)
+import tempfile
+
+transformers.utils.logging.disable_progress_bar()  # saving and loading, quietly
 aligned = dict(hidden_size=64, intermediate_size=32, moe_intermediate_size=32,
                shared_expert_intermediate_size=32)
 tokens = torch.randint(3, 256, (4, 16), generator=torch.Generator().manual_seed(0))  # (B, T)
 
 
 def bf16_model(family, implementation):
-    """A tiny model of the family in bfloat16, its weights drawn with std 0.3 (not 0.02: the
-    experts must change the logits), running transformers' experts ``implementation``."""
+    """A tiny model of the family loaded in bfloat16 as the family loads it (DeepSeek-V3 keeps
+    its router in float32), its weights drawn with std 0.3 (not 0.02: the experts must change
+    the logits), running transformers' experts ``implementation`` (None: Llama 4's own)."""
     model = tiny_model(family, **aligned, **({"head_dim": 32} if family == "OLMoE" else {}))
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for parameter in model.parameters():
             if parameter.dim() >= 2:
                 parameter.copy_(0.3 * torch.randn(parameter.shape, generator=generator))
-    model = model.to(torch.bfloat16)
-    if implementation != "its own":
-        model.set_experts_implementation(implementation)
-    return model
+    options = {} if implementation is None else {"experts_implementation": implementation}
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        return type(model).from_pretrained(folder, dtype=torch.bfloat16, **options).eval()
 
 
+def largest_gap(a, b):
+    return (a.float() - b.float()).abs().max().item()
+
+
+print(f"{'family':12s} {'experts':10s} {'matched':>8s} {'other order':>12s}  same 20 tokens")
 for family in FAMILIES:
-    own_only = not type(tiny_model(family.name))._can_set_experts_implementation()  # Llama 4
-    gaps = []
-    for implementation in ("its own",) if own_only else ("grouped_mm", "eager"):
+    # Llama 4 runs every expert on every token with one bmm: it has no other implementation
+    for implementation in [None] if family.name == "Llama 4" else ["grouped_mm", "eager"]:
         model = bf16_model(family.name, implementation)
         expected = model(tokens).logits
+        expected_text = model.generate(tokens[:1], max_new_tokens=20, do_sample=False)
         swap_moe_blocks(model)
-        gap = (model(tokens).logits.float() - expected.float()).abs().max().item()
-        gaps.append(f"{implementation}: {gap:g}")
-    print(f"{family.name:12s} " + "   ".join(gaps))
+        matched = largest_gap(model(tokens).logits, expected)
+        for block in model.modules():  # the other order of sums: loop <-> sorted
+            if isinstance(block, SparseMoE):
+                block.dispatch = "sorted" if block.dispatch == "loop" else "loop"
+        other = largest_gap(model(tokens).logits, expected)
+        same_text = torch.equal(model.generate(tokens[:1], max_new_tokens=20, do_sample=False),
+                                expected_text)
+        print(f"{family.name:12s} {implementation or 'its own':10s} {matched:8g} {other:12g}"
+              f"  {same_text}")
 
 # %% [markdown]
 # **A real trained model** (optional: it needs the weights in your local Hugging Face cache, e.g.
-# on Colab after `huggingface-cli download allenai/OLMoE-1B-7B-0924`, about 14 GB in bfloat16;
+# after `hf download allenai/OLMoE-1B-7B-0924`, about 14 GB in bfloat16, so a machine with
+# about 16 GB of free memory: more than Colab's free CPU runtime has;
 # nothing is downloaded here):
 
 # %%
@@ -901,4 +927,4 @@ show_quiz(9)
 # - OpenAI 2025, [*gpt-oss-120b & gpt-oss-20b Model Card*](https://arxiv.org/abs/2508.10925).
 # - Meta 2025, [*The Llama 4 herd*](https://ai.meta.com/blog/llama-4-multimodal-intelligence/).
 # - DeepSeek, [EPLB: Expert Parallelism Load Balancer](https://github.com/deepseek-ai/EPLB) (`eplb.py`: `balanced_packing`, `replicate_experts`).
-# - The transformers sources read for this lesson (version 5.24.0): [Mixtral](https://github.com/huggingface/transformers/blob/main/src/transformers/models/mixtral/modeling_mixtral.py), [Qwen2-MoE](https://github.com/huggingface/transformers/blob/main/src/transformers/models/qwen2_moe/modeling_qwen2_moe.py), [Qwen3-MoE](https://github.com/huggingface/transformers/blob/main/src/transformers/models/qwen3_moe/modeling_qwen3_moe.py), [OLMoE](https://github.com/huggingface/transformers/blob/main/src/transformers/models/olmoe/modeling_olmoe.py), [DeepSeek-V3](https://github.com/huggingface/transformers/blob/main/src/transformers/models/deepseek_v3/modeling_deepseek_v3.py), [gpt-oss](https://github.com/huggingface/transformers/blob/main/src/transformers/models/gpt_oss/modeling_gpt_oss.py), [Llama 4](https://github.com/huggingface/transformers/blob/main/src/transformers/models/llama4/modeling_llama4.py).
+# - The transformers sources read for this lesson (version 5.25.0): [Mixtral](https://github.com/huggingface/transformers/blob/main/src/transformers/models/mixtral/modeling_mixtral.py), [Qwen2-MoE](https://github.com/huggingface/transformers/blob/main/src/transformers/models/qwen2_moe/modeling_qwen2_moe.py), [Qwen3-MoE](https://github.com/huggingface/transformers/blob/main/src/transformers/models/qwen3_moe/modeling_qwen3_moe.py), [OLMoE](https://github.com/huggingface/transformers/blob/main/src/transformers/models/olmoe/modeling_olmoe.py), [DeepSeek-V3](https://github.com/huggingface/transformers/blob/main/src/transformers/models/deepseek_v3/modeling_deepseek_v3.py), [gpt-oss](https://github.com/huggingface/transformers/blob/main/src/transformers/models/gpt_oss/modeling_gpt_oss.py), [Llama 4](https://github.com/huggingface/transformers/blob/main/src/transformers/models/llama4/modeling_llama4.py).

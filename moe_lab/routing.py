@@ -31,7 +31,9 @@ Noise (training only, off in ``eval()``):
 The router computes in ``router_dtype`` (float32 by default, whatever the input dtype): in
 bfloat16 the logits carry only 8 significant bits (7 stored) and near-ties flip the top-k choice (lesson 01).
 ``router_dtype=None`` routes as most transformers models do (Mixtral, Qwen-MoE, OLMoE, gpt-oss,
-Llama 4): the logits in the input's dtype (or autocast's), the scores from them in float32, so a
+Llama 4): the logits in the input's dtype (or autocast's), the scores from them in float32 (gpt-oss
+takes its softmax over the K chosen logits in the input's dtype; moe_lab.interop hands its
+weights over rounded to that dtype), so a
 converted model picks the experts its family picks in every dtype (lesson 09 counts the tokens
 that the float32 router would send elsewhere).
 """

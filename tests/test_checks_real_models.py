@@ -221,6 +221,34 @@ def test_packing_mistakes():
     fails(check_greedy_packing, lambda load, g: [list(range(d, len(load), g)) for d in range(g)],
           "round-robin")
 
+    def sorted_then_chunked(load, num_devices):  # heaviest first, cut into E/G runs
+        order, per = torch.argsort(load, descending=True, stable=True).tolist(), len(load) // num_devices
+        return [order[d * per:(d + 1) * per] for d in range(num_devices)]
+
+    def greedy_in_id_order(load, num_devices):  # the greedy rule without sorting
+        devices, totals = [[] for _ in range(num_devices)], [0.0] * num_devices
+        for e in range(len(load)):
+            g = min((g for g in range(num_devices) if len(devices[g]) < len(load) // num_devices),
+                    key=totals.__getitem__)
+            devices[g].append(e)
+            totals[g] += float(load[e])
+        return devices
+
+    fails(check_greedy_packing, sorted_then_chunked, "contiguous runs")
+    fails(check_greedy_packing, greedy_in_id_order, "id order")
+
+    def round_robin_with_a_tie_swapped(load, num_devices):
+        """Right on the first cases; on the one with two experts of load 29 (4 and 8), the
+        round-robin by id with those two swapped: its loads, not its placement."""
+        if len(load) != 12:
+            return balanced_packing(load, num_devices)
+        devices = [list(range(d, len(load), num_devices)) for d in range(num_devices)]
+        devices[1][devices[1].index(4)], devices[2][devices[2].index(8)] = 8, 4
+        return devices
+
+    fails(check_greedy_packing, round_robin_with_a_tie_swapped,
+          "device loads equal those of a round-robin placement by expert id")
+
     def no_slot_limit(load, num_devices):
         devices, totals = [[] for _ in range(num_devices)], [0.0] * num_devices
         for e in torch.argsort(load, descending=True).tolist():

@@ -312,31 +312,37 @@ def check_greedy_packing(fn: Callable[[torch.Tensor, int], object]) -> None:
             turn, step = divmod(rank, num_devices)
             snake[step if turn % 2 == 0 else num_devices - 1 - step].append(expert)
             dealt[step].append(expert)
+        fix = "put each expert on the least-loaded device that still has a free slot."
+        # (a known mistake's placement, what it is, what to do instead)
         suspects = [
-            (snake, "That is a snake placement (heaviest first, dealt 0, 1, ..., "
-             "G-1, then back G-1, ..., 0): a fixed order ignores the loads already placed. Put "
-             "each expert on the least-loaded device that still has a free slot."),
-            (dealt, "That is a round-robin deal of the sorted experts (the i-th "
-             "heaviest to device i mod G): a fixed order ignores the loads already placed. Put "
-             "each expert on the least-loaded device that still has a free slot."),
+            (snake, "a snake placement (heaviest first, dealt 0, 1, ..., G-1, then back G-1, "
+             "..., 0)", "a fixed order ignores the loads already placed: " + fix),
+            (dealt, "a round-robin deal of the sorted experts (the i-th heaviest to device "
+             "i mod G)", "a fixed order ignores the loads already placed: " + fix),
+            ([heaviest[g * per_device:(g + 1) * per_device] for g in range(num_devices)],
+             "the sorted experts cut into contiguous runs (the E/G heaviest on device 0, ...)",
+             "a fixed order ignores the loads already placed: " + fix),
             (_fill_in_order(load.argsort(stable=True).tolist(), load, num_devices),
-             "You placed the lightest experts first: sort by load, heaviest first."),
+             "the greedy rule with the lightest experts first", "sort by load, heaviest first."),
+            (_fill_in_order(list(range(num_experts)), load, num_devices),
+             "the greedy rule with the experts in id order", "sort by load, heaviest first "
+             "(a heavy expert placed last can land on an already full device)."),
             ([list(range(g * per_device, (g + 1) * per_device)) for g in range(num_devices)],
-             "That is the contiguous placement: put each expert on the "
-             "least-loaded device that still has a free slot."),
+             "the contiguous placement by expert id", fix),
             ([list(range(g, num_experts, num_devices)) for g in range(num_devices)],
-             "That is a round-robin placement by expert id (expert e on device e mod G): "
-             "put each expert on the least-loaded device that still has a free slot."),
+             "a round-robin placement by expert id (expert e on device e mod G)", fix),
         ]
-        same_placement = [hint for placement, hint in suspects
+        same_placement = [f"That is {what}: {hint}" for placement, what, hint in suspects
                           if _partition(placement) == _partition(devices)]
         if len(set(same_placement)) > 1:  # two mistakes place alike here: a later case tells
             ambiguous = ambiguous or f"{case}: {same_placement[0]}"
             continue
         if same_placement:  # the very placement of a known mistake
             raise CheckFailed(f"{case}: {same_placement[0]}")
+        # another placement with the loads of a known mistake: say so, not that it is one
         diagnose(_loads(devices, load), expected, f"{case}: the device loads",
-                 [(_loads(placement, load), hint) for placement, hint in suspects],
+                 [(_loads(placement, load), f"Your device loads equal those of {what}: {hint}")
+                  for placement, what, hint in suspects],
                  otherwise=f"{case}: expected device loads {expected}, "
                            f"got {_loads(devices, load)}.")
     if ambiguous:

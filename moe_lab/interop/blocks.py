@@ -33,8 +33,9 @@ The seven families, as read in transformers 5.25.0 (``models/<name>/modeling_<na
   scales the expert's INPUT; plus one ungated shared expert.
 
 All but DeepSeek-V3 compute the router logits in the model's dtype and the scores from them in
-float32: the converted router does the same (``router_dtype=None``), so a bfloat16 model routes
-every token as its family does (the course's float32 router would send some elsewhere: lesson 09).
+float32 (gpt-oss its softmax over the K chosen logits in the model's dtype): the converted router
+does the same (``router_dtype=None``), so a bfloat16 model routes every token as its family does
+(the course's float32 router would send some elsewhere: lesson 09).
 The experts' gate activation is the config's ``hidden_act``: SiLU (SwiGLU) or GELU (GeGLU).
 """
 
