@@ -202,16 +202,22 @@ def test_packing_solution_and_alternatives():
     passes(check_greedy_packing, with_heap)
 
 
-def test_packing_mistakes():
-    def lightest_first(load, num_devices):  # the greedy rule in ascending order of load
+def greedy_in_order(order):
+    """A learner's greedy packing (least-loaded device with a free slot) that takes the experts
+    in ``order(load)`` instead of heaviest first."""
+    def packing(load, num_devices):
         devices, totals = [[] for _ in range(num_devices)], [0.0] * num_devices
-        for e in torch.argsort(load, stable=True).tolist():
+        for e in order(load):
             g = min((g for g in range(num_devices) if len(devices[g]) < len(load) // num_devices),
                     key=totals.__getitem__)
             devices[g].append(e)
             totals[g] += float(load[e])
         return devices
+    return packing
 
+
+def test_packing_mistakes():
+    lightest_first = greedy_in_order(lambda load: torch.argsort(load, stable=True).tolist())
     fails(check_greedy_packing, lightest_first, "lightest")
     # packing by the complements max - load, heaviest first, places like a snake
     fails(check_greedy_packing, lambda load, g: balanced_packing(load.max() - load, g), "snake")
@@ -225,17 +231,8 @@ def test_packing_mistakes():
         order, per = torch.argsort(load, descending=True, stable=True).tolist(), len(load) // num_devices
         return [order[d * per:(d + 1) * per] for d in range(num_devices)]
 
-    def greedy_in_id_order(load, num_devices):  # the greedy rule without sorting
-        devices, totals = [[] for _ in range(num_devices)], [0.0] * num_devices
-        for e in range(len(load)):
-            g = min((g for g in range(num_devices) if len(devices[g]) < len(load) // num_devices),
-                    key=totals.__getitem__)
-            devices[g].append(e)
-            totals[g] += float(load[e])
-        return devices
-
     fails(check_greedy_packing, sorted_then_chunked, "contiguous runs")
-    fails(check_greedy_packing, greedy_in_id_order, "id order")
+    fails(check_greedy_packing, greedy_in_order(lambda load: range(len(load))), "id order")
 
     def round_robin_with_a_tie_swapped(load, num_devices):
         """Right on the first cases; on the one with two experts of load 29 (4 and 8), the
