@@ -209,7 +209,9 @@ def test_file_named_for_another_lesson_is_refused(tmp_path):
 
 @pytest.mark.parametrize("text,value", [("1", 1.0), (" 2e-3 ", 2e-3), ("1,024", 1024.0),
                                         ("-0.5", -0.5), (".5", 0.5), ("", None), ("nan", None),
-                                        ("1/2", None), ("inf", None), ("one", None)])
+                                        ("1/2", None), ("inf", None), ("one", None),
+                                        ("12,345.5", 12345.5), ("1,000,000", 1e6),
+                                        ("7,81", None), ("1,5", None), ("10,24", None)])
 def test_parse_number(text, value):
     assert parse_number(text) == value
 

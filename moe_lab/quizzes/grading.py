@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from moe_lab.quizzes.schema import Question, Text
 
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+# commas only as thousands separators: 1,024 and 12,345.5, never a decimal comma (7,81)
+_THOUSANDS = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d*)?([eE][+-]?\d+)?$")
 
 _MARKS = Text(en="Correct.", ko="정답입니다.")
 _WRONG = Text(en="Not quite.", ko="아쉽네요, 틀렸습니다.")
-_NOT_A_NUMBER = Text(en="Please type a number (for example 1.5 or 2e-3).",
-                    ko="숫자를 입력하세요 (예: 1.5 또는 2e-3).")
+_NOT_A_NUMBER = Text(en="Please type a number, with a dot for decimals (for example 1.5, 2e-3 "
+                       "or 1,024).",
+                    ko="숫자를 입력하세요. 소수점은 점으로 씁니다 (예: 1.5, 2e-3 또는 1,024).")
 _NO_CHOICE = Text(en="Pick an option first.", ko="먼저 보기를 고르세요.")
 _EMPTY = Text(en="Write an answer first, then reveal the model answer.",
              ko="먼저 답을 쓴 뒤 모범 답안을 확인하세요.")
@@ -34,10 +37,15 @@ class Grade:
 
 
 def parse_number(response: str) -> float | None:
-    """'1,024', ' 2e-3 ', '-0.5' -> a float; anything else (empty, 'nan', '1/2') -> None."""
+    """'1,024', ' 2e-3 ', '-0.5' -> a float; anything else (empty, 'nan', '1/2', and a decimal
+    comma such as '7,81', which would otherwise read as 781) -> None."""
     if not isinstance(response, str):
         raise TypeError(f"response must be a str, got {type(response).__name__}")
-    text = response.strip().replace(",", "").replace("_", "")
+    text = response.strip().replace("_", "")
+    if "," in text:
+        if not _THOUSANDS.match(text):
+            return None
+        text = text.replace(",", "")
     return float(text) if _NUMBER.match(text) else None
 
 
