@@ -637,8 +637,9 @@ for family in FAMILIES:
     swap_moe_blocks(model)
     after = model(prompt, output_router_logits=True)
     text_after = model.generate(prompt, max_new_tokens=20, do_sample=False)
+    moe_blocks = [m for m in model.modules() if isinstance(m, SparseMoE)]
     whole[family.name] = dict(
-        blocks=sum(isinstance(m, SparseMoE) for m in model.modules()),
+        blocks=len(moe_blocks), experts=moe_blocks[0].num_experts, top_k=moe_blocks[0].top_k,
         shared=all(p is parameters[name] for name, p in model.named_parameters()),
         gap=(after.logits - before.logits).abs().max().item(),
         same_text=torch.equal(text_after, text_before),
@@ -649,9 +650,10 @@ for family in FAMILIES:
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(f"{'family':12s} MoE blocks  params shared  logits < 1e-5  same 20 tokens  aux loss equal")
+print(f"{'family':12s} E  K  MoE blocks  params shared  logits < 1e-5  same 20 tokens  aux loss equal")
 for name, row in whole.items():
-    print(f"{name:12s} {row['blocks']:10d}  {str(row['shared']):13s}  {str(row['gap'] < 1e-5):13s}"
+    print(f"{name:12s} {row['experts']}  {row['top_k']}  {row['blocks']:10d}  {str(row['shared']):13s}"
+          f"  {str(row['gap'] < 1e-5):13s}"
           f"  {str(row['same_text']):14s}  {row['aux']}")
 
 # %%
@@ -732,8 +734,8 @@ print("the float32 router is closer to the float32 model:",
 # same: its family's router hands over the weights in the family's dtype, and its `dispatch`
 # follows the model's experts implementation (`"loop"` for eager, `"sorted"` for grouped, and
 # `"sorted"` under `torch.compile`, which cannot trace the loop in one graph; an assigned
-# `dispatch` is kept). Each family in bfloat16, with weights large enough that every
-# rounding shows: the largest difference of the logits before and after the swap (0 means the
+# `dispatch` is kept). Each family in bfloat16 (its $E$ and $K$ as in the table above, wider
+# layers), with weights large enough that every rounding shows: the largest difference of the logits before and after the swap (0 means the
 # same bits), then with the other order of sums pinned (loop for grouped, sorted for eager), and
 # whether the greedy text stays the same with that other order. The other order moves the logits
 # where the two orders round differently: with float32 weights (Mixtral, DeepSeek-V3) or more

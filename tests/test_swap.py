@@ -294,6 +294,16 @@ def test_transformers_initialises_swapped_blocks_as_the_family_does(family):
                            if swapped[name].numel() > 1 and "bias" not in name)
 
 
+def assert_compiles_in_one_graph(model):
+    """Dynamo captures the whole model in one graph, and it computes the eager logits."""
+    ids, mask = batch(6)
+    expected = model(input_ids=ids, attention_mask=mask).logits
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(input_ids=ids, attention_mask=mask).logits, expected,
+                               atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_the_whole_swapped_model_compiles_with_fullgraph(family):
@@ -301,12 +311,7 @@ def test_the_whole_swapped_model_compiles_with_fullgraph(family):
     model = swap_moe_blocks(tiny_model(family))
     for block in moe_blocks(model):
         block.dispatch = "dense"
-    ids, mask = batch(6)
-    expected = model(input_ids=ids, attention_mask=mask).logits
-    torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True, backend="eager")
-    torch.testing.assert_close(compiled(input_ids=ids, attention_mask=mask).logits, expected,
-                               atol=1e-5, rtol=1e-5)
+    assert_compiles_in_one_graph(model)
 
 
 @pytest.mark.slow
@@ -320,12 +325,7 @@ def test_the_swapped_model_compiles_with_fullgraph_and_the_sorted_dispatch(imple
     swap_moe_blocks(model)
     expected_dispatch = "loop" if implementation == "eager" else "sorted"
     assert all(block.dispatch == expected_dispatch for block in moe_blocks(model))
-    ids, mask = batch(6)
-    expected = model(input_ids=ids, attention_mask=mask).logits
-    torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True, backend="eager")
-    torch.testing.assert_close(compiled(input_ids=ids, attention_mask=mask).logits, expected,
-                               atol=1e-5, rtol=1e-5)
+    assert_compiles_in_one_graph(model)
 
 
 def test_bad_input_is_refused_by_name():
