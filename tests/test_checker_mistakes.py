@@ -1131,6 +1131,135 @@ CASES = [
 ]
 
 
+# ---------------------------------------------------------------- results of another form
+# (a float64 result where float32 was computed, numpy ints, a tensor on another device, values
+# that int() would truncate): each passes when right, else fails with a message that names it,
+# never a crash blamed on the learner's function
+
+
+def noisy_alt_float64_result(x, w_gate, w_noise, training):
+    return noisy_alt_float64(x, w_gate, w_noise, training).double()
+
+
+def sequence_alt_float64(router_probs, topk_idx, seq_len):
+    probs = router_probs.double().view(-1, seq_len, router_probs.shape[1])  # (B, T, E)
+    chosen = F.one_hot(topk_idx, router_probs.shape[1]).double().sum(1)  # (N, E)
+    counts = chosen.view(-1, seq_len, router_probs.shape[1]).sum(1)  # (B, E)
+    f = router_probs.shape[1] / (topk_idx.shape[1] * seq_len) * counts
+    return (f * probs.mean(1)).sum(-1).mean()
+
+
+def probs_on_meta(x, weight):
+    return torch.softmax(x.float() @ weight.float().T, dim=-1).to("meta")
+
+
+def topk_complex_weights(router_logits, top_k):
+    topk_idx, topk_weights = lesson_solution("02", "route_topk")(router_logits, top_k)
+    return topk_idx, topk_weights.to(torch.complex64)
+
+
+def counts_nan(topk_idx, num_experts):
+    return torch.full((num_experts,), math.nan)
+
+
+def capacity_nan(capacity_factor, num_tokens, top_k, num_experts):
+    return math.nan
+
+
+def params_numpy_ints(config):
+    import numpy as np
+
+    return tuple(np.int64(v) for v in lesson_solution("00", "moe_ffn_params")(config))
+
+
+def layout_numpy_ints(num_experts, top_k, d_ff, granularity, num_shared_experts):
+    import numpy as np
+
+    return tuple(np.int64(v) for v in lesson_solution("08", "fine_grained_layout")(
+        num_experts, top_k, d_ff, granularity, num_shared_experts))
+
+
+def splits_numpy_ints(topk_idx, num_experts, world_size):
+    import numpy as np
+
+    owner = topk_idx.reshape(-1) // (num_experts // world_size)
+    return tuple(np.int64(v) for v in torch.bincount(owner, minlength=world_size).tolist())
+
+
+def select_raises(router_probs, capacity):
+    gates, token_idx = torch.topk(router_probs.t(), max(2, capacity), dim=-1)  # 2 > N = 1
+    return token_idx, gates
+
+
+def lru_fractional(trace, cache_size):
+    hits, misses = lesson_solution("10", "lru_cache")(trace, cache_size)
+    return hits / 2, misses / 2  # a rate-like value that int() would truncate
+
+
+def lru_strings(trace, cache_size):
+    return tuple(str(v) for v in lesson_solution("10", "lru_cache")(trace, cache_size))
+
+
+def lru_tensors(trace, cache_size):
+    return tuple(torch.tensor(v) for v in lesson_solution("10", "lru_cache")(trace, cache_size))
+
+
+def packing_fractional_ids(expert_load, num_devices):
+    return [[e + 0.5 for e in d] for d in lesson_solution("09", "greedy_packing")(
+        expert_load, num_devices)]
+
+
+def packing_tensor_devices(expert_load, num_devices):
+    return [torch.tensor(d) for d in lesson_solution("09", "greedy_packing")(
+        expert_load, num_devices)]
+
+
+def _other_form_rows():
+    from moe_lab.checks import (
+        check_expert_choice_select,
+        check_fine_grained_layout,
+        check_lru_cache,
+        check_moe_ffn_params,
+        check_sequence_balance_loss,
+    )
+
+    return [
+        (check_noisy_topk_logits, noisy_alt_float64_result, *PASS),
+        (check_sequence_balance_loss, sequence_alt_float64, *PASS),
+        (check_router_probs, probs_on_meta, "failed", ["device meta", "inputs are on cpu"]),
+        (check_topk_routing, topk_complex_weights, "failed", ["complex"]),
+        (check_tokens_per_expert, counts_nan, "failed", ["NaN"]),
+        (check_capacity, capacity_nan, "failed", ["Return an int", "nan"]),
+        (check_moe_ffn_params, params_numpy_ints, *PASS),
+        (check_fine_grained_layout, layout_numpy_ints, *PASS),
+        (check_send_splits, splits_numpy_ints, *PASS),
+        (check_expert_choice_select, select_raises, "error", ["raised RuntimeError",
+                                                              "on the case N=1"]),
+        (check_lru_cache, lru_fractional, "failed", ["two ints"]),
+        (check_lru_cache, lru_strings, "failed", ["two ints"]),
+        (check_lru_cache, lru_tensors, *PASS),
+        (check_greedy_packing, packing_fractional_ids, "failed", ["expert ids (ints)"]),
+        (check_greedy_packing, packing_tensor_devices, *PASS),
+    ]
+
+
+OTHER_FORMS = _other_form_rows()
+
+
+def test_a_result_the_checker_cannot_read_is_not_blamed_on_the_function():
+    from moe_lab.checks.core import call, checker
+
+    @checker("check_demo")
+    def check_demo(fn):
+        int(call(fn, names=()))  # the checker's own step on the result
+
+    raised = check_demo(lambda: int("x"), verbose=False)
+    assert raised.status == "error" and "Your function raised ValueError" in raised.message
+    unreadable = check_demo(lambda: "x", verbose=False)
+    assert unreadable.status == "failed", unreadable.message
+    assert "could not be compared" in unreadable.message
+    assert "Your function raised" not in unreadable.message
+
 @pytest.mark.parametrize(("check", "fn", "status", "words"), CASES,
                          ids=[f"{c.__name__}-{f.__name__}" for c, f, _, _ in CASES])
 def test_verdict_and_hint(check, fn, status, words):
@@ -1149,6 +1278,11 @@ def test_every_checker_has_three_new_mistakes_and_two_alternatives():
         rows = [status for c, _, status, _ in CASES if c is check]
         assert rows.count("passed") >= 2 and len(rows) - rows.count("passed") >= 3, check
 
+
+@pytest.mark.parametrize(("check", "fn", "status", "words"), OTHER_FORMS,
+                         ids=[f"{c.__name__}-{f.__name__}" for c, f, _, _ in OTHER_FORMS])
+def test_results_of_another_form(check, fn, status, words):
+    test_verdict_and_hint(check, fn, status, words)
 
 LESSON_SOLUTIONS = [
     (check_router_probs, "01", "router_probs"), (check_noisy_topk_logits, "01", "noisy_topk_logits"),

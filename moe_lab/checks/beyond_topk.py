@@ -17,11 +17,21 @@ recomputes the usual mistakes to say which one it looks like.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import torch
 
-from moe_lab.checks.core import CheckFailed, checker, diagnose, expect_close, expect_pair, matches
+from moe_lab.checks.core import (
+    CheckFailed,
+    call,
+    checker,
+    diagnose,
+    expect_close,
+    expect_pair,
+    matches,
+    set_case,
+)
 from moe_lab.systems.params import fine_grained
 from moe_lab.variants.expert_choice import expert_choice_routing
 from moe_lab.variants.soft_moe import soft_moe_weights
@@ -44,14 +54,15 @@ def check_fine_grained_layout(fine_grained_layout: Callable[..., tuple[int, int,
     for e, k, f, m, s in _LAYOUT_CASES:
         layout = fine_grained(e, k, f, m, s)
         expected = (layout.num_experts, layout.top_k, layout.d_ff)
-        out = fine_grained_layout(e, k, f, m, s)
         where = f"for (E={e}, K={k}, F={f}, m={m}, S={s})"
+        set_case(where[4:])
+        out = call(fine_grained_layout, e, k, f, m, s, names=())
         if not (isinstance(out, tuple | list) and len(out) == 3):
             raise CheckFailed(f"return a tuple (num_experts, top_k, d_ff), got {out!r} {where}.")
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in out):
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in out):
             raise CheckFailed(f"return three Python ints, got {out!r} {where}: d_ff // m is an "
                               "int, d_ff / m a float.")
-        out = tuple(out)
+        out = tuple(int(v) for v in out)  # numpy ints too
         if out == expected:
             continue
         hints = [
@@ -103,7 +114,10 @@ def check_expert_choice_select(expert_choice_select: Callable[..., object]) -> N
         best = expert_choice_routing(probs, c)[1]  # (E, C) the package's gates, best first
         worst = torch.topk(probs.t(), c, dim=-1, largest=False).values.flip(-1)  # (E, C)
         learner_probs = probs.clone().requires_grad_(True)
-        token_idx, gates = expect_pair(expert_choice_select(learner_probs, c), "token_idx, gates")
+        set_case(where[1:-1])
+        # names=(): the in-place check below names router_probs with its own hint
+        token_idx, gates = expect_pair(call(expert_choice_select, learner_probs, c, names=()),
+                                       "token_idx, gates")
         if not torch.equal(learner_probs.detach(), probs):
             raise CheckFailed(f"router_probs {where} was changed in place: work on a copy (or "
                               "use out-of-place ops such as .t() and torch.topk).")
@@ -186,7 +200,8 @@ def check_soft_moe_weights(soft_moe_weights_fn: Callable[..., object]) -> None:
         where = f"(B={b}, T={t}, E*S={slots}{', large logits' if scale > 100 else ''})"
         ref_dispatch, ref_combine = soft_moe_weights(logits)
         learner_logits = logits.clone().requires_grad_(True)
-        dispatch, combine = expect_pair(soft_moe_weights_fn(learner_logits),
+        set_case(where[1:-1])
+        dispatch, combine = expect_pair(call(soft_moe_weights_fn, learner_logits, names=()),
                                         "dispatch_weights, combine_weights")
         if not torch.equal(learner_logits.detach(), logits):
             raise CheckFailed(f"slot_logits {where} was changed in place (e.g. .exp_() or -=): "

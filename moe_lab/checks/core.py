@@ -18,6 +18,8 @@ guarantee"):
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -50,6 +52,7 @@ class CheckResult:
 class _State:
     case: str | None = None  # the case being checked, named in a crash report
     calls: int = 0  # seeds the generator differently before each call of the learner's function
+    learner_error: Exception | None = None  # what the learner's function raised, if it did
 
 
 def set_case(description: str) -> None:
@@ -79,7 +82,7 @@ def checker(name: str) -> Callable[[Callable[..., None]], Callable[..., CheckRes
                 **kwargs: object) -> CheckResult:
             if not callable(fn):
                 raise TypeError(f"pass your function itself to {name}, got {type(fn).__name__}")
-            _State.case = None
+            _State.case, _State.learner_error = None, None
             try:
                 with torch.random.fork_rng(devices=[]):  # the learner's stream stays as it was
                     body(fn, *args, **kwargs)
@@ -93,12 +96,19 @@ def checker(name: str) -> Callable[[Callable[..., None]], Callable[..., CheckRes
                 if message.startswith(("the ", "for ")):  # "{what} ..." messages: a sentence
                     message = message[0].upper() + message[1:]
                 result = CheckResult(name, "failed", message)
-            except Exception as error:  # the learner's code crashed: say how, not a traceback
+            except Exception as error:  # say how, not a traceback
                 where = f" (on the case {_State.case})" if _State.case else ""
-                hints = [hint for marker, hint in _CRASH_HINTS if marker in str(error)]
-                result = CheckResult(name, "error",
-                                     f"Your function raised {type(error).__name__}: {error}"
-                                     f"{where}." + "".join(f" {hint}" for hint in hints))
+                if error is _State.learner_error:  # the learner's code crashed
+                    hints = [hint for marker, hint in _CRASH_HINTS if marker in str(error)]
+                    result = CheckResult(name, "error",
+                                         f"Your function raised {type(error).__name__}: {error}"
+                                         f"{where}." + "".join(f" {hint}" for hint in hints))
+                else:  # it returned something the comparison could not take
+                    result = CheckResult(name, "failed",
+                                         f"Your function returned a result that could not be "
+                                         f"compared with the reference{where} "
+                                         f"({type(error).__name__}: {error}): check its type, "
+                                         f"shape and dtype against the exercise's description.")
             if result and getattr(fn, "__name__", "").endswith("_solution"):
                 # a lesson's collapsed solution cell: say whose result this line is, so it does
                 # not read as the learner's, right under their "not implemented yet"
@@ -136,13 +146,18 @@ def call(fn: Callable[..., object], *args: object, names: Sequence[str],
 
     The tensors in ``args`` (or in lists of them) are the learner's fresh copies: each must come
     back unchanged. Torch's global generator is seeded right before the call (``seed``, or a new
-    seed each call, so that two calls draw differently); the function must not reseed it.
+    seed each call, so that two calls draw differently); the function must not reseed it. The
+    tensors returned (alone or in a tuple or list) must be real numbers on the inputs' device.
     """
     before = [_snapshot(a) for a in args]
     _State.calls += 1
     seed = 9_000_000 + _State.calls if seed is None else seed
     torch.manual_seed(seed)
-    out = fn(*args)
+    try:
+        out = fn(*args)
+    except Exception as error:
+        _State.learner_error = error  # the checker reports it as the learner's crash
+        raise
     if torch.initial_seed() != seed:
         raise CheckFailed("Your function reseeds torch's global generator (torch.manual_seed "
                           "inside it): every call then draws the same numbers, and the rest of "
@@ -150,7 +165,24 @@ def call(fn: Callable[..., object], *args: object, names: Sequence[str],
                           "notebook, never inside the function.")
     for name, value, snapshot in zip(names, args, before, strict=False):
         expect_unchanged(name, value, snapshot)
+    device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
+    _expect_usable_tensors(out, device)
     return out
+
+
+def _expect_usable_tensors(out: object, device: torch.device) -> None:
+    """Raise unless every tensor in ``out`` (alone, or in a tuple or list) holds real numbers on
+    ``device``: a comparison with the reference could not read the others."""
+    for value in out if isinstance(out, tuple | list) else (out,):
+        if not isinstance(value, torch.Tensor):
+            continue
+        if value.device != device:
+            raise CheckFailed(f"Your function returned a tensor on the device {value.device}, but "
+                              f"its inputs are on {device}: leave the result where the inputs "
+                              f"are (no .to(...), .cuda() or device=... of another device).")
+        if value.is_complex():
+            raise CheckFailed(f"Your function returned a complex tensor ({value.dtype}): every "
+                              f"quantity here is real; drop the complex step (or take .real).")
 
 
 def expect_unchanged(name: str, value: object, snapshot: object) -> None:
@@ -297,6 +329,18 @@ def expect_same_grad(out: torch.Tensor, expected_out: torch.Tensor,
                      atol=atol, rtol=rtol,
                      hint="The values match but the gradients do not: a part of the formula "
                           "is computed outside the graph or from a different expression.")
+
+
+def whole_number(value: object) -> int | None:
+    """``value`` as an int when it is a whole number (an int, a numpy int, a float such as 3.0, or a
+    one-element tensor of one), else None: a count or an id that must not be truncated by int()."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    return int(value) if math.isfinite(value) and float(value).is_integer() else None
 
 
 def expect_pair(out: object, names: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import torch
 
-from moe_lab.checks.core import CheckFailed, call, checker, fresh, set_case
+from moe_lab.checks.core import CheckFailed, call, checker, fresh, set_case, whole_number
 from moe_lab.inference.cache import simulate_expert_cache
 from moe_lab.inference.traffic import expected_distinct_experts
 
@@ -166,9 +166,13 @@ def check_lru_cache(fn: Callable[[torch.Tensor, int], object]) -> None:
     for name, trace, cache_size in cases:
         set_case(f"{name} (cache_size={cache_size})")
         out = call(fn, *fresh(trace), cache_size, names=("trace",))
-        if not (isinstance(out, tuple | list) and len(out) == 2):
+        counts = [whole_number(v) for v in out] if isinstance(out, tuple | list) else []
+        if len(counts) != 2:
             raise CheckFailed(f"Return a pair (hits, misses), got {type(out).__name__}.")
-        answers.append(tuple(int(v) for v in out))
+        if None in counts:
+            raise CheckFailed(f"Return hits and misses as two ints (counts of lookups), got "
+                              f"{out!r} (on the case {name}, cache_size={cache_size}).")
+        answers.append(tuple(counts))
     for (name, trace, cache_size), (hits, misses) in zip(cases, answers, strict=True):
         expected = simulate_expert_cache(trace, cache_size, "lru")
         if (hits, misses) == (expected.hits, expected.misses):

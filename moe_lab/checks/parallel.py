@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import torch
 
-from moe_lab.checks.core import CheckFailed, call, checker, fmt, fresh, set_case
+from moe_lab.checks.core import CheckFailed, call, checker, fmt, fresh, set_case, whole_number
 from moe_lab.checks.efficiency import expect_grouped_by
 from moe_lab.systems.parallel import send_splits
 
@@ -45,8 +45,8 @@ def check_send_splits(fn: Callable[[torch.Tensor, int, int], object]) -> None:
         case = f"(N={num_tokens}, E={num_experts}, K={top_k}, W={world_size})"
         set_case(case[1:-1])
         got = call(fn, *fresh(topk_idx), num_experts, world_size, names=("topk_idx",))
-        if isinstance(got, list | tuple) and all(isinstance(v, int) for v in got):
-            got = torch.tensor(got, dtype=torch.long)
+        if isinstance(got, list | tuple) and None not in (splits := [whole_number(v) for v in got]):
+            got = torch.tensor(splits, dtype=torch.long)  # what all_to_all takes: a list of ints
         if not isinstance(got, torch.Tensor):
             raise CheckFailed(f"Return a (W,) tensor of row counts, got {type(got).__name__}.")
         if got.dim() == 1 and got.shape[0] == num_experts != world_size:

@@ -13,9 +13,10 @@ looks like.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Callable
 
-from moe_lab.checks.core import CheckFailed, checker
+from moe_lab.checks.core import CheckFailed, call, checker, set_case
 from moe_lab.systems.params import MIXTRAL_8X7B, TransformerConfig, count_parameters, ffn_params
 
 CASES = (
@@ -76,16 +77,17 @@ def _check_types(out: object) -> tuple[int, int]:
     if not (isinstance(out, tuple | list) and len(out) == 2):
         raise CheckFailed(f"Return a pair (total, active), got {type(out).__name__}.")
     for what, value in zip(("total", "active"), out, strict=True):
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy ints too
             raise CheckFailed(f"Return {what} as a Python int, got {type(value).__name__}"
                               + (" (use int(...) or .item())." if hasattr(value, "item") else "."))
-    return out[0], out[1]
+    return int(out[0]), int(out[1])
 
 
 @checker("check_moe_ffn_params")
 def check_moe_ffn_params(moe_ffn_params: Callable[[TransformerConfig], object]) -> None:
     for name, config in CASES:
-        total, active = _check_types(moe_ffn_params(config))
+        set_case(name)
+        total, active = _check_types(call(moe_ffn_params, config, names=()))
         expected = reference_moe_ffn_params(config)
         if (total, active) == expected:
             continue

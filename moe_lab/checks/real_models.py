@@ -34,6 +34,7 @@ from moe_lab.checks.core import (
     expect_same_grad,
     fresh,
     set_case,
+    whole_number,
 )
 from moe_lab.experts import Experts
 from moe_lab.interop import mixtral_expert_weights
@@ -287,11 +288,15 @@ def check_greedy_packing(fn: Callable[[torch.Tensor, int], object]) -> None:
         case = f"(E={num_experts}, G={num_devices}, loads {[int(v) for v in load.tolist()]})"
         set_case(case)
         got = call(fn, load.clone(), num_devices, names=("expert_load",))
-        if isinstance(got, torch.Tensor) or not isinstance(got, list | tuple) \
-                or not all(isinstance(d, list | tuple) for d in got):
+        if isinstance(got, torch.Tensor) or not isinstance(got, list | tuple):
             raise CheckFailed("Return one list of expert ids per device (a list of G lists), "
                               f"got {type(got).__name__}.")
-        devices = [[int(e) for e in d] for d in got]
+        odd = [d for d in got if not isinstance(d, list | tuple | torch.Tensor)
+               or any(whole_number(e) is None for e in d)]
+        if odd:
+            raise CheckFailed(f"{case}: return one list of expert ids (ints) per device, a list "
+                              f"of G lists; one device holds {odd[0]!r}.")
+        devices = [[whole_number(e) for e in d] for d in got]
         if len(devices) != num_devices:
             raise CheckFailed(f"{case}: return {num_devices} lists (one per device), "
                               f"got {len(devices)}.")

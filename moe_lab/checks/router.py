@@ -209,7 +209,7 @@ def check_noisy_topk_logits(noisy_topk_logits: Callable[..., torch.Tensor]) -> N
             raise CheckFailed(f"Training-mode logits should have shape (N, E) = "
                               f"{(n_small, e_small)}, got {tuple(out_small.shape)}: draw the noise "
                               f"with the logits' shape (torch.randn_like), not a fixed one.")
-        if torch.allclose(out_small.detach(), xs @ gs.T, atol=1e-6):
+        if torch.allclose(out_small.detach().double(), (xs @ gs.T).double(), atol=1e-6):
             raise CheckFailed(f"With training=True and N={n_small}, E={e_small} the logits have "
                               f"no noise.")
     # dL/dW_noise = (g * eps * sigmoid(x W_noise^T))^T x for L = sum(g * H), with this call's eps

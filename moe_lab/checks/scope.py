@@ -15,7 +15,15 @@ from collections.abc import Callable
 
 import torch
 
-from moe_lab.checks.core import CheckFailed, call, checker, expect_close, expect_same_grad, fresh, set_case
+from moe_lab.checks.core import (
+    CheckFailed,
+    call,
+    checker,
+    diagnose,
+    expect_same_grad,
+    fresh,
+    set_case,
+)
 from moe_lab.losses import load_balancing_loss, sequence_load_balancing_loss
 
 # seed, B, T, E, K, sharpness
@@ -61,11 +69,7 @@ def check_sequence_balance_loss(fn: Callable[..., torch.Tensor]) -> None:
             suspects.insert(0, (whole_batch, "That is the loss over the whole batch: f and P "
                                              "must be computed per sequence (reshape to "
                                              "(B, T, E)), then averaged."))
-        for candidate, hint in suspects:
-            if not torch.allclose(expected.detach(), candidate.detach(), atol=1e-6) and \
-                    torch.allclose(got.detach(), candidate.detach(), atol=1e-5, rtol=1e-4):
-                raise CheckFailed(f"The loss is {got.item():.4f}, the reference "
-                                  f"{expected.item():.4f}. {hint}")
-        expect_close(got, expected.detach(), "the sequence-wise loss")
+        diagnose(got, expected.detach(), "the sequence-wise loss",
+                 [(candidate.detach(), hint) for candidate, hint in suspects])
         expect_same_grad(got, expected, {"router_probs": leaf}, {"router_probs": ref_leaf},
                          "the sequence-wise loss")

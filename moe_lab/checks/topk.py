@@ -151,6 +151,8 @@ def check_tokens_per_expert(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> 
         if got.shape != expected.shape:
             raise CheckFailed(f"tokens_per_expert should have shape (E,) = {tuple(expected.shape)}"
                               f", got {tuple(got.shape)}: sum the (N, K) choices into E counts.")
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            expect_close(got, expected, f"tokens_per_expert ({where})")  # names the NaN or inf
         if top_k > 1 and torch.equal(got.long(), torch.bincount(topk_idx[:, 0],
                                                                  minlength=num_experts)):
             raise CheckFailed("You counted only each token's first choice: every one of the K "
@@ -182,7 +184,7 @@ def check_capacity(fn: Callable[[float, int, int, int], int]) -> None:
             got = int(got.item())
         if isinstance(got, numbers.Integral) and not isinstance(got, bool):  # numpy ints too
             got = int(got)
-        if isinstance(got, float) and got == int(got):
+        if isinstance(got, float) and got.is_integer():
             raise CheckFailed(f"Return an int (a number of slots), got the float {got}: "
                               f"wrap it in int(...) after rounding up.")
         if isinstance(got, bool) or not isinstance(got, int):
