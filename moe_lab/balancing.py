@@ -50,11 +50,15 @@ class BiasBalancer:
     def update(self, tokens_per_expert: torch.Tensor) -> torch.Tensor:
         """One update from the step's load (E,); returns the new bias (E,)."""
         num_experts = self.router.num_experts
-        if not isinstance(tokens_per_expert, torch.Tensor) or tokens_per_expert.shape != (
-                num_experts,):
-            raise ValueError(
-                f"tokens_per_expert must be a tensor of shape (E={num_experts},), got "
-                f"{getattr(tokens_per_expert, 'shape', type(tokens_per_expert).__name__)}")
+        if not isinstance(tokens_per_expert, torch.Tensor):
+            raise TypeError(f"tokens_per_expert must be a tensor of shape (E={num_experts},), "
+                            f"got {type(tokens_per_expert).__name__}")
+        if tokens_per_expert.dtype == torch.bool or tokens_per_expert.is_complex():
+            raise TypeError(f"tokens_per_expert must hold counts (int or float), got "
+                            f"{tokens_per_expert.dtype}")
+        if tokens_per_expert.shape != (num_experts,):
+            raise ValueError(f"tokens_per_expert must be a tensor of shape (E={num_experts},), "
+                             f"got {tuple(tokens_per_expert.shape)}")
         if tokens_per_expert.is_floating_point() and not bool(
                 torch.isfinite(tokens_per_expert).all()):
             raise ValueError("tokens_per_expert must be finite, got inf or NaN")

@@ -41,6 +41,7 @@ import torch
 
 from moe_lab.experts import Experts
 from moe_lab.validation import (
+    check_bool,
     check_float_tensor,
     check_index_tensor,
     check_nonnegative_int,
@@ -101,6 +102,7 @@ def make_routing_plan(topk_idx: torch.Tensor, topk_weights: torch.Tensor, num_ex
     float; capacity: None (dropless) or an int >= 0. ``check_range=False`` skips reading the
     ids' min and max on the host (two syncs on a GPU), for ids straight from a router."""
     check_positive_int("num_experts", num_experts)
+    check_bool("check_range", check_range)
     topk_idx = check_index_tensor("topk_idx", topk_idx, None,
                                   num_experts if check_range else None)
     check_float_tensor("topk_weights", topk_weights)

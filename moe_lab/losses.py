@@ -14,11 +14,13 @@ Shared rules, the same for every loss here:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import torch
 
 from moe_lab.validation import (
+    check_bool,
     check_float_tensor,
     check_index_tensor,
     check_mask,
@@ -84,22 +86,30 @@ def load_balancing_loss(router_probs: torch.Tensor, topk_idx: torch.Tensor,
     router_probs = _compute_dtype(_check_probs(router_probs))
     num_tokens, num_experts = router_probs.shape
     topk_idx = check_index_tensor("topk_idx", topk_idx, num_tokens, None)
-    if check_range and topk_idx.numel():  # the ids' and the probabilities' ranges: one sync
-        low_id, high_id, low, high = torch.stack([
-            topk_idx.min().double(), topk_idx.max().double(),
-            router_probs.detach().min().double(), router_probs.detach().max().double()]).tolist()
+    check_bool("check_range", check_range)
+    counts = None if expert_counts is None else _check_counts(expert_counts, num_experts)
+    if check_range and topk_idx.numel():  # the ids', probabilities' and counts' ranges: one sync
+        ranges = [topk_idx.min(), topk_idx.max(), router_probs.detach().min(),
+                  router_probs.detach().max()]
+        if counts is not None:
+            ranges += [counts.min(), counts.sum()]
+        low_id, high_id, low, high, *count_range = torch.stack(
+            [r.double().to(router_probs.device) for r in ranges]).tolist()
         if low_id < 0 or high_id >= num_experts:
             raise ValueError(f"topk_idx values must lie in [0, {num_experts}), got ids from "
                              f"{int(low_id)} to {int(high_id)}")
-        if low < 0 or high > 1:  # logits passed for probabilities give a loss below 0
+        if not 0 <= low <= high <= 1:  # also NaN; logits passed for probabilities give a loss < 0
             raise ValueError(f"router_probs must be probabilities in [0, 1] (the softmax of the "
-                             f"router logits), got values in [{low:.3g}, {high:.3g}]: did you "
-                             f"pass the logits?")
+                             f"router logits), got values in [{low:.3g}, {high:.3g}]"
+                             + (": did you pass the logits?" if math.isfinite(low + high)
+                                else ": NaN or inf"))
+        if count_range and not (count_range[0] >= 0 and math.isfinite(count_range[1])):
+            raise ValueError(f"expert_counts must be finite counts >= 0, got {counts.tolist()}")
     mask = check_mask(mask, num_tokens)
-    if expert_counts is None:
+    if counts is None:
         f = _masked_mean(_expert_mask(router_probs, topk_idx), mask) / topk_idx.shape[1]  # (E,)
     else:
-        counts = _check_counts(expert_counts, num_experts).to(router_probs)  # (E,)
+        counts = counts.to(router_probs)  # (E,)
         # f_i = c_i / sum_j c_j  over the global batch (0 when it holds no assignment)
         f = counts / counts.sum().clamp_min(1.0)  # (E,)
     p = _masked_mean(router_probs, mask)  # (E,)
@@ -170,9 +180,10 @@ def sequence_load_balancing_loss(router_probs: torch.Tensor, topk_idx: torch.Ten
     mask = check_mask(mask, num_tokens)
     real = (torch.ones(num_tokens, dtype=router_probs.dtype, device=router_probs.device)
             if mask is None else mask.to(router_probs.dtype))  # (N,)
+    check_bool("check_range", check_range)
     if check_range and num_tokens:
         row_sums = router_probs.detach().sum(dim=-1)  # (N,)
-        bad = (row_sums - 1).abs().gt(1e-3) & real.bool()
+        bad = ~(row_sums - 1).abs().le(1e-3) & real.bool()  # NaN is bad too
         if bool(bad.any()):
             raise ValueError(f"router_probs must hold each token's scores normalised to sum 1 "
                              f"(s / s.sum(-1)); token {int(bad.nonzero()[0])} sums to "

@@ -134,6 +134,8 @@ def topk_routing(
     if router_probs.dim() < 1:
         raise ValueError("router_probs must have shape (N, E), got a 0-d tensor")
     check_top_k(top_k, router_probs.shape[-1])
+    check_bool("normalize", normalize)
+    check_positive_float("scaling_factor", scaling_factor)
     if selection_bias is not None:
         check_float_tensor("selection_bias", selection_bias)
         if selection_bias.shape != router_probs.shape[-1:]:

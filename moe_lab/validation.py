@@ -198,3 +198,20 @@ def check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {type(value).__name__} ({value!r})")
     return value
+
+
+def check_device(name: str, value: object) -> torch.device:
+    """A device name ('cpu', 'cuda:0', ...) or a torch.device, one this machine has when it asks
+    for CUDA (a later step would fail far from the cause)."""
+    if not isinstance(value, str | torch.device):
+        raise TypeError(f"{name} must be a device name such as 'cpu' or 'cuda', or a "
+                        f"torch.device, got {type(value).__name__} ({value!r})")
+    try:
+        device = torch.device(value)
+    except RuntimeError as error:
+        raise ValueError(f"{name} must be a device name such as 'cpu', 'cuda' or 'cuda:0', "
+                         f"got {value!r}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name}={value!r} asks for CUDA, which this machine does not have; "
+                         f"use 'cpu' (or unset it)")
+    return device

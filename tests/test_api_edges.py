@@ -30,8 +30,13 @@ from moe_lab import (
     pick_device,
     router_z_loss,
     seed_everything,
+    sequence_load_balancing_loss,
     topk_routing,
 )
+from moe_lab.interop import mixtral_expert_weights
+from moe_lab.quizzes import grade, parse_number
+from moe_lab.systems.decisions import decisions_for, needs_loss_scaling
+from moe_lab.systems.parallel import local_expert_order
 
 D, F, E, K = 16, 32, 4, 2
 gen = torch.Generator().manual_seed(0)
@@ -164,6 +169,44 @@ BAD_INPUT = [
     ("lbl meta", lambda: load_balancing_loss(probs.to("meta"), idx), ValueError,
      ["router_probs", "meta"]),
     ("experts meta", lambda: experts.forward_all(x5.to("meta")), ValueError, ["x", "meta"]),
+    # values read by a check that already syncs: NaN fails it too; flags and types named
+    ("lbl nan probs", lambda: load_balancing_loss(probs * math.nan, idx), ValueError,
+     ["router_probs", "NaN"]),
+    ("lbl counts < 0", lambda: load_balancing_loss(probs, idx, expert_counts=torch.tensor(
+        [-1, 2, 3, 4])), ValueError, ["expert_counts", ">= 0"]),
+    ("lbl counts nan", lambda: load_balancing_loss(probs, idx, expert_counts=torch.tensor(
+        [math.nan, 2, 3, 4])), ValueError, ["expert_counts", "finite"]),
+    ("lbl check_range str", lambda: load_balancing_loss(probs, idx, check_range="no"), TypeError,
+     ["check_range"]),
+    ("sequence loss nan probs", lambda: sequence_load_balancing_loss(probs * math.nan, idx, 3),
+     ValueError, ["router_probs", "nan"]),
+    ("topk normalize str", lambda: topk_routing(probs, K, normalize="yes"), TypeError,
+     ["normalize"]),
+    ("topk scaling nan", lambda: topk_routing(probs, K, scaling_factor=math.nan), ValueError,
+     ["scaling_factor", "finite"]),
+    ("topk scaling 0", lambda: topk_routing(probs, K, scaling_factor=0.0), ValueError,
+     ["scaling_factor"]),
+    ("plan check_range str", lambda: make_routing_plan(idx, weights, E, check_range=0), TypeError,
+     ["check_range"]),
+    ("balancer load bool", lambda: BiasBalancer(TopKRouter(D, E, K)).update(
+        torch.ones(E, dtype=torch.bool)), TypeError, ["tokens_per_expert", "counts"]),
+    ("balancer load list", lambda: BiasBalancer(TopKRouter(D, E, K)).update([1, 2, 3, 4]),
+     TypeError, ["tokens_per_expert", "list"]),
+    ("recv_counts float", lambda: local_expert_order(torch.ones(2, 2)), TypeError,
+     ["recv_counts", "integer"]),
+    ("recv_counts < 0", lambda: local_expert_order(torch.tensor([[1, -1]])), ValueError,
+     ["recv_counts", ">= 0"]),
+    ("mixtral odd rows", lambda: mixtral_expert_weights(torch.ones(2, 5, 4), torch.ones(2, 4, 2)),
+     ValueError, ["gate_up_proj", "down_proj", "(2, 5, 4)"]),
+    ("mixtral experts differ", lambda: mixtral_expert_weights(torch.ones(2, 4, 4),
+                                                              torch.ones(3, 4, 2)),
+     ValueError, ["do not fit"]),
+    ("mixtral list", lambda: mixtral_expert_weights([[1.0]], torch.ones(2, 4, 2)), TypeError,
+     ["gate_up_proj"]),
+    ("decisions device name", lambda: decisions_for("tpu"), ValueError, ["device", "'tpu'"]),
+    ("loss scaling dtype str", lambda: needs_loss_scaling("float16"), TypeError,
+     ["dtype", "torch.dtype"]),
+    ("grade a question id", lambda: grade("q1", "a"), TypeError, ["question", "str"]),
 ]
 
 
@@ -176,6 +219,19 @@ def test_bad_input_is_refused_with_the_argument_named(call, error, words):
     for word in words:
         assert word in str(caught.value), (word, str(caught.value))
 
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a CPU machine")
+def test_cuda_asked_for_on_a_machine_without_it_is_refused_where_it_is_named():
+    with pytest.raises(ValueError, match="prefer='cuda' asks for CUDA"):
+        pick_device("cuda")
+    with pytest.raises(ValueError, match="device='cuda:0' asks for CUDA"):
+        environment_summary("cuda:0")
+
+
+def test_a_number_too_large_for_a_float_is_no_number():
+    assert parse_number("1e400") is None and parse_number("-1e400") is None
+    assert parse_number("1e300") == 1e300
 
 # ---------------------------------------------------------------- attributes set after construction
 

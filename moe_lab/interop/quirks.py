@@ -37,6 +37,16 @@ def mixtral_expert_weights(gate_up_proj: torch.Tensor, down_proj: torch.Tensor,
     ``F.linear(h, down_proj[e])``, i.e. x @ W^T with [gate; up] stacked along the rows:
     gate_up_proj (E, 2F, D) -> w_gate, w_up (E, D, F); down_proj (E, D, F) -> w_down (E, F, D).
     """
+    for name, weight in (("gate_up_proj", gate_up_proj), ("down_proj", down_proj)):
+        if not isinstance(weight, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(weight).__name__}")
+        if weight.dim() != 3:
+            raise ValueError(f"{name} must be 3-D (one matrix per expert), got shape "
+                             f"{tuple(weight.shape)}")
+    num_experts, rows, d_model = gate_up_proj.shape
+    if rows % 2 or down_proj.shape != (num_experts, d_model, rows // 2):
+        raise ValueError(f"gate_up_proj (E, 2F, D) and down_proj (E, D, F) do not fit: got "
+                         f"{tuple(gate_up_proj.shape)} and {tuple(down_proj.shape)}")
     gate, up = gate_up_proj.chunk(2, dim=1)  # (E, F, D) each: the first F rows are the gate
     return gate.transpose(1, 2), up.transpose(1, 2), down_proj.transpose(1, 2)
 

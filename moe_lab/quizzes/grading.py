@@ -37,7 +37,7 @@ class Grade:
 
 
 def parse_number(response: str) -> float | None:
-    """'1,024', ' 2e-3 ', '-0.5' -> a float; anything else (empty, 'nan', '1/2', and a decimal
+    """'1,024', ' 2e-3 ', '-0.5' -> a float; anything else (empty, 'nan', '1e400', '1/2', and a decimal
     comma such as '7,81', which would otherwise read as 781) -> None."""
     if not isinstance(response, str):
         raise TypeError(f"response must be a str, got {type(response).__name__}")
@@ -46,7 +46,8 @@ def parse_number(response: str) -> float | None:
         if not _THOUSANDS.match(text):
             return None
         text = text.replace(",", "")
-    return float(text) if _NUMBER.match(text) else None
+    value = float(text) if _NUMBER.match(text) else None
+    return value if value is not None and math.isfinite(value) else None  # '1e400' is no number
 
 
 def _is_close(given: float, answer: float, tolerance: float) -> bool:
@@ -56,6 +57,9 @@ def _is_close(given: float, answer: float, tolerance: float) -> bool:
 
 def grade(question: Question, response: str | None) -> Grade:
     """Mark ``response``: an option id (choice), the typed text (numeric, short)."""
+    if not isinstance(question, Question):
+        raise TypeError(f"question must be a Question (from load_quiz(...).questions), got "
+                        f"{type(question).__name__}")
     if response is not None and not isinstance(response, str):
         raise TypeError(f"response must be a str (an option id or the typed text) or None, got "
                         f"{type(response).__name__} {response!r}")

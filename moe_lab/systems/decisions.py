@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from moe_lab.grouped_gemm import device_capability, grouped_mm_path
+from moe_lab.validation import check_device
 
 #: The device classes of the README's table: (name, device type, compute capability).
 DEVICE_CLASSES = (
@@ -70,6 +71,9 @@ def compute_dtype(device_type: str, capability: tuple[int, int] | None) -> torch
 
 def needs_loss_scaling(dtype: torch.dtype) -> bool:
     """fp16 training needs a loss scaler (GradScaler); bf16 has fp32's exponent range."""
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype such as torch.float16, got "
+                        f"{type(dtype).__name__} ({dtype!r})")
     return dtype == torch.float16
 
 
@@ -145,7 +149,7 @@ def decide(device_type: str, capability: tuple[int, int] | None,
 
 def decisions_for(device: torch.device | str) -> Decisions:
     """:func:`decide` for a real device of this machine and the installed torch."""
-    device = torch.device(device)
+    device = check_device("device", device)
     return decide(device.type, device_capability(device), torch.__version__)
 
 

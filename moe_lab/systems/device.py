@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from moe_lab.systems.decisions import decisions_for
+from moe_lab.validation import check_device
 
 DEVICE_ENV = "MOE_LAB_DEVICE"
 PEAK_MEMORY_ENV = "MOE_LAB_PEAK_MEMORY_FILE"
@@ -31,29 +32,14 @@ def pick_device(prefer: str | None = None) -> torch.device:
     """``prefer`` if given, else ``$MOE_LAB_DEVICE`` if set, else cuda if present, else mps
     (Apple), else cpu."""
     if prefer is not None:
-        return _as_device("prefer", prefer)
+        return check_device("prefer", prefer)
     if os.environ.get(DEVICE_ENV):
-        device = _as_device(DEVICE_ENV, os.environ[DEVICE_ENV])
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"{DEVICE_ENV}={os.environ[DEVICE_ENV]!r} asks for CUDA, which this "
-                             "machine does not have; unset it or set it to 'cpu'")
-        return device
+        return check_device(DEVICE_ENV, os.environ[DEVICE_ENV])
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def _as_device(name: str, value: object) -> torch.device:
-    if not isinstance(value, str | torch.device):
-        raise TypeError(f"{name} must be a device name such as 'cpu' or 'cuda', or a "
-                        f"torch.device, got {type(value).__name__} ({value!r})")
-    try:
-        return torch.device(value)
-    except RuntimeError as error:
-        raise ValueError(f"{name} must be a device name such as 'cpu', 'cuda' or 'cuda:0', "
-                         f"got {value!r}") from error
 
 
 def seed_everything(seed: int = 0) -> None:
@@ -70,7 +56,7 @@ def seed_everything(seed: int = 0) -> None:
 def environment_summary(device: torch.device | str | None = None) -> dict[str, str]:
     """Versions and hardware, as a dict of strings (``device``: the one in use, default the
     best available)."""
-    device = pick_device() if device is None else _as_device("device", device)
+    device = pick_device() if device is None else check_device("device", device)
     summary = {
         "python": platform.python_version(),
         "torch": torch.__version__,

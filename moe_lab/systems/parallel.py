@@ -115,11 +115,19 @@ def local_expert_order(recv_counts: torch.Tensor, num_rows: int | None = None) -
     laid out source by source, and within a source expert by expert. Returns (R,) indices such
     that ``x_recv[order]`` is grouped by local expert, sources in rank order within an expert
     (a stable sort by local expert: Megatron's ``sort_chunks_by_idxs``). ``num_rows`` = R, when
-    the caller knows it, spares a host sync on a GPU (the length of the row labels).
+    the caller knows it, spares a host sync on a GPU (the length of the row labels); without it
+    the counts are read once, and must be >= 0.
     """
     if not isinstance(recv_counts, torch.Tensor) or recv_counts.dim() != 2:
         raise ValueError(f"recv_counts must be a tensor of shape (W, E_local), got "
                          f"{tuple(getattr(recv_counts, 'shape', ()))}")
+    if recv_counts.is_floating_point() or recv_counts.is_complex() \
+            or recv_counts.dtype == torch.bool:
+        raise TypeError(f"recv_counts must hold integer row counts (int64), got {recv_counts.dtype}")
+    if num_rows is None and recv_counts.numel():  # the read repeat_interleave would make anyway
+        low, num_rows = torch.stack([recv_counts.min(), recv_counts.sum()]).tolist()
+        if low < 0:
+            raise ValueError(f"recv_counts must be >= 0, got {recv_counts.tolist()}")
     world_size, local_experts = recv_counts.shape
     chunk_expert = torch.arange(local_experts, device=recv_counts.device).repeat(world_size)
     local_expert_of_row = chunk_expert.repeat_interleave(recv_counts.reshape(-1),
