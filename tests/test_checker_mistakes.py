@@ -1284,6 +1284,50 @@ def test_every_checker_has_three_new_mistakes_and_two_alternatives():
 def test_results_of_another_form(check, fn, status, words):
     test_verdict_and_hint(check, fn, status, words)
 
+# ---------------------------------------------------------------- no hint without its diagnostic
+# a mistake that only shares one symptom (or one value) with a catalogued one gets the plain
+# message, not that mistake's hint
+
+
+def topk_float_indices(router_logits, top_k):
+    topk_idx, topk_weights = lesson_solution("02", "route_topk")(router_logits, top_k)
+    return topk_idx.float(), topk_weights
+
+
+def topk_pair_swapped(router_logits, top_k):
+    topk_idx, topk_weights = lesson_solution("02", "route_topk")(router_logits, top_k)
+    return topk_weights, topk_idx
+
+
+def capacity_divides_by_factor(capacity_factor, num_tokens, top_k, num_experts):
+    return math.ceil(num_tokens * top_k / (num_experts * capacity_factor))  # = ceil(cf N / E) once
+
+
+def group_lowest_scores(scores_for_choice, top_k, num_groups, topk_groups):
+    return lesson_solution("09", "group_limited_topk")(-scores_for_choice, top_k, num_groups,
+                                                       topk_groups)
+
+
+NO_WRONG_HINT = [  # (checker, function, words the message has, words it must not have)
+    (check_topk_routing, topk_float_indices, ["no .float()"], ["swap"]),
+    (check_topk_routing, topk_pair_swapped, ["the pair is swapped"], []),
+    (check_capacity, capacity_divides_by_factor, ["got 4: C = ceil(capacity_factor * N * K / E)"],
+     ["K assignments", "left out capacity_factor"]),
+    (check_group_limited_topk, group_lowest_scores, ["your choice differs from the reference"],
+     ["masked", "finite value"]),
+]
+
+
+@pytest.mark.parametrize(("check", "fn", "words", "absent"), NO_WRONG_HINT,
+                         ids=[f"{c.__name__}-{f.__name__}" for c, f, _, _ in NO_WRONG_HINT])
+def test_no_hint_without_its_diagnostic(check, fn, words, absent):
+    result = check(fn, verbose=False)
+    assert result.status == "failed", result.message
+    for word in words:
+        assert word in result.message, (word, result.message)
+    for word in absent:
+        assert word not in result.message, (word, result.message)
+
 LESSON_SOLUTIONS = [
     (check_router_probs, "01", "router_probs"), (check_noisy_topk_logits, "01", "noisy_topk_logits"),
     (check_jitter, "01", "jitter"), (check_topk_routing, "02", "route_topk"),

@@ -105,7 +105,7 @@ def check_group_limited_topk(fn: Callable[[torch.Tensor, int, int, int], object]
              "of its two best scores."),
         ]
         outside = ~torch.isfinite(kept.gather(1, got.clamp(0, num_experts - 1)))  # (N, K)
-        if bool(outside.any()):
+        if bool(outside.any()) and _finite_mask_choice(got, kept, outside):
             masks = [fill for fill in (0.0, -1.0) if torch.equal(
                 got, _grouped_choice(scores, top_k, num_groups, topk_groups, best_two, fill))]
             value = f"with {masks[0]:g}" if masks else "with a finite value"
@@ -116,6 +116,19 @@ def check_group_limited_topk(fn: Callable[[torch.Tensor, int, int, int], object]
         diagnose(got, expected, f"topk_idx {case}", suspects,
                  otherwise=f"{case}: your choice differs from the reference for "
                            f"{int((got != expected).any(-1).sum())} of {num_tokens} tokens.")
+
+
+def _finite_mask_choice(got: torch.Tensor, kept: torch.Tensor, outside: torch.Tensor) -> bool:
+    """Whether ``got`` (N, K) is what a finite mask value gives: each token's kept picks are its
+    best experts of the kept groups, and the picks from dropped groups (tied at the mask value)
+    fill the rest. ``kept`` (N, E) holds -inf outside the kept groups; ``outside`` (N, K) marks
+    the picks from dropped groups."""
+    for row, is_out, scores in zip(got, outside, kept, strict=True):
+        inside = row[~is_out]  # (m,) the picks from the kept groups
+        best = scores.topk(inside.numel()).indices  # (m,) the m best kept experts
+        if not torch.equal(inside.sort().values, best.sort().values):
+            return False
+    return True
 
 
 # ----------------------------------------------------------------------------- Llama 4

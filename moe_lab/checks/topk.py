@@ -70,8 +70,11 @@ def check_topk_routing(fn: Callable[[torch.Tensor, int], object]) -> None:
             raise CheckFailed(f"topk_idx should have shape (N, K) = {tuple(expected_idx.shape)},"
                               f" got {tuple(topk_idx.shape)} ({where}).")
         if topk_idx.dtype not in (torch.int64, torch.int32):
-            raise CheckFailed(f"topk_idx should hold expert ids (int64), got {topk_idx.dtype}: "
-                              f"did you swap the pair? Return (topk_idx, topk_weights).")
+            swapped = topk_idx.is_floating_point() and not topk_weights.is_floating_point()
+            raise CheckFailed(f"topk_idx should hold expert ids (int64), got {topk_idx.dtype}"
+                              + (": the pair is swapped. Return (topk_idx, topk_weights)."
+                                 if swapped else ": keep torch.topk's .indices as they are "
+                                 "(no .float()), and return (topk_idx, topk_weights)."))
         inputs = {"router_logits": router_logits}
         if isinstance(topk_weights, torch.Tensor) and topk_weights.shape == expected_w.shape \
                 and not bool(torch.isfinite(topk_weights).all()):
@@ -172,23 +175,38 @@ _CAPACITY_CASES = [(1.0, 10, 2, 4), (1.25, 10, 2, 4), (1.0, 7, 1, 2), (0.5, 3, 1
 # the last: capacity_factor * N * K = 12.5, where the integer ceiling (a + b - 1) // b rounds down
 
 
+def _capacity_answer(got: object) -> int:
+    """The learner's capacity as an int, or :class:`CheckFailed` naming what it is instead."""
+    if isinstance(got, torch.Tensor) and got.numel() == 1 and not got.is_floating_point():
+        got = int(got.item())
+    if isinstance(got, numbers.Integral) and not isinstance(got, bool):  # numpy ints too
+        got = int(got)
+    if isinstance(got, float) and got.is_integer():
+        raise CheckFailed(f"Return an int (a number of slots), got the float {got}: "
+                          f"wrap it in int(...) after rounding up.")
+    if isinstance(got, bool) or not isinstance(got, int):
+        raise CheckFailed(f"Return an int, got {type(got).__name__} ({got!r}).")
+    return got
+
+
 @checker("check_capacity")
 def check_capacity(fn: Callable[[float, int, int, int], int]) -> None:
     """``capacity(capacity_factor, num_tokens, top_k, num_experts) -> int``:
     C = ceil(capacity_factor * N * K / E)."""
-    for capacity_factor, n_tokens, top_k, num_experts in _CAPACITY_CASES:
+    answers = []
+    for case in _CAPACITY_CASES:
+        set_case("capacity_factor={}, N={}, K={}, E={}".format(*case))
+        answers.append(_capacity_answer(call(fn, *case, names=())))
+
+    def explains(mistake: Callable[[float, int, int, int], int]) -> bool:
+        """Whether a mistake gives every answer (not only the first wrong one)."""
+        return all(got == mistake(*case) for case, got in zip(_CAPACITY_CASES, answers,
+                                                               strict=True))
+
+    for (capacity_factor, n_tokens, top_k, num_experts), got in zip(_CAPACITY_CASES, answers,
+                                                                   strict=True):
         set_case(f"capacity_factor={capacity_factor}, N={n_tokens}, K={top_k}, E={num_experts}")
         expected = compute_capacity(capacity_factor, n_tokens, top_k, num_experts)
-        got = call(fn, capacity_factor, n_tokens, top_k, num_experts, names=())
-        if isinstance(got, torch.Tensor) and got.numel() == 1 and not got.is_floating_point():
-            got = int(got.item())
-        if isinstance(got, numbers.Integral) and not isinstance(got, bool):  # numpy ints too
-            got = int(got)
-        if isinstance(got, float) and got.is_integer():
-            raise CheckFailed(f"Return an int (a number of slots), got the float {got}: "
-                              f"wrap it in int(...) after rounding up.")
-        if isinstance(got, bool) or not isinstance(got, int):
-            raise CheckFailed(f"Return an int, got {type(got).__name__} ({got!r}).")
         if got == expected:
             continue
         exact = capacity_factor * n_tokens * top_k / num_experts
@@ -209,10 +227,10 @@ def check_capacity(fn: Callable[[float, int, int, int], int]) -> None:
         if got in (math.floor(exact), round(exact)) and got < expected:
             raise CheckFailed(f"Off by one: {case}. You rounded down (or to nearest); round up "
                               f"with math.ceil so the mean load N*K/E fits.")
-        if got == math.ceil(capacity_factor * n_tokens / num_experts):
+        if explains(lambda cf, n, k, e: math.ceil(cf * n / e)):
             raise CheckFailed(f"{case}. Each token makes K assignments: the mean load per expert "
                               f"is N*K/E, not N/E.")
-        if capacity_factor != 1 and got == math.ceil(n_tokens * top_k / num_experts):
+        if explains(lambda cf, n, k, e: math.ceil(n * k / e)):
             raise CheckFailed(f"{case}. You left out capacity_factor: C = ceil(capacity_factor "
                               f"* N * K / E).")
         raise CheckFailed(f"{case}: C = ceil(capacity_factor * N * K / E).")
