@@ -1308,7 +1308,47 @@ def group_lowest_scores(scores_for_choice, top_k, num_groups, topk_groups):
                                                        topk_groups)
 
 
+def probs_rows_rolled_when_many(x, weight):  # right for N < 32, rows shifted at N = 64 (bf16)
+    probs = torch.softmax(x.float() @ weight.float().T, dim=-1)
+    return probs if x.shape[0] < 32 else probs.roll(1, 0)
+
+
+def probs_in_bf16(x, weight):
+    return torch.softmax(x @ weight.T, dim=-1).float()
+
+
+def counts_short_and_wrong(topk_idx, num_experts):
+    return torch.bincount(topk_idx.reshape(-1), minlength=num_experts)[:-1] + 1
+
+
+def sort_returns_topk_idx(topk_idx, num_experts):
+    return topk_idx.clone(), torch.bincount(topk_idx.reshape(-1), minlength=num_experts)
+
+
+def splits_e_zeros(topk_idx, num_experts, world_size):
+    return torch.zeros(num_experts, dtype=torch.long)
+
+
+def splits_first_rank_only(topk_idx, num_experts, world_size):
+    return torch.tensor([topk_idx.numel()])
+
+
+def soft_nan_at_small_logits(slot_logits):
+    combine = torch.softmax(slot_logits, dim=-1)
+    return torch.softmax(slot_logits, dim=-2), combine + torch.log(combine - combine)
+
+
 NO_WRONG_HINT = [  # (checker, function, words the message has, words it must not have)
+    (check_router_probs, probs_rows_rolled_when_many, ["The first row that differs"],
+     ["bf16 rounding"]),
+    (check_router_probs, probs_in_bf16, ["bf16 rounding", "*before* the matmul"], []),
+    (check_tokens_per_expert, counts_short_and_wrong, ["should have shape (E,)"], ["minlength"]),
+    (check_sort_by_expert, sort_returns_topk_idx, ["one entry per assignment"],
+     ["sorted each token"]),
+    (check_send_splits, splits_e_zeros, ["should have shape (W,)"], ["one per expert"]),
+    (check_send_splits, splits_first_rank_only, ["should have shape (W,)"], ["minlength"]),
+    (check_soft_moe_weights, soft_nan_at_small_logits, ["inf or NaN where the reference"],
+     ["overflow"]),
     (check_topk_routing, topk_float_indices, ["no .float()"], ["swap"]),
     (check_topk_routing, topk_pair_swapped, ["the pair is swapped"], []),
     (check_capacity, capacity_divides_by_factor, ["got 4: C = ceil(capacity_factor * N * K / E)"],

@@ -184,9 +184,11 @@ def _non_finite_hint(dispatch: torch.Tensor, combine: torch.Tensor, logits: torc
                 "before exp(), so the entries far below it underflow to 0 and a softmax of "
                 "zeros is 0/0. Subtract the max along each softmax's own axis "
                 "(.amax(dim, keepdim=True)), or use torch.softmax.")
-    return (f"The weights {where} hold inf or NaN: exp() of a large logit overflows float32 "
-            "(above 88). Subtract the max along the softmax's axis before exp(), or use "
-            "torch.softmax.")
+    if float(logits.abs().max()) > 80:
+        return (f"The weights {where} hold inf or NaN: exp() of a large logit overflows "
+                "float32 (above 88). Subtract the max along the softmax's axis before exp(), or "
+                "use torch.softmax.")
+    return f"The weights {where} hold inf or NaN where the reference is finite."
 
 
 @checker("check_soft_moe_weights")

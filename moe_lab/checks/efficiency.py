@@ -88,7 +88,8 @@ def check_sort_by_expert(fn: Callable[[torch.Tensor, int], object]) -> None:
                 and num_tokens * top_k != num_experts and torch.equal(order.long(), expected_counts):
             raise CheckFailed("You returned the pair swapped: return (order, tokens_per_expert), "
                               "the N*K assignment ids first, then the E counts.")
-        if counts.dim() == 1 and counts.shape[0] < num_experts:
+        if counts.dim() == 1 and counts.shape[0] < num_experts \
+                and torch.equal(counts.long(), expected_counts[:counts.shape[0]]):
             raise CheckFailed(f"The tokens_per_expert tensor has {counts.shape[0]} entries for E="
                               f"{num_experts} experts: the last experts got no token. Use "
                               "torch.bincount(..., minlength=num_experts).")
@@ -106,7 +107,8 @@ def check_sort_by_expert(fn: Callable[[torch.Tensor, int], object]) -> None:
             raise CheckFailed("Your order holds token ids, but it should index the N*K flat "
                               "assignments (token * K + slot): a token with K experts appears "
                               "K times. Sort topk_idx.reshape(-1), not the tokens.")
-        if order.shape == topk_idx.shape:
+        if order.shape == topk_idx.shape and not order.is_floating_point() and torch.equal(
+                order.sort(dim=-1).values.long(), torch.arange(top_k).expand_as(topk_idx)):
             raise CheckFailed(f"Your order has shape {tuple(order.shape)} = (N, K): you sorted each "
                               "token's experts. Flatten first: topk_idx.reshape(-1), then "
                               "argsort the N*K expert ids.")

@@ -49,11 +49,14 @@ def check_send_splits(fn: Callable[[torch.Tensor, int, int], object]) -> None:
             got = torch.tensor(splits, dtype=torch.long)  # what all_to_all takes: a list of ints
         if not isinstance(got, torch.Tensor):
             raise CheckFailed(f"Return a (W,) tensor of row counts, got {type(got).__name__}.")
-        if got.dim() == 1 and got.shape[0] == num_experts != world_size:
+        per_expert = torch.bincount(topk_idx.reshape(-1), minlength=num_experts)  # (E,)
+        if got.dim() == 1 and got.shape[0] == num_experts != world_size \
+                and torch.equal(got.long(), per_expert):
             raise CheckFailed(f"You returned {num_experts} numbers, one per expert; the "
                               f"all-to-all wants one per rank (W={world_size}): sum the counts "
                               "of each rank's block of E/W experts.")
-        if got.dim() == 1 and got.shape[0] < world_size:
+        if got.dim() == 1 and got.shape[0] < world_size \
+                and torch.equal(got.long(), expected[:got.shape[0]]):
             raise CheckFailed(f"With {case[1:-1]}: you returned {got.shape[0]} splits for W={world_size} "
                               "ranks: a rank that gets nothing still needs its 0 "
                               "(bincount's minlength).")
