@@ -116,7 +116,9 @@ class Experts(nn.Module):
     def forward_expert(self, x: torch.Tensor, e: int) -> torch.Tensor:
         """Expert e on its tokens: x (..., D) -> (..., D)."""
         self._check_rows("x", x, None)
-        if isinstance(e, bool) or not isinstance(e, int) or not 0 <= e < self.num_experts:
+        if isinstance(e, bool) or not isinstance(e, int):
+            raise TypeError(f"e must be an int (an expert id), got {type(e).__name__} ({e!r})")
+        if not 0 <= e < self.num_experts:
             raise ValueError(f"e must be an expert id in [0, {self.num_experts}), got {e!r}")
         return self._ffn(x, lambda h, w: h @ w[e])  # (..., D)
 

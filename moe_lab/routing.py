@@ -144,6 +144,8 @@ def topk_routing(
     if num_groups != 1:  # checked here too: top_k or the groups may be reassigned after a
         check_groups(num_groups, topk_groups, router_probs.shape[-1], top_k)  # router was built
     scores_for_choice = router_probs if selection_bias is None else router_probs + selection_bias
+    if router_logits is not None:
+        check_float_tensor("router_logits", router_logits)
     if router_logits is not None and selection_bias is None and num_groups == 1:
         if router_logits.shape != router_probs.shape:
             raise ValueError(f"router_logits must have router_probs' shape "

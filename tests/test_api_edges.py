@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -33,10 +34,10 @@ from moe_lab import (
     sequence_load_balancing_loss,
     topk_routing,
 )
-from moe_lab.interop import mixtral_expert_weights
-from moe_lab.quizzes import grade, parse_number
+from moe_lab.interop import mixtral_expert_weights, restore_moe_blocks, tiny_block, tiny_model
+from moe_lab.quizzes import grade, parse_number, review_questions
 from moe_lab.systems.decisions import decisions_for, needs_loss_scaling
-from moe_lab.systems.parallel import local_expert_order
+from moe_lab.systems.parallel import local_expert_order, splits_from_counts
 
 D, F, E, K = 16, 32, 4, 2
 gen = torch.Generator().manual_seed(0)
@@ -207,6 +208,23 @@ BAD_INPUT = [
     ("loss scaling dtype str", lambda: needs_loss_scaling("float16"), TypeError,
      ["dtype", "torch.dtype"]),
     ("grade a question id", lambda: grade("q1", "a"), TypeError, ["question", "str"]),
+    ("review seed str", lambda: review_questions(seed="1"), TypeError, ["seed"]),
+    ("expert id numpy", lambda: experts.forward_expert(x5, np.int64(1)), TypeError,
+     ["e must be an int", "int64"]),
+    ("topk router_logits int", lambda: topk_routing(probs, K, router_logits=idx), TypeError,
+     ["router_logits"]),
+    ("splits float counts", lambda: splits_from_counts(torch.ones(E), 2), TypeError,
+     ["tokens_per_expert", "integer"]),
+    ("splits list counts", lambda: splits_from_counts([1, 2, 3, 4], 2), TypeError,
+     ["tokens_per_expert"]),
+    ("splits 2-D counts", lambda: splits_from_counts(torch.ones(2, 2, dtype=torch.long), 2),
+     ValueError, ["tokens_per_expert", "(E,)"]),
+    ("restore None", lambda: restore_moe_blocks(None), TypeError, ["model", "NoneType"]),
+    ("tiny block d_model 0", lambda: tiny_block("Mixtral", d_model=0), ValueError, ["d_model"]),
+    ("tiny block seed str", lambda: tiny_block("Mixtral", seed="0"), TypeError, ["seed"]),
+    ("tiny block scale nan", lambda: tiny_block("Mixtral", scale=math.nan), ValueError,
+     ["scale"]),
+    ("tiny model seed < 0", lambda: tiny_model("Mixtral", seed=-1), ValueError, ["seed"]),
 ]
 
 

@@ -60,6 +60,7 @@ from moe_lab.interop.quirks import (
     MLPExperts,
 )
 from moe_lab.layer import SparseMoEConfig
+from moe_lab.validation import check_nonnegative_int, check_positive_float, check_positive_int
 
 
 @dataclass(frozen=True)
@@ -375,6 +376,9 @@ def tiny_block(family: str, *, d_model: int = 16, seed: int = 0, scale: float = 
     names = {f.name: f for f in FAMILIES}
     if family not in names:
         raise ValueError(f"family must be one of {tuple(names)}, got {family!r}")
+    check_positive_int("d_model", d_model)
+    check_nonnegative_int("seed", seed)
+    check_positive_float("scale", scale)
     _require_supported_transformers()
     import transformers
 
@@ -430,6 +434,7 @@ def tiny_model(family: str, *, seed: int = 0, **config: object) -> nn.Module:
     tiny defaults. Nothing is downloaded."""
     if family not in _TINY_MODELS:
         raise ValueError(f"family must be one of {tuple(_TINY_MODELS)}, got {family!r}")
+    check_nonnegative_int("seed", seed)
     _require_supported_transformers()
     import transformers
 

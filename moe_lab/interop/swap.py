@@ -213,6 +213,8 @@ def restore_moe_blocks(model: nn.Module) -> nn.Module:
     """The inverse of :func:`swap_moe_blocks`: every swapped block is replaced by its original
     transformers block, holding the swapped block's current parameters and buffers (also after
     ``load_state_dict(..., assign=True)`` or ``to_empty``). Returns ``model``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     swapped = [(name, m) for name, m in model.named_modules() if isinstance(m, SwappedMoEBlock)]
     if not swapped:
         raise ValueError(f"{type(model).__name__} holds no swapped MoE block")

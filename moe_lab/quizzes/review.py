@@ -18,6 +18,8 @@ def review_questions(*, per_lesson: int = 1, seed: int = 0,
     becomes "04:uniform-loss"."""
     if isinstance(per_lesson, bool) or not isinstance(per_lesson, int) or per_lesson < 1:
         raise ValueError(f"per_lesson must be an int >= 1, got {per_lesson!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__} ({seed!r})")
     rng = random.Random(seed)
     picked = []
     for quiz in load_all():

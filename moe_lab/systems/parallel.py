@@ -91,6 +91,16 @@ def expert_owner(num_experts: int, world_size: int) -> torch.Tensor:
 
 def splits_from_counts(tokens_per_expert: torch.Tensor, world_size: int) -> torch.Tensor:
     """Rows sent to each rank: send_splits[d] = sum_{e in block d} tokens_per_expert[e]. (W,)"""
+    if not isinstance(tokens_per_expert, torch.Tensor):
+        raise TypeError(f"tokens_per_expert must be a torch.Tensor (E,), got "
+                        f"{type(tokens_per_expert).__name__}")
+    if tokens_per_expert.dim() != 1:
+        raise ValueError(f"tokens_per_expert must have shape (E,), got "
+                         f"{tuple(tokens_per_expert.shape)}")
+    if tokens_per_expert.is_floating_point() or tokens_per_expert.is_complex() \
+            or tokens_per_expert.dtype == torch.bool:
+        raise TypeError(f"tokens_per_expert must hold integer row counts (int64), got "
+                        f"{tokens_per_expert.dtype}")
     num_experts = tokens_per_expert.shape[0]
     local_experts = check_world_size(num_experts, world_size)
     return tokens_per_expert.view(world_size, local_experts).sum(dim=1)  # (W,)
