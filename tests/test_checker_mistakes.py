@@ -1257,8 +1257,23 @@ def test_a_result_the_checker_cannot_read_is_not_blamed_on_the_function():
     assert raised.status == "error" and "Your function raised ValueError" in raised.message
     unreadable = check_demo(lambda: "x", verbose=False)
     assert unreadable.status == "failed", unreadable.message
-    assert "could not be compared" in unreadable.message
+    assert "could not be checked" in unreadable.message
     assert "Your function raised" not in unreadable.message
+    with pytest.raises(TypeError, match=r"check_demo\(your_function\) takes nothing else"):
+        check_demo(lambda: 1, 2)
+
+
+def z_squares_logsumexp_in_place(router_logits):
+    z = torch.logsumexp(router_logits, dim=-1)
+    z.pow_(2)  # logsumexp's backward needs its output as it was
+    return z.mean()
+
+
+def test_an_in_place_step_that_breaks_the_backward_is_named():
+    result = check_z_loss(z_squares_logsumexp_in_place, verbose=False)
+    assert result.status == "failed", result.message
+    assert "could not be checked" in result.message
+    assert "changed a tensor that the backward pass needs" in result.message
 
 @pytest.mark.parametrize(("check", "fn", "status", "words"), CASES,
                          ids=[f"{c.__name__}-{f.__name__}" for c, f, _, _ in CASES])

@@ -18,6 +18,7 @@ guarantee"):
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -69,6 +70,10 @@ _CRASH_HINTS = (
                                      "(.float())."),
     ("one_hot is only applicable to index tensor", "F.one_hot wants int64 indices: call "
                                                     ".long() first."),
+    ("modified by an inplace operation", "An in-place operation in your function (one ending "
+                                         "in _, such as pow_(), or +=, /=) changed a tensor "
+                                         "that the backward pass needs: use the out-of-place "
+                                         "form (z = z ** 2, e = e / s)."),
 )
 
 
@@ -77,11 +82,17 @@ def checker(name: str) -> Callable[[Callable[..., None]], Callable[..., CheckRes
     checker that prints one line and returns a :class:`CheckResult`."""
 
     def decorate(body: Callable[..., None]) -> Callable[..., CheckResult]:
+        signature = inspect.signature(body)
+
         @functools.wraps(body)
         def run(fn: Callable[..., object], *args: object, verbose: bool = True,
                 **kwargs: object) -> CheckResult:
             if not callable(fn):
                 raise TypeError(f"pass your function itself to {name}, got {type(fn).__name__}")
+            try:
+                signature.bind(fn, *args, **kwargs)
+            except TypeError as error:
+                raise TypeError(f"{name}(your_function) takes nothing else: {error}") from None
             _State.case, _State.learner_error = None, None
             try:
                 with torch.random.fork_rng(devices=[]):  # the learner's stream stays as it was
@@ -98,17 +109,19 @@ def checker(name: str) -> Callable[[Callable[..., None]], Callable[..., CheckRes
                 result = CheckResult(name, "failed", message)
             except Exception as error:  # say how, not a traceback
                 where = f" (on the case {_State.case})" if _State.case else ""
+                hints = "".join(f" {hint}" for marker, hint in _CRASH_HINTS
+                                if marker in str(error))
                 if error is _State.learner_error:  # the learner's code crashed
-                    hints = [hint for marker, hint in _CRASH_HINTS if marker in str(error)]
                     result = CheckResult(name, "error",
                                          f"Your function raised {type(error).__name__}: {error}"
-                                         f"{where}." + "".join(f" {hint}" for hint in hints))
-                else:  # it returned something the comparison could not take
+                                         f"{where}.{hints}")
+                else:  # its result could not be compared, or backpropagated through
                     result = CheckResult(name, "failed",
-                                         f"Your function returned a result that could not be "
-                                         f"compared with the reference{where} "
-                                         f"({type(error).__name__}: {error}): check its type, "
-                                         f"shape and dtype against the exercise's description.")
+                                         f"Your function's result could not be checked "
+                                         f"against the reference{where} "
+                                         f"({type(error).__name__}: {error})."
+                                         + (hints or " Check its type, shape and dtype against "
+                                                     "the exercise's description."))
             if result and getattr(fn, "__name__", "").endswith("_solution"):
                 # a lesson's collapsed solution cell: say whose result this line is, so it does
                 # not read as the learner's, right under their "not implemented yet"
