@@ -258,10 +258,13 @@ for layer in range(num_layers):
     per_step = [decode_trace[layer, :, step].unique().numel() for step in range(decode_trace.shape[2])]
     counts = torch.bincount(trace[layer].reshape(-1), minlength=8)  # (E,)
     p = token_probs_from_counts(counts, top_k)
+    measured = sum(per_step) / len(per_step)
+    uniform, skewed = expected_distinct_experts(8, top_k, batch), expected_distinct_from_probs(p, batch)
     print(f"layer {layer}: busiest expert p_i = {p.max().item():.2f}, quietest {p.min().item():.2f};"
-          f" distinct per step at B={batch}: measured {sum(per_step) / len(per_step):.2f}, "
-          f"uniform formula {expected_distinct_experts(8, top_k, batch):.2f}, "
-          f"skewed formula {expected_distinct_from_probs(p, batch):.2f}")
+          f" distinct per step at B={batch}: measured {measured:.2f}, "
+          f"uniform formula {uniform:.2f}, skewed formula {skewed:.2f}")
+    print(f"         measured {'above' if measured > skewed else 'below'} the skewed formula, "
+          f"{'above' if measured > uniform else 'below'} the uniform one")
 real = load_real_routing()
 for routing in real.values():
     p = token_probs_from_counts(routing.expert_counts["c4"][routing.layer_index(7)], routing.top_k)
@@ -270,12 +273,15 @@ for routing in real.values():
     print(f"{routing.model} (E={routing.num_experts}, K={routing.top_k}): {cells}")
 
 # %% [markdown]
-# Read the lines: the measured count lies between the two formulas. The skew lowers it below the
-# uniform formula; but the 8 tokens of one step come from 8 languages whose favourite experts
-# differ, which spreads them over more experts than 8 independent draws from the pooled skew would
-# (the skewed formula assumes independent tokens). For the real models the skew barely matters: at $B = 64$ OLMoE already touches nearly
-# all of its 64 experts, and Mixtral nearly all of its 8 at $B = 8$. So **beyond a handful of tokens, a decode
-# step reads every expert of every layer**: the bytes of the *total* parameters.
+# Read the lines: the skew puts the skewed formula below the uniform one. The measured count lies
+# above the skewed formula in both layers: the 8 tokens of one step come from 8 languages whose
+# favourite experts differ, which spreads them over more experts than 8 independent draws from the
+# pooled skew would (the skewed formula assumes independent tokens). Where the experts split by
+# language strongly enough, the measured count even exceeds the uniform formula (the second line
+# of each layer says on which side it lies). For the real models the skew barely matters: at
+# $B = 64$ OLMoE already touches nearly all of its 64 experts, and Mixtral nearly all of its 8 at
+# $B = 8$. So **beyond a handful of tokens, a decode step reads every expert of every layer**: the
+# bytes of the *total* parameters.
 
 # %% [markdown]
 # ## 3. Visualise: batch size and top-k against experts, bytes and FLOPs
@@ -532,7 +538,7 @@ print(f"no cache (every lookup copied): at most {nothing:.1f} tokens/s")
 # %% [markdown]
 # These are upper bounds from the link alone. Eliseev & Mazur 2023 report 2-4 tokens/s for
 # Mixtral-8x7B with offloading on consumer and free Colab GPUs (with 2-3-bit experts, an LRU cache
-# and speculative loading): the same order, below the bound, as compute, the CPU side and PCIe's
+# and speculative loading): several times below these bounds, as compute, the CPU side and PCIe's
 # real throughput all take their share. llama.cpp's `--n-cpu-moe` trades the other way: the
 # experts of the first N layers stay in CPU memory and are *computed there* (no copy over the
 # link), the rest on the GPU; more N frees GPU memory and costs speed.

@@ -102,7 +102,10 @@ def _torch_grouped_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -
     return grouped_mm(a, b, offs=offsets)
 
 
-@torch.library.custom_op("moe_lab::segment_mm", mutates_args=())
+# The schemas are spelled out: torch < 2.5 cannot read the string annotations of
+# `from __future__ import annotations`.
+@torch.library.custom_op("moe_lab::segment_mm", mutates_args=(),
+                         schema="(Tensor a, Tensor b, Tensor offsets, str path) -> Tensor")
 def segment_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor, path: str) -> torch.Tensor:
     """a (M, A) sorted by segment, b (E, A, B), offsets (E,) int32 ends -> (M, B)."""
     if path != "segment_loop":
@@ -120,7 +123,8 @@ def _(a, b, offsets, path):
     return a.new_empty(a.shape[0], b.shape[-1])
 
 
-@torch.library.custom_op("moe_lab::segment_mm_weight_grad", mutates_args=())
+@torch.library.custom_op("moe_lab::segment_mm_weight_grad", mutates_args=(),
+                         schema="(Tensor a, Tensor grad, Tensor offsets, str path) -> Tensor")
 def segment_mm_weight_grad(a: torch.Tensor, grad: torch.Tensor, offsets: torch.Tensor,
                            path: str) -> torch.Tensor:
     """The weight gradient of :func:`segment_mm`: grad_b[e] = a_e^T grad_e -> (E, A, B)."""

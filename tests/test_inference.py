@@ -10,7 +10,7 @@ import torch
 from moe_lab import expected_distinct_experts, simulate_expert_cache
 from moe_lab.inference.batching import batch_dependence
 from moe_lab.inference.cache import cooccurrence, prefetch_hits, static_cache_hits
-from moe_lab.inference.decode import KVCache, forward_step, generate, moe_forward
+from moe_lab.inference.decode import KVCache, forward_step, generate, moe_forward, sample_tokens
 from moe_lab.inference.replay import expert_sets_differ, route_in
 from moe_lab.inference.timing import LayerShape, Spread, time_layers, timing_findings
 from moe_lab.inference.traffic import (
@@ -189,6 +189,57 @@ def test_greedy_decoding_is_deterministic_and_bad_input_is_refused(tiny_model):
         generate(tiny_model, prompts, 30)
     with pytest.raises(ValueError, match="temperature"):
         generate(tiny_model, prompts, 2, temperature=-1.0)
+
+
+def _sample_reference(probs: torch.Tensor, u: torch.Tensor) -> list[int]:
+    """The inverse-CDF rule, one row at a time in plain Python."""
+    tokens = []
+    for row, draw in zip(probs.double().tolist(), u.flatten().tolist()):
+        total, running = sum(row), 0.0
+        for v, p in enumerate(row):
+            running += p
+            if running > draw * total:
+                tokens.append(v)
+                break
+    return tokens
+
+
+def test_sampled_tokens_follow_the_inverse_cdf_rule_and_the_probabilities():
+    probs = torch.tensor([[0.5, 0.0, 0.25, 0.25, 0.0],
+                          [0.0, 0.0, 0.0, 0.0, 1.0],
+                          [0.1, 0.2, 0.3, 0.4, 0.0]]).repeat(4000, 1)  # (12000, 5)
+    drawn = sample_tokens(probs, torch.Generator().manual_seed(3))  # (12000, 1)
+    u = torch.rand(probs.shape[0], 1, generator=torch.Generator().manual_seed(3),
+                   dtype=torch.float64)
+    assert drawn.shape == (12000, 1) and drawn.dtype == torch.long
+    assert drawn.flatten().tolist() == _sample_reference(probs, u)
+    # a token of probability 0 is never drawn; the frequencies are the probabilities
+    assert (probs.gather(1, drawn) > 0).all()
+    for row in range(3):
+        counts = torch.bincount(drawn[row::3].flatten(), minlength=5).double() / 4000
+        p = probs[row].double()
+        assert ((counts - p).abs() <= 4 * (p * (1 - p) / 4000).sqrt() + 1e-12).all(), (row, counts)
+
+
+def test_sampling_rests_on_a_stream_that_every_torch_draws_alike():
+    # The claim of sample_tokens: torch.rand's CPU float64 stream from a seed is the same in
+    # every torch this course runs on (checked under 2.4.1, 2.9.1, 2.13.0 and 2.14.1), unlike
+    # torch.multinomial's; these are its first draws from seed 0.
+    u = torch.rand(4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert u.tolist() == [0.9700530018065531, 0.707819864399788, 0.45938294312745087,
+                          0.9207476841219603]
+
+
+def test_sampled_decoding_refuses_a_generator_it_cannot_use(tiny_model):
+    prompts = torch.zeros(1, 3, dtype=torch.long)
+    with pytest.raises(TypeError, match="generator"):
+        generate(tiny_model, prompts, 2, generator=0)
+    if torch.cuda.is_available():  # a CUDA generator: the tokens are drawn on the CPU
+        with pytest.raises(TypeError, match="generator"):
+            generate(tiny_model, prompts, 2, generator=torch.Generator(device="cuda"))
+    a = generate(tiny_model, prompts, 4, generator=torch.Generator().manual_seed(5))
+    b = generate(tiny_model, prompts, 4, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.trace, b.trace)
 
 
 def test_replay_uses_the_given_experts_and_keeps_gradients():

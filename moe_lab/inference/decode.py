@@ -121,6 +121,21 @@ def forward_step(model: TinyLM, input_ids: torch.Tensor, cache: KVCache,
     return StepOutput(logits, tuple(routing))
 
 
+def sample_tokens(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of ``probs`` (B, V), by the inverse of the cumulative distribution:
+
+        token = the first v with CDF(v) > u * CDF(V - 1),   u ~ U[0, 1)
+
+    drawn on the CPU in float64 (``generator``: a CPU generator, or None for torch's default).
+    ``torch.multinomial`` draws other tokens from the same seed in other torch versions (lesson
+    10's trace changed under torch 2.4); ``torch.rand``'s CPU stream and this rule do not. The
+    scale by CDF(V - 1) keeps u below the total, so a token of probability 0 is never drawn.
+    """
+    cdf = probs.detach().to("cpu", torch.float64).cumsum(dim=-1)  # (B, V)
+    u = torch.rand(cdf.shape[0], 1, generator=generator, dtype=torch.float64)  # (B, 1)
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True)  # (B, 1)
+
+
 @torch.no_grad()
 def generate(model: TinyLM, prompt_ids: torch.Tensor, max_new_tokens: int, *,
              temperature: float = 1.0, generator: torch.Generator | None = None,
@@ -137,6 +152,10 @@ def generate(model: TinyLM, prompt_ids: torch.Tensor, max_new_tokens: int, *,
     check_nonnegative_int("max_new_tokens", max_new_tokens)
     if temperature != 0:
         check_positive_float("temperature", temperature)
+    if generator is not None and (not isinstance(generator, torch.Generator)
+                                  or generator.device.type != "cpu"):
+        raise TypeError("generator must be a CPU torch.Generator or None (tokens are drawn on "
+                        "the CPU)")
     if prompt_ids.shape[1] + max_new_tokens > model.config.max_seq_len + 1:
         raise ValueError(f"prompt + max_new_tokens must be <= max_seq_len + 1 = "
                          f"{model.config.max_seq_len + 1}")
@@ -157,7 +176,7 @@ def generate(model: TinyLM, prompt_ids: torch.Tensor, max_new_tokens: int, *,
                     next_ids = last.argmax(dim=-1, keepdim=True)  # (B, 1)
                 else:
                     probs = torch.softmax(last / temperature, dim=-1)  # (B, V)
-                    next_ids = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+                    next_ids = sample_tokens(probs, generator).to(tokens.device)  # (B, 1)
                 tokens = torch.cat([tokens, next_ids], dim=1)
                 step_input = next_ids  # a decode step: one position per sequence
     finally:
