@@ -36,7 +36,7 @@ from moe_lab import (
 )
 from moe_lab.interop import mixtral_expert_weights, restore_moe_blocks, tiny_block, tiny_model
 from moe_lab.quizzes import grade, parse_number, review_questions
-from moe_lab.systems.decisions import decisions_for, needs_loss_scaling
+from moe_lab.systems.decisions import compute_dtype, decide, decisions_for, needs_loss_scaling
 from moe_lab.systems.parallel import local_expert_order, splits_from_counts
 
 D, F, E, K = 16, 32, 4, 2
@@ -225,6 +225,11 @@ BAD_INPUT = [
     ("tiny block scale nan", lambda: tiny_block("Mixtral", scale=math.nan), ValueError,
      ["scale"]),
     ("tiny model seed < 0", lambda: tiny_model("Mixtral", seed=-1), ValueError, ["seed"]),
+    ("decide unknown device type", lambda: decide("tpu", None, "2.5.1"), ValueError,
+     ["device_type", "'tpu'"]),
+    ("decide device with index", lambda: compute_dtype("cuda:0", (8, 0)), ValueError,
+     ["device_type", "no index"]),
+    ("decide version int", lambda: decide("cpu", None, 2), TypeError, ["torch_version"]),
 ]
 
 

@@ -49,6 +49,13 @@ def _check_device(device_type: str, capability: tuple[int, int] | None) -> None:
     if not isinstance(device_type, str) or not device_type:
         raise TypeError(f"device_type must be a device type such as 'cpu' or 'cuda', "
                         f"got {device_type!r}")
+    try:  # a type torch knows, this machine need not have it (the decisions are pure)
+        known = torch.device(device_type).type == device_type
+    except RuntimeError:
+        known = False
+    if not known:
+        raise ValueError(f"device_type must be a device type such as 'cpu', 'cuda' or 'mps' "
+                         f"(no index), got {device_type!r}")
     if device_type == "cuda" and (not isinstance(capability, tuple) or len(capability) != 2
             or not all(isinstance(c, int) and c >= 0 for c in capability)):
         raise ValueError(f"capability must be a CUDA GPU's (major, minor), e.g. (8, 0), "
@@ -139,6 +146,9 @@ class Decisions:
 def decide(device_type: str, capability: tuple[int, int] | None,
            torch_version: str) -> Decisions:
     """All decisions for a device class and torch version (pure: no device needed)."""
+    if not isinstance(torch_version, str):
+        raise TypeError(f"torch_version must be a version string such as '2.5.1', got "
+                        f"{type(torch_version).__name__} ({torch_version!r})")
     dtype = compute_dtype(device_type, capability)
     return Decisions(device_type, capability, torch_version, dtype,
                      has_native_bf16(device_type, capability), needs_loss_scaling(dtype),
