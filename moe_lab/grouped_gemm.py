@@ -171,7 +171,9 @@ def grouped_matmul(x_sorted: torch.Tensor, weight: torch.Tensor, offsets: torch.
     ends of the segments, on the device for the kernels, in host memory for ``"segment_loop"``
     (a device tensor there is copied to the host: one sync). path: one of
     :data:`GROUPED_MM_PATHS`, default :func:`path_for`. Returns (M, B).
-    Autocast does not cover a custom operator: under autocast both operands are cast here."""
+    Autocast does not cover a custom operator: under autocast both operands are cast here.
+    Shapes and dtypes are checked; the offsets' values are not read (a host sync on a GPU)."""
+    _check_operands(x_sorted, weight, offsets)
     device_type = x_sorted.device.type
     if torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
@@ -185,6 +187,25 @@ def grouped_matmul(x_sorted: torch.Tensor, weight: torch.Tensor, offsets: torch.
     width = weight.shape[-1]
     x_sorted, weight = _kernel_ready(x_sorted, weight)
     return segment_mm(x_sorted, weight, offsets, path)[:, :width]  # (M, B)
+
+
+def _check_operands(x_sorted: object, weight: object, offsets: object) -> None:
+    for name, value, dims in (("x_sorted", x_sorted, 2), ("weight", weight, 3)):
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got "
+                            f"{getattr(value, 'dtype', type(value).__name__)}")
+        if value.dim() != dims:
+            raise ValueError(f"{name} must have {dims} dimensions, got shape {tuple(value.shape)}")
+    if x_sorted.shape[1] != weight.shape[1]:
+        raise ValueError(f"x_sorted's width {x_sorted.shape[1]} must be weight's contraction "
+                         f"width A={weight.shape[1]} (weight is (E, A, B))")
+    if not isinstance(offsets, torch.Tensor) or offsets.dtype != torch.int32:
+        raise TypeError(f"offsets must be an int32 tensor of segment ends (the kernels take "
+                        f"int32: .to(torch.int32)), got "
+                        f"{getattr(offsets, 'dtype', type(offsets).__name__)}")
+    if offsets.shape != (weight.shape[0],):
+        raise ValueError(f"offsets must hold one segment end per expert (E={weight.shape[0]},), "
+                         f"got shape {tuple(offsets.shape)}")
 
 
 def _kernel_ready(x_sorted: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,6 +34,7 @@ from moe_lab import (
     sequence_load_balancing_loss,
     topk_routing,
 )
+from moe_lab.grouped_gemm import grouped_matmul
 from moe_lab.interop import mixtral_expert_weights, restore_moe_blocks, tiny_block, tiny_model
 from moe_lab.quizzes import grade, parse_number, review_questions
 from moe_lab.systems.decisions import compute_dtype, decide, decisions_for, needs_loss_scaling
@@ -230,6 +231,16 @@ BAD_INPUT = [
     ("decide device with index", lambda: compute_dtype("cuda:0", (8, 0)), ValueError,
      ["device_type", "no index"]),
     ("decide version int", lambda: decide("cpu", None, 2), TypeError, ["torch_version"]),
+    ("grouped offsets float", lambda: grouped_matmul(x5, torch.ones(2, D, F), torch.tensor(
+        [2.0, 5.0])), TypeError, ["offsets", "int32"]),
+    ("grouped offsets int64", lambda: grouped_matmul(x5, torch.ones(2, D, F), torch.tensor(
+        [2, 5])), TypeError, ["offsets", "int32", "torch.int64"]),
+    ("grouped offsets per expert", lambda: grouped_matmul(x5, torch.ones(2, D, F), torch.tensor(
+        [5], dtype=torch.int32)), ValueError, ["offsets", "E=2"]),
+    ("grouped 2-D weight", lambda: grouped_matmul(x5, torch.ones(D, F), torch.tensor(
+        [5], dtype=torch.int32)), ValueError, ["weight", "3 dimensions"]),
+    ("grouped widths", lambda: grouped_matmul(x5, torch.ones(2, D + 1, F), torch.tensor(
+        [2, 5], dtype=torch.int32)), ValueError, ["x_sorted", "A=17"]),
 ]
 
 
