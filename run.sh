@@ -9,7 +9,7 @@
 # The course installs requirements.txt only; the tests add requirements-dev.txt, the site
 # requirements-site.txt.
 # To choose your torch build (CUDA, ROCm, CPU), install it into .venv before the first run, or set
-# TORCH_SPEC (default "torch>=2.4"). MOE_LAB_VENV names another environment folder than .venv
+# TORCH_SPEC (default "torch>=2.6"). MOE_LAB_VENV names another environment folder than .venv
 # (CI tests a second torch in .venv-2.14 this way).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -24,7 +24,7 @@ setup() {
     # shellcheck disable=SC1091
     . "$VENV/bin/activate"
     if ! python -c "import torch" 2>/dev/null; then
-        pip install "${TORCH_SPEC:-torch>=2.4}"
+        pip install "${TORCH_SPEC:-torch>=2.6}"
     fi
     local marker="$VENV/.moe_lab_$1" files=(-r requirements.txt)
     if [ "$1" = dev ]; then files+=(-r requirements-dev.txt); fi

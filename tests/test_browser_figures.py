@@ -11,9 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from playwright.sync_api import expect
-
 from browser.session import ARTIFACTS, BROWSER_MARKS, opened_lesson
+from playwright.sync_api import expect
 
 pytestmark = BROWSER_MARKS
 

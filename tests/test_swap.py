@@ -6,6 +6,8 @@ the model's parameters with its gradients, reports router logits to transformers
 keeps the state dict's names (save_pretrained / from_pretrained), compiles with fullgraph=True,
 and restores the original blocks."""
 
+import functools
+
 import pytest
 import torch
 
@@ -304,10 +306,32 @@ def assert_compiles_in_one_graph(model):
                                atol=1e-5, rtol=1e-5)
 
 
+@functools.cache
+def _why_dynamo_cannot_capture_transformers() -> str | None:
+    """None when this torch's Dynamo captures an *unswapped* tiny model in one graph (transformers'
+    grouped experts), else its reason: torch 2.6 stops inside transformers' own output wrapper,
+    so a swapped model cannot compile there either, through no fault of moe_lab's."""
+    model = tiny_model("Mixtral", intermediate_size=16)
+    model.set_experts_implementation("grouped_mm")
+    try:
+        assert_compiles_in_one_graph(model)
+    except torch._dynamo.exc.Unsupported as error:
+        return str(error).splitlines()[0]
+    return None
+
+
+def _skip_unless_dynamo_captures_transformers() -> None:
+    why = _why_dynamo_cannot_capture_transformers()
+    if why is not None:
+        pytest.skip(f"torch {torch.__version__} cannot compile transformers' unswapped model in "
+                    f"one graph either: {why}")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_the_whole_swapped_model_compiles_with_fullgraph(family):
     """Dynamo captures the whole model in one graph (dense dispatch: no data-dependent shapes)."""
+    _skip_unless_dynamo_captures_transformers()
     model = swap_moe_blocks(tiny_model(family))
     for block in moe_blocks(model):
         block.dispatch = "dense"
@@ -320,6 +344,7 @@ def test_the_swapped_model_compiles_with_fullgraph_and_the_sorted_dispatch(imple
     """The default dispatch compiles in one graph; with transformers' eager experts the swapped
     blocks run the loop in eager mode (bit for bit as the family) and the sorted dispatch under
     torch.compile (transformers' own eager experts cannot be captured in one graph)."""
+    _skip_unless_dynamo_captures_transformers()
     model = tiny_model("Mixtral", intermediate_size=16)
     model.set_experts_implementation(implementation)
     swap_moe_blocks(model)
