@@ -276,12 +276,12 @@ for routing in real.values():
 # Read the lines: the skew puts the skewed formula below the uniform one. The measured count lies
 # above the skewed formula in both layers: the 8 tokens of one step come from 8 languages whose
 # favourite experts differ, which spreads them over more experts than 8 independent draws from the
-# pooled skew would (the skewed formula assumes independent tokens). Where the experts split by
-# language strongly enough, the measured count even exceeds the uniform formula (the second line
-# of each layer says on which side it lies). For the real models the skew barely matters: at
-# $B = 64$ OLMoE already touches nearly all of its 64 experts, and Mixtral nearly all of its 8 at
-# $B = 8$. So **beyond a handful of tokens, a decode step reads every expert of every layer**: the
-# bytes of the *total* parameters.
+# pooled skew would (the skewed formula assumes independent tokens). It can even exceed the
+# uniform formula: 8 tokens that tend to avoid each other's experts touch more of them than 8
+# independent draws would (the second line of each layer says on which side it lies). For the
+# real models the skew barely matters: at $B = 64$ OLMoE already touches nearly all of its 64
+# experts, and Mixtral nearly all of its 8 at $B = 8$. So **beyond a handful of tokens, a decode
+# step reads every expert of every layer**: the bytes of the *total* parameters.
 
 # %% [markdown]
 # ## 3. Visualise: batch size and top-k against experts, bytes and FLOPs

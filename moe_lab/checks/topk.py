@@ -206,7 +206,6 @@ def check_capacity(fn: Callable[[float, int, int, int], int]) -> None:
 
     for (capacity_factor, n_tokens, top_k, num_experts), got in zip(_CAPACITY_CASES, answers,
                                                                    strict=True):
-        set_case(f"capacity_factor={capacity_factor}, N={n_tokens}, K={top_k}, E={num_experts}")
         expected = compute_capacity(capacity_factor, n_tokens, top_k, num_experts)
         if got == expected:
             continue
